@@ -1,0 +1,539 @@
+"""The plant file: one YAML file describing the plant, validated with pydantic.
+
+Errors name the file, the path inside it (``lines[0].machines[2].signals.good.counter_bits``),
+what is wrong and, where it can, what would be right.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.model import COUNTER_SIGNALS, PRODUCT_SIGNAL, REASON_SIGNAL, STATE_SIGNAL, CanonicalState
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+ID_RE = re.compile(ID_PATTERN)
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ReasonCategory = Literal[
+    "breakdown", "changeover", "micro_stop", "speed", "quality", "starved", "blocked", "planned", "other"
+]
+Ident = Annotated[str, Field(pattern=ID_PATTERN)]
+HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalizedName(_Model):
+    ja: str | None = None
+    en: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> LocalizedName:
+        if not self.ja and not self.en:
+            raise ValueError("a name needs at least one of 'ja' or 'en'")
+        return self
+
+
+Name = str | LocalizedName
+
+
+def label(name: Name | None, lang: str, fallback: str) -> str:
+    """The name in ``lang``, else in the other language, else ``fallback`` (usually the id)."""
+    if name is None:
+        return fallback
+    if isinstance(name, str):
+        return name
+    first = name.ja if lang == "ja" else name.en
+    other = name.en if lang == "ja" else name.ja
+    return first or other or fallback
+
+
+def _hhmm(value: str) -> time:
+    m = HHMM_RE.match(value)
+    if not m:
+        raise ValueError(f"'{value}' is not a wall-clock time; write it as \"HH:MM\", e.g. \"08:00\"")
+    return time(int(m.group(1)), int(m.group(2)))
+
+
+class Site(_Model):
+    id: Ident
+    name: Name | None = None
+    timezone: str = "UTC"
+    locale: Literal["ja", "en"] = "en"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            close = difflib.get_close_matches(v, sorted(available_timezones()), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; use an IANA name like 'Asia/Tokyo'"
+            raise ValueError(f"unknown time zone '{v}'{hint}") from None
+        return v
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class Shift(_Model):
+    id: Ident
+    start: str
+    end: str
+    days: list[Day] = Field(default_factory=lambda: list(DAYS[:5]))
+    breaks: list[tuple[str, str]] = Field(default_factory=list)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        _hhmm(v)
+        return v
+
+    @field_validator("breaks")
+    @classmethod
+    def _breaks(cls, v: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for a, b in v:
+            _hhmm(a)
+            _hhmm(b)
+        return v
+
+    @property
+    def start_time(self) -> time:
+        return _hhmm(self.start)
+
+    @property
+    def end_time(self) -> time:
+        return _hhmm(self.end)
+
+    def minutes(self) -> tuple[int, int]:
+        """Start and end in minutes after the local midnight of the shift's day (end may pass 1440)."""
+        s = self.start_time.hour * 60 + self.start_time.minute
+        e = self.end_time.hour * 60 + self.end_time.minute
+        if e <= s:
+            e += 1440
+        return s, e
+
+    def break_minutes(self) -> list[tuple[int, int]]:
+        """Breaks as minutes after the shift day's midnight, placed inside the shift."""
+        s, _ = self.minutes()
+        out = []
+        for a, b in self.breaks:
+            ta, tb = _hhmm(a), _hhmm(b)
+            ma, mb = ta.hour * 60 + ta.minute, tb.hour * 60 + tb.minute
+            if ma < s:
+                ma += 1440
+            while mb <= ma:
+                mb += 1440
+            out.append((ma, mb))
+        return out
+
+
+class Calendar(_Model):
+    shifts: list[Shift] = Field(default_factory=list)
+    holidays: list[date] = Field(default_factory=list)
+    micro_stop_s: float = Field(default=120, ge=0)
+
+
+class Reason(_Model):
+    name: Name
+    category: ReasonCategory = "other"
+
+
+class Product(_Model):
+    ideal_cycle_s: float = Field(gt=0)
+    name: Name | None = None
+
+
+class OpcUaEndpoint(_Model):
+    endpoint: str
+    security: Literal["none", "sign", "sign_and_encrypt"] = "none"
+    username: str | None = None
+    password: str | None = None
+    certificate: str | None = None
+    private_key: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _ep(cls, v: str) -> str:
+        if not v.startswith("opc.tcp://"):
+            raise ValueError(f"'{v}' is not an OPC UA endpoint; write it as 'opc.tcp://host:port'")
+        return v
+
+
+class MqttBroker(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    qos: Literal[0, 1, 2] = 1
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+
+
+class Source(_Model):
+    opcua: OpcUaEndpoint | None = None
+    mqtt: MqttBroker | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        if (self.opcua is None) == (self.mqtt is None):
+            raise ValueError("a source is either 'opcua: {endpoint: ...}' or 'mqtt: {host: ..., port: ...}'")
+        return self
+
+    @property
+    def kind(self) -> Literal["opcua", "mqtt"]:
+        return "opcua" if self.opcua is not None else "mqtt"
+
+
+class Signal(_Model):
+    # OPC UA
+    node: str | None = None
+    # MQTT
+    topic: str | None = None
+    field: str | None = None
+    time_field: str | None = None
+    time_unit: Literal["s", "ms", "us", "ns", "iso"] = "ms"
+    # meaning
+    counter_bits: Literal[8, 16, 32, 64] | None = None
+    retentive: bool = False
+    max_step: int = Field(default=1000, ge=1)
+    map: dict[int, CanonicalState] | None = None
+    unit: str | None = None
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(ns=\d+|nsu=[^;]+);[sigb]=.+$", v):
+            raise ValueError(f"'{v}' is not an OPC UA node id; write 'ns=2;s=Line.Machine.Signal' or 'nsu=<uri>;s=...'")
+        return v
+
+
+class Simulation(_Model):
+    """How the bundled simulator behaves for one machine (ignored by everything else)."""
+
+    cycle_cv: float = Field(default=0.08, ge=0, le=1)
+    scrap_rate: float = Field(default=0.02, ge=0, le=1)
+    mtbf_s: float = Field(default=1800, gt=0)
+    mttr_s: float = Field(default=180, gt=0)
+    micro_stop_rate_per_h: float = Field(default=4, ge=0)
+    reasons: list[int] | None = None
+    counter_start: int = Field(default=0, ge=0)
+
+
+class Machine(_Model):
+    id: Ident
+    name: Name | None = None
+    ideal_cycle_s: float | None = Field(default=None, gt=0)
+    source: str
+    output: bool = False
+    signals: dict[str, Signal]
+    simulation: Simulation = Field(default_factory=Simulation)
+
+    @field_validator("signals")
+    @classmethod
+    def _signal_names(cls, v: dict[str, Signal]) -> dict[str, Signal]:
+        for k in v:
+            if not ID_RE.match(k):
+                raise ValueError(f"signal name '{k}' must match {ID_PATTERN}")
+        return v
+
+
+class Line(_Model):
+    id: Ident
+    name: Name | None = None
+    target_per_hour: float = Field(default=0, ge=0)
+    machines: list[Machine] = Field(min_length=1)
+
+    @property
+    def output_machines(self) -> list[Machine]:
+        marked = [m for m in self.machines if m.output]
+        return marked or [self.machines[-1]]
+
+
+class Plant(_Model):
+    site: Site
+    calendar: Calendar = Field(default_factory=Calendar)
+    reasons: dict[int, Reason] = Field(default_factory=dict)
+    products: dict[str, Product] = Field(default_factory=dict)
+    sources: dict[str, Source]
+    lines: list[Line] = Field(min_length=1)
+
+    # ---- lookups -------------------------------------------------------------------------
+    def machines(self) -> Iterator[tuple[Line, Machine]]:
+        for line in self.lines:
+            for m in line.machines:
+                yield line, m
+
+    def line(self, line_id: str) -> Line | None:
+        return next((ln for ln in self.lines if ln.id == line_id), None)
+
+    def machine(self, machine_id: str) -> Machine | None:
+        return next((m for _, m in self.machines() if m.id == machine_id), None)
+
+    def line_of(self, machine_id: str) -> Line | None:
+        return next((ln for ln, m in self.machines() if m.id == machine_id), None)
+
+    def machines_of_source(self, source_id: str) -> list[tuple[Line, Machine]]:
+        return [(ln, m) for ln, m in self.machines() if m.source == source_id]
+
+    def ideal_cycle_s(self, machine: Machine, product: str | None = None) -> float | None:
+        if product is not None and product in self.products:
+            return self.products[product].ideal_cycle_s
+        return machine.ideal_cycle_s
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    hint: str | None = None
+
+    def render(self, file: str) -> str:
+        where = f"{file}: {self.path}" if self.path else file
+        fix = f" (fix: {self.hint})" if self.hint else ""
+        return f"{where}: {self.message}{fix}"
+
+
+class PlantFileError(Exception):
+    """A plant file that cannot be used; ``str()`` gives one line per problem."""
+
+    def __init__(self, file: str | Path, problems: list[Problem]) -> None:
+        self.file = str(file)
+        self.problems = problems
+        super().__init__("\n".join(p.render(self.file) for p in problems))
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            # pydantic names union members and tuple slots; they are not part of the file's path
+            if part in ("str", "LocalizedName", "function-after[_one(), LocalizedName]"):
+                continue
+            if part.startswith(("function-", "literal[", "tuple[")):
+                continue
+            out += f".{part}" if out else part
+    return out
+
+
+_FIELD_HINTS: dict[str, str] = {
+    "counter_bits": "use 8, 16, 32 or 64, the width of the PLC register",
+    "timezone": "use an IANA name like 'Asia/Tokyo'",
+    "days": "use mon, tue, wed, thu, fri, sat, sun",
+    "security": "use none, sign or sign_and_encrypt",
+    "locale": "use ja or en",
+    "category": "use breakdown, changeover, micro_stop, speed, quality, starved, blocked, planned or other",
+}
+
+
+def _problems_from_validation(err: ValidationError, raw: Any) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = _loc_to_path(loc)
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        hint: str | None = None
+        if e["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            msg = f"unknown key '{key}'"
+            known = _known_keys(loc[:-1], raw)
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else (f"allowed keys: {', '.join(known)}" if known else None)
+        elif e["type"] == "missing":
+            msg = f"'{loc[-1]}' is required"
+        else:
+            for name, h in _FIELD_HINTS.items():
+                if name in [str(p) for p in loc] and "did you mean" not in msg:
+                    hint = h
+                    break
+            if "input" in e and e["type"] not in ("value_error",):
+                msg = f"{msg} (got {e['input']!r})"
+        if (path, msg) in seen:
+            continue
+        seen.add((path, msg))
+        problems.append(Problem(path, msg, hint))
+    # for `str | {ja, en}` names pydantic reports both members; keep the more specific one
+    paths = [p.path for p in problems]
+    return [p for p in problems if not (p.message.startswith("Input should be a valid string")
+                                        and any(q.startswith(p.path + ".") for q in paths))]
+
+
+def _known_keys(loc: tuple[int | str, ...], raw: Any) -> list[str]:
+    """Field names of the model at ``loc`` (walking the schema alongside the raw data)."""
+    model: type[BaseModel] | None = Plant
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        finfo = model.model_fields.get(part)
+        if finfo is None:
+            continue  # a key of a mapping (signal name, source id): the value's model stays
+        model = _inner_model(finfo.annotation)
+        if model is None and part in ("signals", "sources", "reasons", "products"):
+            model = {"signals": Signal, "sources": Source, "reasons": Reason, "products": Product}[part]
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _week_intervals(shift: Shift) -> list[tuple[int, int]]:
+    s, e = shift.minutes()
+    out = []
+    for d in shift.days:
+        base = DAYS.index(d) * 1440
+        a, b = base + s, base + e
+        if b > 7 * 1440:  # a Sunday night shift runs into Monday
+            out.append((a, 7 * 1440))
+            out.append((0, b - 7 * 1440))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _semantic_problems(plant: Plant) -> list[Problem]:
+    problems: list[Problem] = []
+    # shifts: unique ids, no overlaps, breaks inside the shift
+    ids: dict[str, int] = {}
+    for i, sh in enumerate(plant.calendar.shifts):
+        if sh.id in ids:
+            problems.append(Problem(f"calendar.shifts[{i}].id", f"duplicate shift id '{sh.id}'",
+                                    f"rename it; calendar.shifts[{ids[sh.id]}] already uses it"))
+        ids.setdefault(sh.id, i)
+        s, e = sh.minutes()
+        for j, (a, b) in enumerate(sh.break_minutes()):
+            if not (s <= a < b <= e):
+                problems.append(Problem(f"calendar.shifts[{i}].breaks[{j}]",
+                                        f"break {sh.breaks[j][0]}–{sh.breaks[j][1]} is not inside the shift "
+                                        f"{sh.start}–{sh.end}", "move the break inside the shift"))
+    shifts = plant.calendar.shifts
+    for i in range(len(shifts)):
+        for j in range(i + 1, len(shifts)):
+            overlap = any(a1 < b2 and a2 < b1 for a1, b1 in _week_intervals(shifts[i])
+                          for a2, b2 in _week_intervals(shifts[j]))
+            if overlap:
+                problems.append(Problem(
+                    f"calendar.shifts[{j}]",
+                    f"shift '{shifts[j].id}' ({shifts[j].start}–{shifts[j].end}) overlaps shift "
+                    f"'{shifts[i].id}' ({shifts[i].start}–{shifts[i].end})",
+                    "shifts must not overlap; change a start or end time, or the days"))
+    # lines and machines
+    line_ids: dict[str, int] = {}
+    machine_ids: dict[str, str] = {}
+    for li, line in enumerate(plant.lines):
+        if line.id in line_ids:
+            problems.append(Problem(f"lines[{li}].id", f"duplicate line id '{line.id}'",
+                                    f"line ids are unique; lines[{line_ids[line.id]}] already uses it"))
+        line_ids.setdefault(line.id, li)
+        for mi, m in enumerate(line.machines):
+            p = f"lines[{li}].machines[{mi}]"
+            if m.id in machine_ids:
+                problems.append(Problem(f"{p}.id", f"duplicate machine id '{m.id}'",
+                                        f"machine ids are unique in the whole plant; {machine_ids[m.id]} "
+                                        "already uses it"))
+            machine_ids.setdefault(m.id, p)
+            src = plant.sources.get(m.source)
+            if src is None:
+                close = difflib.get_close_matches(m.source, list(plant.sources), n=1)
+                hint = (f"did you mean '{close[0]}'?" if close else
+                        f"declare it under 'sources:' or use one of: {', '.join(plant.sources) or '(none)'}")
+                problems.append(Problem(f"{p}.source", f"unknown source '{m.source}'", hint))
+            for name, sig in m.signals.items():
+                sp = f"{p}.signals.{name}"
+                problems.extend(_signal_problems(plant, sp, name, sig, src))
+    return problems
+
+
+def _signal_problems(plant: Plant, sp: str, name: str, sig: Signal, src: Source | None) -> list[Problem]:
+    out: list[Problem] = []
+    if src is not None and src.kind == "opcua" and not sig.node:
+        out.append(Problem(sp, "an OPC UA signal needs 'node'", "add node: \"ns=2;s=...\""))
+    if src is not None and src.kind == "mqtt":
+        if not sig.topic:
+            out.append(Problem(sp, "an MQTT signal needs 'topic'", "add topic: \"site/line/machine/...\""))
+        if not sig.field:
+            out.append(Problem(sp, "an MQTT signal needs 'field' (its key in the JSON payload)",
+                               "add field: value"))
+    if name in COUNTER_SIGNALS:
+        if sig.counter_bits is None:
+            out.append(Problem(f"{sp}.counter_bits", f"counter '{name}' needs 'counter_bits'",
+                               "use 16 or 32, the width of the PLC register"))
+    elif sig.counter_bits is not None:
+        out.append(Problem(f"{sp}.counter_bits", f"'{name}' is not a counter (good, scrap, total)",
+                           "remove counter_bits, or rename the signal"))
+    if name == STATE_SIGNAL and not sig.map:
+        out.append(Problem(f"{sp}.map", "the state signal needs 'map' from raw codes to states",
+                           "add map: {1: running, 2: idle, 3: down}"))
+    if name != STATE_SIGNAL and sig.map:
+        out.append(Problem(f"{sp}.map", f"only the 'state' signal has a map, not '{name}'", "remove map"))
+    if name in (REASON_SIGNAL, PRODUCT_SIGNAL) and sig.unit:
+        out.append(Problem(f"{sp}.unit", f"'{name}' has no unit", "remove unit"))
+    return out
+
+
+def parse_plant(raw: Any, file: str | Path = "<plant>") -> Plant:
+    """Validate already-loaded YAML data; raises :class:`PlantFileError`."""
+    if not isinstance(raw, dict):
+        raise PlantFileError(file, [Problem("", "the plant file must be a mapping with 'site', 'sources' "
+                                             "and 'lines'", "see deploy/plants/demo.yaml")])
+    try:
+        plant = Plant.model_validate(raw)
+    except ValidationError as err:
+        raise PlantFileError(file, _problems_from_validation(err, raw)) from None
+    problems = _semantic_problems(plant)
+    if problems:
+        raise PlantFileError(file, problems)
+    return plant
+
+
+def load_plant(path: str | Path) -> Plant:
+    """Read and validate a plant file; raises :class:`PlantFileError` naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PlantFileError(p, [Problem("", f"cannot read the file: {e.strerror or e}",
+                                         "check the path")]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown line"
+        raise PlantFileError(p, [Problem(where, f"YAML syntax error: {e.problem}",
+                                         "check indentation and quoting there")]) from None
+    except yaml.YAMLError as e:
+        raise PlantFileError(p, [Problem("", f"YAML error: {e}")]) from None
+    return parse_plant(raw, p)
+
+
+def dump_plant(plant: Plant) -> str:
+    """YAML text of a plant (used to write generated or shifted plant files)."""
+    data = plant.model_dump(mode="json", exclude_defaults=True)
+    data["site"] = plant.site.model_dump(mode="json")
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)

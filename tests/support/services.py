@@ -1,0 +1,93 @@
+"""Real servers for tests: Mosquitto and influxd, on free loopback ports, temp dirs, stopped after.
+
+Each waits on a condition with a deadline (the port answering), never on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, deadline_s: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {deadline_s}s")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+
+
+def which(name: str, *extra: str) -> str:
+    found = shutil.which(name) or next((p for p in extra if Path(p).exists()), None)
+    if not found:
+        raise RuntimeError(f"'{name}' is not installed: run the README's test command, which installs it")
+    return found
+
+
+@dataclass
+class Mosquitto:
+    port: int
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    def start(self) -> None:
+        conf = self.data_dir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.data_dir}/\n"
+            # the default of 1000 silently drops QoS 1 messages once a subscriber falls behind
+            "max_queued_messages 1000000\n"
+            "max_inflight_messages 100\n"
+            "log_dest stderr\n"
+        )
+        log = open(self.data_dir / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen([which("mosquitto", "/usr/sbin/mosquitto"), "-c", str(conf)],
+                                     stdout=log, stderr=log)
+        wait_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+
+@contextlib.contextmanager
+def mosquitto(data_dir: Path) -> Iterator[Mosquitto]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    m = Mosquitto(free_port(), data_dir)
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()
