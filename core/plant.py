@@ -93,7 +93,7 @@ class Shift(_Model):
     id: Ident
     start: str
     end: str
-    days: list[Day] = Field(default_factory=lambda: list(DAYS[:5]))
+    days: list[Day] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
     breaks: list[tuple[str, str]] = Field(default_factory=list)
 
     @field_validator("start", "end")
@@ -389,7 +389,9 @@ def _known_keys(loc: tuple[int | str, ...], raw: Any) -> list[str]:
             continue  # a key of a mapping (signal name, source id): the value's model stays
         model = _inner_model(finfo.annotation)
         if model is None and part in ("signals", "sources", "reasons", "products"):
-            model = {"signals": Signal, "sources": Source, "reasons": Reason, "products": Product}[part]
+            by_key: dict[str, type[BaseModel]] = {"signals": Signal, "sources": Source, "reasons": Reason,
+                                                  "products": Product}
+            model = by_key[part]
     return sorted(model.model_fields) if model is not None else []
 
 
