@@ -89,11 +89,15 @@ class Site(_Model):
         return ZoneInfo(self.timezone)
 
 
+def _weekdays() -> list[Day]:
+    return ["mon", "tue", "wed", "thu", "fri"]
+
+
 class Shift(_Model):
     id: Ident
     start: str
     end: str
-    days: list[Day] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
+    days: list[Day] = Field(default_factory=_weekdays)
     breaks: list[tuple[str, str]] = Field(default_factory=list)
 
     @field_validator("start", "end")
