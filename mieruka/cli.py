@@ -1,0 +1,280 @@
+"""The `mieruka` command: one entry point wiring the parts together.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad input (plant file, arguments, samples file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from core.plant import Plant, PlantFileError, load_plant
+from core.store.base import Store
+
+log = logging.getLogger("mieruka")
+
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(Exception):
+    """Input the user must fix; printed as is, exit code 2."""
+
+
+def _iso(value: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not an ISO-8601 time like 2026-11-27T08:00:00+09:00") from None
+    if t.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"'{value}' has no offset; add one, e.g. {value}+09:00 or {value}Z")
+    return t
+
+
+def _plant(path: str) -> Plant:
+    return load_plant(path)
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _stop_after(stop: asyncio.Event, seconds: float | None) -> None:
+    if seconds is None:
+        await stop.wait()
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    stop.set()
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    _plant(args.file)
+    print("ok")
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    plant = _plant(args.plant)
+    if args.start is not None or args.end is not None or args.samples is not None:
+        if args.start is None or args.end is None or args.samples is None:
+            raise BadInput("fast-forward needs --from, --to and --samples together")
+        if args.end <= args.start:
+            raise BadInput(f"--to ({args.end.isoformat()}) must be after --from ({args.start.isoformat()})")
+        from simulators.fastforward import run_fast_forward
+
+        run_fast_forward(plant, args.seed, args.start, args.end, Path(args.samples), Path(args.truth))
+        print(f"wrote {args.samples} and {args.truth}")
+        return EXIT_OK
+
+    from simulators.live import run_live
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        await run_live(plant, args.seed, duration_s=args.duration, truth_path=Path(args.truth), stop=stop)
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    plant = _plant(args.plant)
+    lines = set(args.lines.split(",")) if args.lines else None
+    if lines:
+        unknown = sorted(lines - {ln.id for ln in plant.lines})
+        if unknown:
+            raise BadInput(f"--lines: unknown line(s) {', '.join(unknown)}; the plant has "
+                           f"{', '.join(ln.id for ln in plant.lines)}")
+    from collector.pipeline import Collector
+
+    store = _open_store_url(args.store)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        await store.open()
+        try:
+            collector = Collector(plant, store, lines=lines)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(collector.run(stop), name="collector")
+                tg.create_task(_stop_after(stop, args.duration), name="duration")
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def _open_store_url(url: str) -> Store:
+    from core.store import open_store
+
+    try:
+        return open_store(url)
+    except ValueError as e:
+        raise BadInput(f"--store: {e}") from None
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    plant = _plant(args.plant)
+    from collector.importer import ImportRejected, import_samples
+
+    store = _open_store_url(args.store)
+    path = Path(args.samples)
+    if not path.exists():
+        raise BadInput(f"{path}: no such file")
+
+    async def main() -> int:
+        await store.open()
+        try:
+            report = await import_samples(plant, store, path, skip_bad=args.skip_bad)
+        except ImportRejected as e:
+            for line_no, reason in e.report.skipped[:50]:
+                print(f"{path}:{line_no}: {reason}", file=sys.stderr)
+            more = len(e.report.skipped) - 50
+            if more > 0:
+                print(f"{path}: ... and {more} more bad rows", file=sys.stderr)
+            print(f"{path}: nothing imported ({len(e.report.skipped)} bad rows); fix them or pass --skip-bad",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        finally:
+            await store.close()
+        for line_no, reason in report.skipped[:50]:
+            print(f"{path}:{line_no}: skipped: {reason}", file=sys.stderr)
+        print(f"imported {report.imported} of {report.rows} rows ({report.facts_written} facts)")
+        return EXIT_OK
+
+    return asyncio.run(main())
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    plant = _plant(args.plant)
+    import uvicorn
+
+    from api.app import create_app
+
+    store = _open_store_url(args.store)
+    uvicorn.run(create_app(plant, store), host=args.host, port=args.port, log_level="info")
+    return EXIT_OK
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from dashboard.app import run_dashboard
+
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise BadInput(f"--token-file {args.token_file}: {e.strerror}") from None
+    run_dashboard(args.api, host=args.host, port=args.port, token=token)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mieruka.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(
+        plant=Path(args.plant) if args.plant else None,
+        data_dir=Path(args.data_dir),
+        api_port=args.api_port,
+        dashboard_port=args.dashboard_port,
+        duration_s=args.duration,
+        seed=args.seed,
+    )
+    return asyncio.run(run_demo(opts))
+
+
+# ---- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mieruka", description="Production visibility for small and medium factories.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("check-config", help="validate a plant file; prints 'ok' or one line per problem")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("simulate", help="run the bundled PLC simulators live, or fast-forward to files")
+    s.add_argument("--plant", required=True)
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--truth", required=True, help="ground-truth ledger (JSONL) to write")
+    s.add_argument("--duration", type=float, default=None, help="live: stop after S seconds")
+    s.add_argument("--from", dest="start", type=_iso, default=None, help="fast-forward: window start (ISO)")
+    s.add_argument("--to", dest="end", type=_iso, default=None, help="fast-forward: window end (ISO)")
+    s.add_argument("--samples", default=None, help="fast-forward: raw samples CSV to write")
+    s.set_defaults(func=cmd_simulate)
+
+    co = sub.add_parser("collect", help="collect OPC UA / MQTT signals into a store")
+    co.add_argument("--plant", required=True)
+    co.add_argument("--store", required=True, help="sqlite:///file.db or influxdb://[user:pw@]host:port/db")
+    co.add_argument("--lines", default=None, help="only these lines (comma-separated ids)")
+    co.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    co.set_defaults(func=cmd_collect)
+
+    im = sub.add_parser("import", help="import recorded raw samples (CSV or JSONL) through normalize into a store")
+    im.add_argument("--plant", required=True)
+    im.add_argument("--store", required=True)
+    im.add_argument("--skip-bad", action="store_true", help="import the good rows even if some are bad")
+    im.add_argument("samples")
+    im.set_defaults(func=cmd_import)
+
+    a = sub.add_parser("api", help="serve the REST API")
+    a.add_argument("--plant", required=True)
+    a.add_argument("--store", required=True)
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8000)
+    a.set_defaults(func=cmd_api)
+
+    d = sub.add_parser("dashboard", help="serve the wall-board dashboard (reads the API)")
+    d.add_argument("--api", required=True, help="API base URL, e.g. http://127.0.0.1:8000")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8050)
+    d.add_argument("--token-file", default=None, help="file holding an API token (sent as Bearer)")
+    d.set_defaults(func=cmd_dashboard)
+
+    de = sub.add_parser("demo", help="simulated plant + collector + embedded store + API + dashboard in one command")
+    de.add_argument("--plant", default=None, help="plant file (default: the bundled demo plant)")
+    de.add_argument("--data-dir", default="mieruka-data")
+    de.add_argument("--api-port", type=int, default=8000)
+    de.add_argument("--dashboard-port", type=int, default=8050)
+    de.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: run until Ctrl-C)")
+    de.add_argument("--seed", type=int, default=1)
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("asyncua", "amqtt", "transitions", "werkzeug", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except PlantFileError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BadInput as e:
+        print(f"mieruka {args.command}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole test suite, installing what it needs first (idempotent; the README's second command,
+# and what .ci/run calls):
+#   Debian: influxdb, mosquitto, chromium, chromium-driver, fonts-noto-cjk (python3-venv on stock Debian)
+#   Python: a venv in .venv with the project and its test extras
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/core -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need=()
+command -v influxd >/dev/null || need+=(influxdb)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+
+if [ ${#need[@]} -gt 0 ]; then
+  influx_before=$(pgrep -x influxd >/dev/null && echo yes || echo no)
+  mosquitto_before=$(pgrep -x mosquitto >/dev/null && echo yes || echo no)
+  echo "installing Debian packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Where services start on install, Debian's influxdb (and mosquitto) now run as system services,
+  # influxd bound to all interfaces. The tests start their own on loopback: stop what we started.
+  for svc in influxdb:influxd:$influx_before mosquitto:mosquitto:$mosquitto_before; do
+    IFS=: read -r name proc before <<<"$svc"
+    if [ "$before" = no ] && pgrep -x "$proc" >/dev/null; then
+      echo "stopping the $name system service that the install started"
+      $SUDO systemctl disable --now "$name" >/dev/null 2>&1 || $SUDO service "$name" stop >/dev/null 2>&1 || true
+    fi
+  done
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+exec .venv/bin/python -m pytest "$@"
