@@ -162,7 +162,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     plant = _plant(args.plant)
     import uvicorn
-
     from api.app import create_app
 
     store = _open_store_url(args.store)
@@ -184,7 +183,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mieruka.demo import DemoOptions, run_demo
+    from mieruka.demo import DemoError, DemoOptions, run_demo
 
     opts = DemoOptions(
         plant=Path(args.plant) if args.plant else None,
@@ -194,7 +193,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         seed=args.seed,
     )
-    return asyncio.run(run_demo(opts))
+    try:
+        return asyncio.run(run_demo(opts))
+    except DemoError as e:
+        raise BadInput(str(e)) from None
 
 
 # ---- parser ----------------------------------------------------------------------------------

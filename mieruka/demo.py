@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import threading
 from collections.abc import Generator, Iterator
@@ -141,9 +142,8 @@ class _Uvicorn(uvicorn.Server):
 
 @contextlib.contextmanager
 def _dashboard_thread(api_url: str, port: int) -> Iterator[None]:
-    from werkzeug.serving import make_server
-
     from dashboard.app import create_dashboard
+    from werkzeug.serving import make_server
 
     app = create_dashboard(api_url)
     server = make_server(LOOPBACK, port, app.server, threaded=True)
@@ -199,17 +199,13 @@ async def backfill(plant: Plant, store: Any, shift: ShiftWindow, now: datetime, 
             f"{now.astimezone(plant.site.tz):%H:%M}): {report.facts_written} facts from {report.rows} samples")
 
 
-async def run_demo(opts: DemoOptions) -> int:
-    from collector.pipeline import Collector
-    from core.store import open_store
-    from simulators.live import run_live
-
-    plant_path = opts.plant or DEFAULT_PLANT
-    plant = load_plant(plant_path)
+def prepare(opts: DemoOptions, now: datetime) -> tuple[Plant, Path, Path]:
+    """Check ports, move the calendar if needed, localize sources, write the effective plant file
+    and start from an empty store. Returns (plant, data dir, SQLite file)."""
+    plant = load_plant(opts.plant or DEFAULT_PLANT)
     for name, port in (("--api-port", opts.api_port), ("--dashboard-port", opts.dashboard_port)):
         if not port_free(port):
             raise DemoError(f"port {port} on {LOOPBACK} is in use; pass another {name}")
-    now = datetime.now(UTC).replace(microsecond=0)
     why = needs_calendar_move(plant, now)
     if why is not None:
         plant = move_calendar_to_now(plant, now)
@@ -221,19 +217,27 @@ async def run_demo(opts: DemoOptions) -> int:
     plant, notes = localize_sources(plant)
     for n in notes:
         print(f"demo: {n}", flush=True)
-
     data_dir = opts.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "plant.yaml").write_text(dump_plant(plant), encoding="utf-8")
     db = data_dir / "mieruka.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return plant, data_dir, db
+
+
+async def run_demo(opts: DemoOptions) -> int:
+    from collector.pipeline import Collector
+    from simulators.live import run_live
+
+    from core.store import open_store
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    plant, data_dir, db = prepare(opts, now)
     store = open_store(f"sqlite:///{db}")
     await store.open()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    import signal
-
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
