@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, Request
+
+from api.schemas import Health
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["health"])
+
+PING_TIMEOUT_S = 2.0
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz(request: Request) -> Health:
+    """Always 200 while the process serves; ``store`` says whether the store answers."""
+    state = request.app.state
+    try:
+        if not state.store_open:
+            await state.store.open()
+            state.store_open = True
+        ok = await asyncio.wait_for(state.store.ping(), PING_TIMEOUT_S)
+    except Exception as e:  # any failure of the store means "unavailable" here, never a 500
+        log.debug("store ping failed: %r", e)
+        ok = False
+    return Health(store="ok" if ok else "unavailable")

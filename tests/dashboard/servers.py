@@ -1,0 +1,67 @@
+"""A real uvicorn API and a real Dash server in threads, on free loopback ports, stopped after."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+from werkzeug.serving import make_server
+
+from api.app import create_app
+from core.plant import Plant
+from core.store.sqlite import SqliteStore
+from dashboard.app import create_dashboard
+from tests.support.services import free_port, wait_port
+
+
+class ApiServer:
+    def __init__(self, plant: Plant, db: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(plant, SqliteStore(db)), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name=f"api-{self.port}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not start on {self.url}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "the API thread did not stop"
+
+
+@contextmanager
+def api_server(plant: Plant, db: Path) -> Iterator[ApiServer]:
+    s = ApiServer(plant, db)
+    s.start()
+    try:
+        yield s
+    finally:
+        if s.thread.is_alive():
+            s.stop()
+
+
+@contextmanager
+def dashboard_server(api_url: str, refresh_ms: int = 1000) -> Iterator[str]:
+    port = free_port()
+    server = make_server("127.0.0.1", port, create_dashboard(api_url, refresh_ms=refresh_ms).server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name=f"dash-{port}", daemon=True)
+    thread.start()
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
