@@ -249,7 +249,7 @@ class Machine(_Model):
     @classmethod
     def _signal_names(cls, v: dict[str, Signal]) -> dict[str, Signal]:
         for k in v:
-            if not ID_RE.match(k):
+            if not ID_RE.fullmatch(k):
                 raise ValueError(f"signal name '{k}' must match {ID_PATTERN}")
         return v
 

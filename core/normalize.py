@@ -1,0 +1,317 @@
+"""Normalize: raw samples → production facts, once, at the edge.
+
+Rules (see the design handbook, "Normalize"):
+
+- **Counters** (``good``, ``scrap``, ``total``) become increments. The first value a counter
+  reports is a baseline (no fact) unless restored state holds one. A value that drops wrapped
+  if ``(new - old) mod 2**bits <= max_step`` (increment = that difference), otherwise the
+  counter was reset (increment = new). An increase is an increase (increment = new - old),
+  however large: a collector that was away for a while legitimately sees a big step.
+  :meth:`Normalizer.source_restarted` marks the non-retentive counters of a source's machines
+  so that their next value is taken as counting from 0 (increment = new), even if it did not
+  drop. An increment of 0 makes no fact.
+- **State**: the raw code is mapped through the signal's ``map`` to a canonical state; the
+  ``reason`` signal carries the stop-reason code (0, None or "" mean "no reason"). A state fact
+  (``value`` = state, ``reason`` = the current reason, None while running) is emitted when the
+  state or that effective reason changes; the first state sample always emits.
+  A source may deliver the state and the reason of one event in either order, with the same
+  source time: a reason sample whose source time is not after the last state fact's source time
+  belongs to that fact, which is emitted again with the same ``time_ns`` (same key, so the store
+  overwrites it); a reason that arrives first is remembered and goes with the next state fact;
+  and a state sample carrying the same source time as a state fact that a reason change just
+  made replaces that fact (same key) rather than stacking a second fact on it.
+- **Product**: ``value`` = the product code (str), emitted when it changes.
+- **Gauges** (any other signal): ``value`` = float, ``unit`` from the plant file.
+- Samples of quality ``bad`` make no fact and change no baseline.
+
+Keys are replay-stable: ``time_ns`` is the sample's source time, bumped to ``last + 1`` when it is
+not after the last fact emitted for the same (machine, signal), so keys are unique within a
+stream (except the deliberate same-key re-emits above) and a replay from the same saved state
+lands on the same keys. :meth:`Normalizer.snapshot` / :meth:`Normalizer.restore` carry all of
+this across a collector restart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from core.model import (
+    COUNTER_SIGNALS,
+    PRODUCT_SIGNAL,
+    REASON_SIGNAL,
+    STATE_SIGNAL,
+    Fact,
+    Sample,
+    to_ns,
+)
+from core.plant import Machine, Plant, Signal
+
+SNAPSHOT_VERSION = 1
+
+
+class NormalizeError(Exception):
+    """A sample that cannot become a fact.
+
+    ``kind`` is one of ``unknown_machine``, ``unknown_signal``, ``bad_value``, ``bad_time``,
+    ``unmapped_state``; ``message`` says which machine, signal and value.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(slots=True)
+class _Counter:
+    last: int | None = None  # last raw value seen (the baseline for the next increment)
+    restarted: bool = False  # the source restarted: the next value counts from 0
+
+
+@dataclass(slots=True)
+class _StateFact:
+    """The last state fact emitted for a machine."""
+
+    state: str
+    reason: int | None
+    src_ns: int  # source time of the sample that made it
+    time_ns: int  # the fact's (possibly bumped) time, i.e. its key
+    by_reason: bool  # made by a reason change rather than a state sample
+
+
+@dataclass(slots=True)
+class _MachineState:
+    reason: int | None = None  # current raw reason (as the PLC last reported it)
+    last: _StateFact | None = None
+    product: str | None = None
+
+
+def _int_like(value: object) -> int | None:
+    """An int from an int, an integral float or a numeric string; None when it is none of those."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    if isinstance(value, str):
+        s = value.strip()
+        try:
+            return int(s)
+        except ValueError:
+            pass
+        try:
+            f = float(s)
+        except ValueError:
+            return None
+        return int(f) if math.isfinite(f) and f.is_integer() else None
+    return None
+
+
+class Normalizer:
+    """Turns :class:`~core.model.Sample` s into :class:`~core.model.Fact` s for one plant.
+
+    Not thread-safe; one instance per collector pipeline.
+    """
+
+    def __init__(self, plant: Plant) -> None:
+        self._plant = plant
+        self._machines: dict[str, tuple[str, Machine]] = {m.id: (ln.id, m) for ln, m in plant.machines()}
+        self._counters: dict[tuple[str, str], _Counter] = {}
+        self._times: dict[tuple[str, str], int] = {}
+        self._mstate: dict[str, _MachineState] = {}
+
+    # ---- public -------------------------------------------------------------------------
+    def feed(self, sample: Sample) -> list[Fact]:
+        """The facts one sample makes (often none); raises :class:`NormalizeError`."""
+        entry = self._machines.get(sample.machine)
+        if entry is None:
+            raise NormalizeError("unknown_machine", f"unknown machine '{sample.machine}' (not in the plant file)")
+        line, machine = entry
+        sig = machine.signals.get(sample.signal)
+        if sig is None:
+            raise NormalizeError("unknown_signal",
+                                 f"machine '{machine.id}' has no signal '{sample.signal}' in the plant file")
+        if sample.quality == "bad":
+            return []
+        try:
+            src_ns = to_ns(sample.time)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise NormalizeError("bad_time", f"{machine.id}.{sample.signal}: {e}") from None
+        name = sample.signal
+        if name in COUNTER_SIGNALS:
+            return self._counter(line, machine.id, name, sig, sample.value, src_ns)
+        if name == STATE_SIGNAL:
+            return self._state(line, machine.id, sig, sample.value, src_ns)
+        if name == REASON_SIGNAL:
+            return self._reason(line, machine.id, sample.value, src_ns)
+        if name == PRODUCT_SIGNAL:
+            return self._product(line, machine.id, sample.value, src_ns)
+        return self._gauge(line, machine.id, name, sig, sample.value, src_ns)
+
+    def source_restarted(self, source_id: str) -> None:
+        """The PLC behind ``source_id`` restarted: its non-retentive counters now count from 0."""
+        for _, m in self._plant.machines_of_source(source_id):
+            for name, sig in m.signals.items():
+                if name in COUNTER_SIGNALS and not sig.retentive:
+                    self._counters.setdefault((m.id, name), _Counter()).restarted = True
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state: counter baselines, last fact times, last states, reasons and products."""
+        counters: dict[str, dict[str, Any]] = {}
+        for (m, s), c in sorted(self._counters.items()):
+            counters.setdefault(m, {})[s] = {"last": c.last, "restarted": c.restarted}
+        times: dict[str, dict[str, int]] = {}
+        for (m, s), t in sorted(self._times.items()):
+            times.setdefault(m, {})[s] = t
+        machines: dict[str, Any] = {}
+        for m, ms in sorted(self._mstate.items()):
+            last = None
+            if ms.last is not None:
+                last = {"state": ms.last.state, "reason": ms.last.reason, "src_ns": ms.last.src_ns,
+                        "time_ns": ms.last.time_ns, "by_reason": ms.last.by_reason}
+            machines[m] = {"reason": ms.reason, "last_state": last, "product": ms.product}
+        return {"version": SNAPSHOT_VERSION, "counters": counters, "times": times, "machines": machines}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`snapshot`; entries for machines no longer in the plant are dropped.
+
+        Raises ``ValueError`` for a snapshot this version cannot read."""
+        if not isinstance(state, dict) or state.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"not a normalizer snapshot of version {SNAPSHOT_VERSION}")
+        counters: dict[tuple[str, str], _Counter] = {}
+        times: dict[tuple[str, str], int] = {}
+        mstate: dict[str, _MachineState] = {}
+        try:
+            for m, sigs in state["counters"].items():
+                for s, c in sigs.items():
+                    if self._known(m, s):
+                        last = c["last"]
+                        counters[(m, s)] = _Counter(None if last is None else int(last), bool(c["restarted"]))
+            for m, sigs in state["times"].items():
+                for s, t in sigs.items():
+                    if self._known(m, s):
+                        times[(m, s)] = int(t)
+            for m, d in state["machines"].items():
+                if m not in self._machines:
+                    continue
+                ls = d["last_state"]
+                last = None
+                if ls is not None:
+                    last = _StateFact(str(ls["state"]), None if ls["reason"] is None else int(ls["reason"]),
+                                      int(ls["src_ns"]), int(ls["time_ns"]), bool(ls["by_reason"]))
+                reason = d["reason"]
+                product = d["product"]
+                mstate[m] = _MachineState(None if reason is None else int(reason), last,
+                                          None if product is None else str(product))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"malformed normalizer snapshot: {e!r}") from None
+        self._counters, self._times, self._mstate = counters, times, mstate
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _known(self, machine: str, signal: str) -> bool:
+        entry = self._machines.get(machine)
+        return entry is not None and signal in entry[1].signals
+
+    def _stamp(self, machine: str, signal: str, src_ns: int) -> int:
+        prev = self._times.get((machine, signal))
+        t = src_ns if prev is None or src_ns > prev else prev + 1
+        self._times[(machine, signal)] = t
+        return t
+
+    def _counter(self, line: str, machine: str, name: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
+        new = _int_like(value)
+        bits = sig.counter_bits or 64
+        if new is None or new < 0 or new >= 1 << bits:
+            raise NormalizeError("bad_value", f"{machine}.{name}: {value!r} is not a {bits}-bit counter value")
+        c = self._counters.setdefault((machine, name), _Counter())
+        old, restarted = c.last, c.restarted
+        c.last, c.restarted = new, False
+        if restarted:
+            inc = new
+        elif old is None:
+            return []  # baseline
+        elif new >= old:
+            inc = new - old
+        else:
+            wrapped = (new - old) % (1 << bits)
+            inc = wrapped if wrapped <= sig.max_step else new
+        if inc == 0:
+            return []
+        return [Fact("count", self._stamp(machine, name, src_ns), line, machine, name, inc)]
+
+    def _state(self, line: str, machine: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
+        code = _int_like(value)
+        if code is None:
+            raise NormalizeError("bad_value", f"{machine}.state: {value!r} is not a state code")
+        state = (sig.map or {}).get(code)
+        if state is None:
+            known = ", ".join(f"{k}: {v}" for k, v in sorted((sig.map or {}).items()))
+            raise NormalizeError("unmapped_state", f"{machine}.state: code {code} is not in the map ({known})")
+        ms = self._mstate.setdefault(machine, _MachineState())
+        reason = None if state == "running" else ms.reason
+        last = ms.last
+        if last is not None and last.state == state and last.reason == reason:
+            return []
+        if last is not None and last.by_reason and last.src_ns == src_ns:
+            # the reason of this very event came first and already made a fact at this time: replace it
+            t = last.time_ns
+        else:
+            t = self._stamp(machine, STATE_SIGNAL, src_ns)
+        ms.last = _StateFact(state, reason, src_ns, t, by_reason=False)
+        return [Fact("state", t, line, machine, STATE_SIGNAL, state, reason=reason)]
+
+    def _reason(self, line: str, machine: str, value: object, src_ns: int) -> list[Fact]:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            code: int | None = None
+        else:
+            code = _int_like(value)
+            if code is None or code < 0:
+                raise NormalizeError("bad_value", f"{machine}.reason: {value!r} is not a reason code")
+            code = code or None
+        ms = self._mstate.setdefault(machine, _MachineState())
+        ms.reason = code
+        last = ms.last
+        if last is None:
+            return []  # remembered for the first state fact
+        reason = None if last.state == "running" else code
+        if reason == last.reason:
+            return []
+        if src_ns <= last.src_ns:
+            # the reason of the event that made the last state fact: overwrite that fact (same key)
+            ms.last = _StateFact(last.state, reason, last.src_ns, last.time_ns, last.by_reason)
+            return [Fact("state", last.time_ns, line, machine, STATE_SIGNAL, last.state, reason=reason)]
+        t = self._stamp(machine, STATE_SIGNAL, src_ns)
+        ms.last = _StateFact(last.state, reason, src_ns, t, by_reason=True)
+        return [Fact("state", t, line, machine, STATE_SIGNAL, last.state, reason=reason)]
+
+    def _product(self, line: str, machine: str, value: object, src_ns: int) -> list[Fact]:
+        if isinstance(value, bool):
+            raise NormalizeError("bad_value", f"{machine}.product: {value!r} is not a product code")
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise NormalizeError("bad_value", f"{machine}.product: {value!r} is not a product code")
+            code = str(int(value)) if value.is_integer() else repr(value)
+        else:
+            code = str(value).strip()
+        ms = self._mstate.setdefault(machine, _MachineState())
+        if ms.product == code:
+            return []
+        ms.product = code
+        return [Fact("product", self._stamp(machine, PRODUCT_SIGNAL, src_ns), line, machine, PRODUCT_SIGNAL, code)]
+
+    def _gauge(self, line: str, machine: str, name: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
+        try:
+            if isinstance(value, str):
+                v = float(value.strip())
+            elif isinstance(value, int | float):
+                v = float(value)
+            else:
+                raise ValueError
+        except ValueError:
+            raise NormalizeError("bad_value", f"{machine}.{name}: {value!r} is not a number") from None
+        if not math.isfinite(v):
+            raise NormalizeError("bad_value", f"{machine}.{name}: {value!r} is not a finite number")
+        return [Fact("gauge", self._stamp(machine, name, src_ns), line, machine, name, v, unit=sig.unit)]

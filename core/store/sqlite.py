@@ -1,0 +1,279 @@
+"""The embedded store: one SQLite file in WAL mode (standard library only).
+
+WAL lets other processes (the API, ``sqlite3`` on the command line) read while the collector
+writes. Writes are idempotent by fact key: each table's primary key is the key's parts, and
+rows are written with ``INSERT OR REPLACE``.
+
+sqlite3 calls block, so they run in worker threads (``asyncio.to_thread``). The store keeps two
+connections, one for writes and one for reads, each guarded by its own lock: a connection is
+never used by two threads at once, and in WAL mode reads need not wait for a write to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from core.model import Fact
+from core.store import check_bucket, check_ids
+from core.store.base import CountBucket, GaugeBucket, StateChange, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS counts (
+    machine TEXT NOT NULL, signal TEXT NOT NULL, time_ns INTEGER NOT NULL,
+    line TEXT NOT NULL, inc INTEGER NOT NULL,
+    PRIMARY KEY (machine, signal, time_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS counts_machine_time ON counts (machine, time_ns);
+CREATE TABLE IF NOT EXISTS states (
+    machine TEXT NOT NULL, time_ns INTEGER NOT NULL,
+    line TEXT NOT NULL, state TEXT NOT NULL, reason INTEGER,
+    PRIMARY KEY (machine, time_ns)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gauges (
+    machine TEXT NOT NULL, signal TEXT NOT NULL, time_ns INTEGER NOT NULL,
+    line TEXT NOT NULL, value REAL NOT NULL, unit TEXT,
+    PRIMARY KEY (machine, signal, time_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS gauges_machine_time ON gauges (machine, time_ns);
+CREATE TABLE IF NOT EXISTS products (
+    machine TEXT NOT NULL, time_ns INTEGER NOT NULL,
+    line TEXT NOT NULL, product TEXT NOT NULL,
+    PRIMARY KEY (machine, time_ns)
+) WITHOUT ROWID;
+"""
+# states and products: the primary key (machine, time_ns) is already the (machine, time) index.
+
+
+def _bucket_expr(bucket_ns: int) -> str:
+    # floor to an epoch multiple; SQLite's % takes the dividend's sign, hence the double modulo
+    b = int(bucket_ns)
+    return f"(time_ns - (((time_ns % {b}) + {b}) % {b}))"
+
+
+def _placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SqliteStore:
+    """:class:`~core.store.base.Store` on a SQLite file (created with its parent directory if missing)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._wlock = threading.Lock()
+        self._rlock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._wconn is not None:
+            return
+        await asyncio.to_thread(self._open_sync)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        return conn
+
+    def _open_sync(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            w = self._connect()
+            try:
+                mode = w.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"{self.path}: SQLite refused WAL mode (journal_mode is {mode})")
+                # FULL: a write the caller was told is confirmed survives a power cut too
+                w.execute("PRAGMA synchronous = FULL")
+                w.executescript(SCHEMA)
+                r = self._connect()
+            except BaseException:
+                w.close()
+                raise
+        except sqlite3.OperationalError as e:
+            raise self._error(e) from e
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"cannot open SQLite store {self.path}: {e}") from e
+        self._wconn, self._rconn = w, r
+        log.info("opened SQLite store %s", self.path)
+
+    async def close(self) -> None:
+        w, r = self._wconn, self._rconn
+        self._wconn = self._rconn = None
+
+        def _close() -> None:
+            with self._wlock:
+                if w is not None:
+                    w.close()
+            with self._rlock:
+                if r is not None:
+                    r.close()
+
+        if w is not None or r is not None:
+            await asyncio.to_thread(_close)
+
+    # ---- plumbing -----------------------------------------------------------------------
+    def _error(self, e: sqlite3.Error) -> StoreError:
+        msg = str(e)
+        if isinstance(e, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg or "unable to open" in msg):
+            return StoreUnavailable(f"SQLite store {self.path} is busy or unreachable: {msg}")
+        return StoreError(f"SQLite store {self.path}: {msg}")
+
+    async def _run(self, write: bool, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._wconn if write else self._rconn
+        if conn is None:
+            raise StoreError(f"{self!r} is not open; await store.open() first")
+        lock = self._wlock if write else self._rlock
+
+        def call() -> T:
+            with lock:
+                try:
+                    return fn(conn)
+                except sqlite3.Error as e:
+                    raise self._error(e) from e
+
+        return await asyncio.to_thread(call)
+
+    @staticmethod
+    def _read_txn(conn: sqlite3.Connection, queries: Iterable[tuple[str, Sequence[object]]]
+                  ) -> list[list[Any]]:
+        # one read transaction, so several statements see one snapshot of the file
+        conn.execute("BEGIN")
+        try:
+            return [conn.execute(sql, params).fetchall() for sql, params in queries]
+        finally:
+            conn.execute("COMMIT")
+
+    # ---- writes -------------------------------------------------------------------------
+    async def write(self, facts: Sequence[Fact]) -> None:
+        counts: list[tuple[object, ...]] = []
+        states: list[tuple[object, ...]] = []
+        gauges: list[tuple[object, ...]] = []
+        products: list[tuple[object, ...]] = []
+        for f in facts:
+            check_ids("line", [f.line])
+            check_ids("machine", [f.machine])
+            check_ids("signal", [f.signal])
+            if f.kind == "count":
+                counts.append((f.machine, f.signal, f.time_ns, f.line, int(f.value)))
+            elif f.kind == "state":
+                states.append((f.machine, f.time_ns, f.line, str(f.value), f.reason))
+            elif f.kind == "gauge":
+                gauges.append((f.machine, f.signal, f.time_ns, f.line, float(f.value), f.unit))
+            elif f.kind == "product":
+                products.append((f.machine, f.time_ns, f.line, str(f.value)))
+            else:
+                raise StoreError(f"unknown fact kind {f.kind!r}")
+        if not facts:
+            return
+
+        def _write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if counts:
+                    conn.executemany("INSERT OR REPLACE INTO counts (machine, signal, time_ns, line, inc) "
+                                     "VALUES (?, ?, ?, ?, ?)", counts)
+                if states:
+                    conn.executemany("INSERT OR REPLACE INTO states (machine, time_ns, line, state, reason) "
+                                     "VALUES (?, ?, ?, ?, ?)", states)
+                if gauges:
+                    conn.executemany("INSERT OR REPLACE INTO gauges (machine, signal, time_ns, line, value, unit) "
+                                     "VALUES (?, ?, ?, ?, ?, ?)", gauges)
+                if products:
+                    conn.executemany("INSERT OR REPLACE INTO products (machine, time_ns, line, product) "
+                                     "VALUES (?, ?, ?, ?)", products)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        await self._run(True, _write)
+
+    # ---- reads --------------------------------------------------------------------------
+    async def count_buckets(
+        self, machines: Sequence[str], signals: Sequence[str], start_ns: int, end_ns: int, bucket_ns: int
+    ) -> list[CountBucket]:
+        check_ids("machine", machines)
+        check_ids("signal", signals)
+        check_bucket(bucket_ns)
+        if not machines or not signals or start_ns >= end_ns:
+            return []
+        sql = (f"SELECT {_bucket_expr(bucket_ns)} AS b, machine, signal, SUM(inc) FROM counts "
+               f"WHERE machine IN ({_placeholders(len(machines))}) AND signal IN ({_placeholders(len(signals))}) "
+               "AND time_ns >= ? AND time_ns < ? GROUP BY machine, signal, b")
+        params = [*machines, *signals, int(start_ns), int(end_ns)]
+        rows = await self._run(False, lambda c: c.execute(sql, params).fetchall())
+        return [CountBucket(int(b), str(m), str(s), int(t)) for b, m, s, t in rows]
+
+    async def state_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[StateChange]:
+        check_ids("machine", machines)
+        if not machines:
+            return []
+        queries: list[tuple[str, Sequence[object]]] = [
+            ("SELECT time_ns, machine, state, reason FROM states WHERE machine = ? AND time_ns < ? "
+             "ORDER BY time_ns DESC LIMIT 1", (m, int(start_ns)))
+            for m in dict.fromkeys(machines)
+        ]
+        if start_ns < end_ns:
+            queries.append((f"SELECT time_ns, machine, state, reason FROM states WHERE machine IN "
+                            f"({_placeholders(len(machines))}) AND time_ns >= ? AND time_ns < ?",
+                            [*machines, int(start_ns), int(end_ns)]))
+        results = await self._run(False, lambda c: self._read_txn(c, queries))
+        out = [StateChange(int(t), str(m), str(s), None if r is None else int(r))
+               for rows in results for t, m, s, r in rows]
+        out.sort(key=lambda c: (c.time_ns, c.machine))
+        return out
+
+    async def gauge_buckets(
+        self, machine: str, signal: str, start_ns: int, end_ns: int, bucket_ns: int
+    ) -> list[GaugeBucket]:
+        check_ids("machine", [machine])
+        check_ids("signal", [signal])
+        check_bucket(bucket_ns)
+        if start_ns >= end_ns:
+            return []
+        sql = (f"SELECT {_bucket_expr(bucket_ns)} AS b, AVG(value), MIN(value), MAX(value), COUNT(*) FROM gauges "
+               "WHERE machine = ? AND signal = ? AND time_ns >= ? AND time_ns < ? GROUP BY b ORDER BY b")
+        params = (machine, signal, int(start_ns), int(end_ns))
+        rows = await self._run(False, lambda c: c.execute(sql, params).fetchall())
+        return [GaugeBucket(int(b), machine, signal, float(mean), float(lo), float(hi), int(n))
+                for b, mean, lo, hi, n in rows]
+
+    async def last_times(self, machines: Sequence[str]) -> dict[str, int]:
+        check_ids("machine", machines)
+        if not machines:
+            return {}
+        ph = _placeholders(len(machines))
+        sql = " UNION ALL ".join(
+            f"SELECT machine, MAX(time_ns) FROM {table} WHERE machine IN ({ph}) GROUP BY machine"
+            for table in ("counts", "states", "gauges", "products"))
+        params = list(machines) * 4
+        rows = await self._run(False, lambda c: c.execute(sql, params).fetchall())
+        out: dict[str, int] = {}
+        for m, t in rows:
+            if t is not None:
+                out[str(m)] = max(out.get(str(m), int(t)), int(t))
+        return out
+
+    async def ping(self) -> bool:
+        if self._rconn is None:
+            return False
+        try:
+            await self._run(False, lambda c: c.execute("SELECT 1 FROM counts LIMIT 1").fetchall())
+        except StoreError:
+            return False
+        return True

@@ -1,0 +1,420 @@
+"""Normalize: counters → increments (wrap/reset/restart), states + reasons, products, gauges, keys, saved state."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.model import Fact, Sample, to_ns
+from core.normalize import NormalizeError, Normalizer
+from core.plant import Plant, parse_plant
+
+T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
+STATE_MAP = {1: "running", 2: "idle", 3: "down", 4: "changeover", 5: "planned"}
+
+
+@cache
+def make_plant(bits: int = 16, max_step: int = 1000) -> Plant:
+    def node(m: str, s: str) -> str:
+        return f"ns=2;s={m}.{s}"
+
+    return parse_plant({
+        "site": {"id": "site-1"},
+        "sources": {"plc-1": {"opcua": {"endpoint": "opc.tcp://127.0.0.1:4840"}},
+                    "plc-2": {"opcua": {"endpoint": "opc.tcp://127.0.0.1:4841"}}},
+        "lines": [
+            {"id": "line-1", "machines": [{
+                "id": "m1", "source": "plc-1", "signals": {
+                    "good": {"node": node("m1", "good"), "counter_bits": bits, "max_step": max_step},
+                    "scrap": {"node": node("m1", "scrap"), "counter_bits": bits, "max_step": max_step,
+                              "retentive": True},
+                    "state": {"node": node("m1", "state"), "map": STATE_MAP},
+                    "reason": {"node": node("m1", "reason")},
+                    "product": {"node": node("m1", "product")},
+                    "temp": {"node": node("m1", "temp"), "unit": "°C"},
+                    "load": {"node": node("m1", "load")},
+                }}]},
+            {"id": "line-2", "machines": [{
+                "id": "m2", "source": "plc-2", "signals": {
+                    "good": {"node": node("m2", "good"), "counter_bits": bits, "max_step": max_step},
+                    "state": {"node": node("m2", "state"), "map": STATE_MAP},
+                }}]},
+        ],
+    })
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def s(machine: str, signal: str, value: Any, t: float, quality: Any = "good") -> Sample:
+    return Sample(machine, signal, value, at(t), quality)
+
+
+def ns(t: float) -> int:
+    return to_ns(at(t))
+
+
+def incs(facts: list[Fact]) -> list[int]:
+    return [int(f.value) for f in facts if f.kind == "count"]
+
+
+# ---- counters: properties ------------------------------------------------------------------
+
+bits_st = st.sampled_from([8, 16, 32, 64])
+
+
+@st.composite
+def wrapped_stream(draw: st.DrawFn) -> tuple[int, int, int, list[int]]:
+    bits = draw(bits_st)
+    max_step = draw(st.integers(1, min(5000, (1 << bits) - 1)))
+    start = draw(st.integers(0, (1 << bits) - 1))
+    steps = draw(st.lists(st.integers(0, max_step), max_size=60))
+    return bits, max_step, start, steps
+
+
+@given(wrapped_stream())
+@settings(max_examples=300, deadline=None)
+def test_wrapped_counter_increments_sum_to_true_production(case: tuple[int, int, int, list[int]]) -> None:
+    bits, max_step, start, steps = case
+    n = Normalizer(make_plant(bits, max_step))
+    assert n.feed(s("m1", "good", start, 0)) == []  # the first value is a baseline
+    value, got = start, []
+    for i, step in enumerate(steps, 1):
+        value = (value + step) % (1 << bits)
+        facts = n.feed(s("m1", "good", value, i))
+        assert incs(facts) == ([step] if step else [])  # each increment exactly, no fact for 0
+        got.extend(facts)
+    assert sum(incs(got)) == sum(steps)
+    assert all(f.kind == "count" and f.signal == "good" and f.line == "line-1" for f in got)
+
+
+@st.composite
+def stream_with_resets(draw: st.DrawFn) -> tuple[int, int, list[tuple[str, int]]]:
+    bits = draw(st.sampled_from([16, 32]))
+    max_step = draw(st.integers(1, 2000))
+    ops = draw(st.lists(st.one_of(st.tuples(st.just("inc"), st.integers(0, max_step)),
+                                  st.tuples(st.just("reset"), st.integers(0, 50))), max_size=60))
+    return bits, max_step, ops
+
+
+@given(stream_with_resets(), st.integers(0, 60_000))
+@settings(max_examples=300, deadline=None)
+def test_reset_counts_the_new_value(case: tuple[int, int, list[tuple[str, int]]], start: int) -> None:
+    bits, max_step, ops = case
+    mod = 1 << bits
+    n = Normalizer(make_plant(bits, max_step))
+    value = start % mod
+    assert n.feed(s("m1", "good", value, 0)) == []
+    t = 0
+    for op, x in ops:
+        if op == "inc":
+            value, expected = (value + x) % mod, x
+        else:
+            # a reset: the value drops to something small that no wrap within max_step explains
+            if not (x < value and (x - value) % mod > max_step):
+                continue
+            value, expected = x, x
+        t += 1
+        assert incs(n.feed(s("m1", "good", value, t))) == ([expected] if expected else [])
+
+
+def test_reset_examples() -> None:
+    n = Normalizer(make_plant(16, 1000))
+    assert n.feed(s("m1", "good", 5000, 0)) == []
+    assert incs(n.feed(s("m1", "good", 5003, 1))) == [3]
+    assert incs(n.feed(s("m1", "good", 7, 2))) == [7]  # reset: (7 - 5003) mod 2^16 = 60540 > 1000
+    assert incs(n.feed(s("m1", "good", 0, 3))) == []  # reset to 0: nothing made
+    assert incs(n.feed(s("m1", "good", 2, 4))) == [2]
+    n.feed(s("m1", "good", 65530, 5))  # a big increase is an increase (65528 > max_step)
+    assert incs(n.feed(s("m1", "good", 4, 6))) == [10]  # wrap: (4 - 65530) mod 2^16 = 10
+
+
+def test_big_increase_is_an_increase() -> None:
+    n = Normalizer(make_plant(32, 1000))
+    n.feed(s("m1", "good", 10, 0))
+    assert incs(n.feed(s("m1", "good", 50_010, 1))) == [50_000]
+
+
+@given(st.integers(0, 65535))
+@settings(max_examples=50, deadline=None)
+def test_first_value_is_a_baseline(first: int) -> None:
+    n = Normalizer(make_plant(16, 1000))
+    assert n.feed(s("m1", "good", first, 0)) == []
+    assert n.feed(s("m1", "scrap", first, 0)) == []
+    assert incs(n.feed(s("m1", "good", (first + 1) % 65536, 1))) == [1]
+
+
+def test_counter_values_from_csv_and_json() -> None:
+    n = Normalizer(make_plant(16, 1000))
+    n.feed(s("m1", "good", "100", 0))
+    assert incs(n.feed(s("m1", "good", 101.0, 1))) == [1]
+    assert incs(n.feed(s("m1", "good", " 104 ", 2))) == [3]
+    assert incs(n.feed(s("m1", "good", "106.0", 3))) == [2]
+
+
+@pytest.mark.parametrize("value", ["abc", "", 1.5, "2.5", -1, 65536, float("nan"), float("inf"), True, None])
+def test_bad_counter_values_raise(value: Any) -> None:
+    n = Normalizer(make_plant(16, 1000))
+    n.feed(s("m1", "good", 10, 0))
+    with pytest.raises(NormalizeError) as e:
+        n.feed(s("m1", "good", value, 1))
+    assert e.value.kind == "bad_value"
+    assert "m1.good" in e.value.message
+    assert incs(n.feed(s("m1", "good", 12, 2))) == [2]  # the baseline survived the bad sample
+
+
+def test_bad_quality_makes_nothing_and_keeps_the_baseline() -> None:
+    n = Normalizer(make_plant(16, 1000))
+    n.feed(s("m1", "good", 10, 0))
+    assert n.feed(s("m1", "good", 9999, 1, quality="bad")) == []
+    assert n.feed(s("m1", "good", "garbage", 2, quality="bad")) == []
+    assert n.feed(s("m1", "state", 3, 2, quality="bad")) == []
+    assert incs(n.feed(s("m1", "good", 12, 3))) == [2]
+    assert incs(n.feed(s("m1", "good", 13, 4, quality="uncertain"))) == [1]
+
+
+def test_source_restart_marks_non_retentive_counters_of_that_source() -> None:
+    n = Normalizer(make_plant(16, 1000))
+    for sig in ("good", "scrap"):
+        n.feed(s("m1", sig, 100, 0))
+    n.feed(s("m2", "good", 100, 0))
+    n.source_restarted("plc-1")
+    # the value did not drop, yet the PLC restarted: a non-retentive counter counted from 0
+    assert incs(n.feed(s("m1", "good", 150, 1))) == [150]
+    assert incs(n.feed(s("m1", "good", 151, 2))) == [1]  # only the next value
+    assert incs(n.feed(s("m1", "scrap", 102, 1))) == [2]  # retentive: kept its count
+    assert incs(n.feed(s("m2", "good", 103, 1))) == [3]  # another source
+    n.source_restarted("nope")  # an unknown source is harmless
+
+
+def test_unknown_machine_and_signal() -> None:
+    n = Normalizer(make_plant())
+    with pytest.raises(NormalizeError) as e:
+        n.feed(s("m9", "good", 1, 0))
+    assert e.value.kind == "unknown_machine" and "m9" in str(e.value)
+    with pytest.raises(NormalizeError) as e:
+        n.feed(s("m2", "temp", 1, 0))
+    assert e.value.kind == "unknown_signal" and "temp" in e.value.message
+
+
+def test_time_without_offset_is_rejected() -> None:
+    n = Normalizer(make_plant())
+    with pytest.raises(NormalizeError) as e:
+        n.feed(Sample("m1", "temp", 1.0, datetime(2026, 1, 1)))
+    assert e.value.kind == "bad_time"
+
+
+# ---- keys and time ---------------------------------------------------------------------------
+
+
+def test_times_are_bumped_to_stay_strictly_increasing() -> None:
+    n = Normalizer(make_plant())
+    n.feed(s("m1", "good", 0, 0))
+    a = n.feed(s("m1", "good", 1, 5))[0]
+    b = n.feed(s("m1", "good", 2, 5))[0]  # same source time
+    c = n.feed(s("m1", "good", 3, 4))[0]  # older source time
+    d = n.feed(s("m1", "good", 4, 6))[0]
+    assert [a.time_ns, b.time_ns, c.time_ns, d.time_ns] == [ns(5), ns(5) + 1, ns(5) + 2, ns(6)]
+    # another signal of the same machine has its own sequence
+    assert n.feed(s("m1", "temp", 20.5, 5))[0].time_ns == ns(5)
+
+
+# ---- states and reasons ------------------------------------------------------------------------
+
+
+def states(facts: list[Fact]) -> list[tuple[int, str, int | None]]:
+    return [(f.time_ns, str(f.value), f.reason) for f in facts if f.kind == "state"]
+
+
+def test_first_state_emits_and_repeats_do_not() -> None:
+    n = Normalizer(make_plant())
+    f = n.feed(s("m1", "state", 1, 0))
+    assert states(f) == [(ns(0), "running", None)]
+    assert f[0].signal == "state" and f[0].line == "line-1" and f[0].key == f"state/m1/state/{ns(0)}"
+    assert n.feed(s("m1", "state", "1", 1)) == []
+    assert states(n.feed(s("m1", "state", 2.0, 2))) == [(ns(2), "idle", None)]
+
+
+def test_unmapped_and_bad_state_codes() -> None:
+    n = Normalizer(make_plant())
+    with pytest.raises(NormalizeError) as e:
+        n.feed(s("m1", "state", 9, 0))
+    assert e.value.kind == "unmapped_state" and "9" in e.value.message
+    with pytest.raises(NormalizeError) as e:
+        n.feed(s("m1", "state", "down", 0))
+    assert e.value.kind == "bad_value"
+    with pytest.raises(NormalizeError) as e:
+        n.feed(s("m1", "reason", "tool", 0))
+    assert e.value.kind == "bad_value"
+
+
+def test_reason_after_state_with_same_time_overwrites_that_fact() -> None:
+    n = Normalizer(make_plant())
+    n.feed(s("m1", "state", 1, 0))
+    first = n.feed(s("m1", "state", 3, 10))
+    again = n.feed(s("m1", "reason", 20, 10))
+    assert states(first) == [(ns(10), "down", None)]
+    assert states(again) == [(ns(10), "down", 20)]
+    assert first[0].key == again[0].key  # the store overwrites, no second stop appears
+
+
+def test_reason_before_state_is_remembered() -> None:
+    n = Normalizer(make_plant())
+    n.feed(s("m1", "state", 1, 0))
+    assert n.feed(s("m1", "reason", 20, 10)) == []  # running: no reason shown
+    assert states(n.feed(s("m1", "state", 3, 10))) == [(ns(10), "down", 20)]
+
+
+def test_reason_first_while_stopped_does_not_leave_a_phantom_fact() -> None:
+    n = Normalizer(make_plant())
+    n.feed(s("m1", "state", 3, 0))
+    n.feed(s("m1", "reason", 20, 0))
+    # next event at t=10: changeover with reason 10, reason delivered first
+    r = n.feed(s("m1", "reason", 10, 10))
+    c = n.feed(s("m1", "state", 4, 10))
+    assert states(r) == [(ns(10), "down", 10)]
+    assert states(c) == [(ns(10), "changeover", 10)]  # same key: replaces the interim fact
+
+
+def test_reason_changes_while_stopped_and_running_hides_reason() -> None:
+    n = Normalizer(make_plant())
+    n.feed(s("m1", "reason", 30, 0))
+    assert states(n.feed(s("m1", "state", 2, 0))) == [(ns(0), "idle", 30)]
+    assert states(n.feed(s("m1", "reason", 31, 5))) == [(ns(5), "idle", 31)]  # a later, new reason
+    assert states(n.feed(s("m1", "state", 1, 8))) == [(ns(8), "running", None)]
+    assert n.feed(s("m1", "reason", 40, 9)) == []  # reason while running: remembered only
+    assert states(n.feed(s("m1", "state", 3, 12))) == [(ns(12), "down", 40)]
+    assert states(n.feed(s("m1", "reason", 0, 13))) == [(ns(13), "down", None)]
+    assert n.feed(s("m1", "reason", "", 14)) == []
+    assert n.feed(s("m1", "reason", None, 14)) == []
+
+
+def test_state_at_same_time_as_previous_state_is_bumped() -> None:
+    n = Normalizer(make_plant())
+    a = n.feed(s("m1", "state", 1, 3))
+    b = n.feed(s("m1", "state", 3, 3))
+    assert states(a + b) == [(ns(3), "running", None), (ns(3) + 1, "down", None)]
+
+
+# ---- products and gauges ----------------------------------------------------------------------
+
+
+def test_product_emitted_on_change() -> None:
+    n = Normalizer(make_plant())
+    f = n.feed(s("m1", "product", "TB-100", 0))
+    assert [(x.kind, x.value, x.signal) for x in f] == [("product", "TB-100", "product")]
+    assert n.feed(s("m1", "product", "TB-100", 1)) == []
+    assert [x.value for x in n.feed(s("m1", "product", 200.0, 2))] == ["200"]
+    assert n.feed(s("m1", "product", 200, 3)) == []
+
+
+def test_gauges_pass_through_with_unit() -> None:
+    n = Normalizer(make_plant())
+    f = n.feed(s("m1", "temp", "21.5", 0)) + n.feed(s("m1", "temp", 21.5, 1)) + n.feed(s("m1", "load", 3, 1))
+    assert [(x.kind, x.signal, x.value, x.unit, x.time_ns) for x in f] == [
+        ("gauge", "temp", 21.5, "°C", ns(0)), ("gauge", "temp", 21.5, "°C", ns(1)), ("gauge", "load", 3.0, None, ns(1))]
+    assert isinstance(f[2].value, float)
+    for bad in ("hot", float("nan"), float("-inf")):
+        with pytest.raises(NormalizeError) as e:
+            n.feed(s("m1", "temp", bad, 2))
+        assert e.value.kind == "bad_value"
+
+
+# ---- mixed streams: keys, replay, snapshot/restore -------------------------------------------
+
+SIGNAL_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "good": st.integers(0, 65535),
+    "scrap": st.integers(0, 65535),
+    "state": st.sampled_from(list(STATE_MAP)),
+    "reason": st.sampled_from([0, 10, 20, 30, None]),
+    "product": st.sampled_from(["TB-100", "TB-200"]),
+    "temp": st.floats(-50, 500),
+}
+
+
+@st.composite
+def sample_stream(draw: st.DrawFn) -> list[Sample]:
+    n = draw(st.integers(0, 80))
+    out: list[Sample] = []
+    t = 0
+    for _ in range(n):
+        machine = draw(st.sampled_from(["m1", "m1", "m2"]))
+        signal = draw(st.sampled_from(list(SIGNAL_VALUES) if machine == "m1" else ["good", "state"]))
+        value = draw(SIGNAL_VALUES[signal])
+        t += draw(st.sampled_from([0, 0, 1, 7, -3]))  # same times, steps and jumps back
+        out.append(Sample(machine, signal, value, at(t / 1000), "good"))
+    if draw(st.booleans()):
+        out.insert(len(out) // 2, Sample("m1", "good", 0, at(0), "bad"))
+    return out
+
+
+def run(n: Normalizer, samples: list[Sample]) -> list[Fact]:
+    out: list[Fact] = []
+    for smp in samples:
+        out.extend(n.feed(smp))
+    return out
+
+
+@given(sample_stream(), st.data())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_snapshot_restore_mid_stream_gives_the_same_facts(samples: list[Sample], data: st.DataObject) -> None:
+    plant = make_plant(16, 1000)
+    whole = run(Normalizer(plant), samples)
+    cut = data.draw(st.integers(0, len(samples)))
+    first = Normalizer(plant)
+    head = run(first, samples[:cut])
+    if data.draw(st.booleans()):
+        first.source_restarted("plc-1")
+        restarted = Normalizer(plant)
+        run(restarted, samples[:cut])
+        restarted.source_restarted("plc-1")
+        whole = head + run(restarted, samples[cut:])
+    saved = json.loads(json.dumps(first.snapshot()))  # JSON-able, and only JSON survives
+    second = Normalizer(plant)
+    second.restore(saved)
+    assert head + run(second, samples[cut:]) == whole
+
+
+@given(sample_stream())
+@settings(max_examples=150, deadline=None)
+def test_keys_unique_within_a_stream(samples: list[Sample]) -> None:
+    facts = run(Normalizer(make_plant(16, 1000)), samples)
+    assert facts == run(Normalizer(make_plant(16, 1000)), samples)  # a replay lands on the same keys
+    last: dict[tuple[str, str], Fact] = {}
+    by_key: dict[str, list[Fact]] = defaultdict(list)
+    for f in facts:
+        prev = last.get((f.machine, f.signal))
+        if prev is not None:
+            if f.kind == "state":
+                # a re-emit (same key, the store overwrites) only replaces the immediately preceding fact
+                assert f.time_ns >= prev.time_ns
+            else:
+                assert f.time_ns > prev.time_ns
+        last[(f.machine, f.signal)] = f
+        by_key[f.key].append(f)
+    for key, group in by_key.items():
+        assert len(group) == 1 or all(g.kind == "state" for g in group), key
+
+
+def test_restore_rejects_garbage_and_drops_unknown_machines() -> None:
+    n = Normalizer(make_plant())
+    with pytest.raises(ValueError):
+        n.restore({"version": 99})
+    with pytest.raises(ValueError):
+        n.restore({"version": 1, "counters": {"m1": {"good": {}}}, "times": {}, "machines": {}})
+    n.feed(s("m1", "good", 10, 0))
+    snap = n.snapshot()
+    snap["counters"]["gone"] = {"good": {"last": 5, "restarted": False}}
+    snap["machines"]["gone"] = {"reason": None, "last_state": None, "product": None}
+    other = Normalizer(make_plant())
+    other.restore(snap)
+    assert "gone" not in other.snapshot()["counters"]
+    assert incs(other.feed(s("m1", "good", 15, 1))) == [5]  # the baseline came across
