@@ -1,0 +1,126 @@
+"""Live mode: the plant model against the wall clock, served over OPC UA and MQTT.
+
+Start-up order matters for collectors that connect early: the OPC UA address spaces are built
+and the MQTT connections made first; then the model starts at "now", its snapshot is written to
+every variable and published (retained) before a server listens; only then do the OPC UA
+servers listen and ``ready`` is set. A collector therefore never sees a placeholder value as
+its baseline.
+
+Every tick (50 ms) the model is advanced to the wall clock and the events whose time has come
+are applied: ledger line (flushed), OPC UA writes, MQTT publishes. The event time, not the
+moment of writing, is the source timestamp everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from core.plant import Plant
+from simulators.ledger import LedgerWriter
+from simulators.model import Event, PlantModel, iso_ms
+from simulators.mqtt_plc import MqttPlc
+from simulators.opcua_plc import OpcUaPlc
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.05
+_YIELD_EVERY = 100  # events between yields to the loop, so client sockets are served
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Plcs:
+    def __init__(self, plant: Plant) -> None:
+        used = {m.source for _, m in plant.machines()}
+        self.opcua = {sid: OpcUaPlc(plant, sid) for sid, s in plant.sources.items()
+                      if sid in used and s.kind == "opcua"}
+        self.mqtt = {sid: MqttPlc(plant, sid) for sid, s in plant.sources.items()
+                     if sid in used and s.kind == "mqtt"}
+        self.source_of = {m.id: m.source for _, m in plant.machines()}
+
+    async def apply(self, event: Event) -> None:
+        sid = self.source_of[event.machine]
+        o = self.opcua.get(sid)
+        if o is not None:
+            await o.apply(event)
+            return
+        q = self.mqtt.get(sid)
+        if q is not None:
+            q.apply(event)
+
+
+async def _all(coros: dict[str, Coroutine[Any, Any, None]]) -> None:
+    """Run start-up steps concurrently (asyncua's init takes ~2 s per server); a failure is
+    raised as itself (a port in use, a broker that is down), not wrapped in a group."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for name, coro in coros.items():
+                tg.create_task(coro, name=name)
+    except ExceptionGroup as eg:
+        first = eg.exceptions[0]
+        while isinstance(first, ExceptionGroup):
+            first = first.exceptions[0]
+        raise first from eg
+
+
+async def run_live(plant: Plant, seed: int, *, duration_s: float | None, truth_path: Path,
+                   stop: asyncio.Event | None = None, ready: asyncio.Event | None = None,
+                   tick_s: float = TICK_S) -> None:
+    """Run the simulated plant live until ``stop`` is set or ``duration_s`` has passed (None:
+    until ``stop``). Serves one OPC UA server per OPC UA source at its endpoint and publishes to
+    each MQTT source's broker; writes the ledger to ``truth_path`` as it goes. ``ready`` is set
+    once the servers listen and the initial values are published."""
+    stop = stop if stop is not None else asyncio.Event()
+    plcs = _Plcs(plant)
+    async with contextlib.AsyncExitStack() as stack:
+        for o in plcs.opcua.values():
+            stack.push_async_callback(o.stop)
+        for q in plcs.mqtt.values():
+            stack.push_async_callback(q.stop)
+        await _all({f"opcua-init-{sid}": o.init() for sid, o in plcs.opcua.items()}
+                   | {f"mqtt-connect-{sid}": q.connect() for sid, q in plcs.mqtt.items()})
+
+        ledger = stack.enter_context(LedgerWriter(truth_path, flush_each=True))
+        start_ms = wall_ms()
+        model = PlantModel(plant, seed, start_ms)
+        for ev in model.initial_events():
+            ledger.write(ev)
+            await plcs.apply(ev)
+        await _all({f"opcua-start-{sid}": o.start() for sid, o in plcs.opcua.items()}
+                   | {f"mqtt-initial-{sid}": q.flush() for sid, q in plcs.mqtt.items()})
+        end_ms = None if duration_s is None else start_ms + round(duration_s * 1000)
+        log.info("simulated plant live from %s (seed %d, %s)", iso_ms(start_ms), seed,
+                 "until stopped" if end_ms is None else f"for {duration_s:g} s")
+        if ready is not None:
+            ready.set()
+
+        n = 0
+        while True:
+            now = wall_ms()
+            done = stop.is_set() or (end_ms is not None and now >= end_ms)
+            # a run with a duration covers exactly [start, start + duration)
+            events = model.advance(end_ms, inclusive=False) if done and end_ms is not None and now >= end_ms \
+                else model.advance(now, inclusive=True)
+            for ev in events:
+                ledger.write(ev)
+                await plcs.apply(ev)
+                n += 1
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            if done:
+                break
+            delay = tick_s - (time.time() % tick_s)
+            if end_ms is not None:
+                delay = min(delay, max(0.0, (end_ms - wall_ms()) / 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(delay, 0.001))
+        log.info("simulated plant stopped at %s: %d events, %d ledger records", iso_ms(model.now_ms), n,
+                 ledger.records)
