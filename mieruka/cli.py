@@ -129,7 +129,7 @@ def _open_store_url(url: str) -> Store:
 
 def cmd_import(args: argparse.Namespace) -> int:
     plant = _plant(args.plant)
-    from collector.importer import ImportRejected, import_samples
+    from collector.importer import ImportFileError, ImportRejected, import_samples
 
     store = _open_store_url(args.store)
     path = Path(args.samples)
@@ -140,6 +140,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         await store.open()
         try:
             report = await import_samples(plant, store, path, skip_bad=args.skip_bad)
+        except ImportFileError as e:
+            print(f"{path}: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         except ImportRejected as e:
             for line_no, reason in e.report.skipped[:50]:
                 print(f"{path}:{line_no}: {reason}", file=sys.stderr)
@@ -162,6 +165,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     plant = _plant(args.plant)
     import uvicorn
+
     from api.app import create_app
 
     store = _open_store_url(args.store)
@@ -264,8 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("asyncua", "amqtt", "transitions", "werkzeug", "httpx"):
+    for noisy in ("amqtt", "transitions", "werkzeug", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # asyncua logs every publish at INFO and a traceback per lost connection; our sources log state changes
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
     try:
         return int(args.func(args))
     except PlantFileError as e:

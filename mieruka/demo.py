@@ -142,8 +142,9 @@ class _Uvicorn(uvicorn.Server):
 
 @contextlib.contextmanager
 def _dashboard_thread(api_url: str, port: int) -> Iterator[None]:
-    from dashboard.app import create_dashboard
     from werkzeug.serving import make_server
+
+    from dashboard.app import create_dashboard
 
     app = create_dashboard(api_url)
     server = make_server(LOOPBACK, port, app.server, threaded=True)
@@ -228,9 +229,8 @@ def prepare(opts: DemoOptions, now: datetime) -> tuple[Plant, Path, Path]:
 
 async def run_demo(opts: DemoOptions) -> int:
     from collector.pipeline import Collector
-    from simulators.live import run_live
-
     from core.store import open_store
+    from simulators.live import run_live
 
     now = datetime.now(UTC).replace(microsecond=0)
     plant, data_dir, db = prepare(opts, now)

@@ -1,0 +1,215 @@
+"""Sources: async context managers that yield raw samples from machines.
+
+Every source follows one shape (like ``aiomqtt.Client.messages``)::
+
+    async with OpcUaSource(...) as src:
+        async for item in src:          # Sample | SourceRestarted
+            ...
+
+- Protocol callbacks only enqueue into an unbounded queue; they never await downstream work.
+- The source owns reconnection (capped, jittered backoff; for MQTT paho's own capped backoff),
+  so a machine that is down at start or drops later never ends the iteration.
+- A source that sees the far end restart (OPC UA ``ServerStatus.StartTime`` changed between two
+  connections) yields a :class:`SourceRestarted` marker *before* the first sample of the new
+  connection; the pipeline hands it to ``Normalizer.source_restarted`` so that non-retentive
+  counters are treated as reset even when their value did not drop.
+
+Value coercion (JSON / CSV / OPC UA value to the Python type a signal's meaning needs) lives
+here too, so the MQTT source and the importer agree on what "the right type" is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from core.model import COUNTER_SIGNALS, PRODUCT_SIGNAL, REASON_SIGNAL, STATE_SIGNAL, Sample
+from core.plant import Signal
+
+__all__ = [
+    "Backoff",
+    "BadValue",
+    "SampleSource",
+    "SignalKind",
+    "SourceItem",
+    "SourceRestarted",
+    "SourceStats",
+    "coerce_value",
+    "signal_kind",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRestarted:
+    """The far end of ``source`` restarted (a PLC reboot seen on the connection).
+
+    Yielded in order with the samples, before any sample read after the restart."""
+
+    source: str
+    start_time: datetime
+    previous_start_time: datetime
+
+
+SourceItem = Sample | SourceRestarted
+
+
+@dataclass
+class SourceStats:
+    """Counters a source keeps; read them, never write them."""
+
+    connected: bool = False
+    connects: int = 0  # successful connections (the first one included)
+    connect_failures: int = 0  # failed connection attempts
+    losses: int = 0  # connections lost
+    messages: int = 0  # protocol notifications / messages received
+    samples: int = 0  # samples yielded
+    restarts: int = 0  # far-end restarts seen
+    errors: Counter[str] = field(default_factory=Counter)  # dropped input, by kind
+
+
+class SampleSource(Protocol):
+    """What the pipeline needs from a source."""
+
+    source_id: str
+    stats: SourceStats
+
+    async def __aenter__(self) -> SampleSource: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    def __aiter__(self) -> SampleSource: ...
+
+    async def __anext__(self) -> SourceItem: ...
+
+    async def wait_ready(self) -> None:
+        """Return once the source is connected and subscribed (tests and health checks)."""
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: delays grow ×2 from ``initial_s`` up to ``max_s``,
+    each drawn from ``[d/2, d]`` so that many clients losing one server do not retry in step."""
+
+    def __init__(self, initial_s: float = 0.5, max_s: float = 30.0) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self._attempt = 0
+
+    def next(self) -> float:
+        d = min(self.max_s, self.initial_s * (2 ** min(self._attempt, 32)))
+        self._attempt += 1
+        return random.uniform(d / 2, d)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class OncePerKind:
+    """Logs the first occurrence of each kind of problem, then only counts (log state, not samples)."""
+
+    def __init__(self, logger: logging.Logger, counter: Counter[str]) -> None:
+        self._log = logger
+        self._counter = counter
+
+    def __call__(self, kind: str, msg: str, *args: object) -> None:
+        self._counter[kind] += 1
+        if self._counter[kind] == 1:
+            self._log.warning(msg + " (logged once; further ones are only counted as %r)", *args, kind)
+
+
+SignalKind = Literal["counter", "state", "reason", "product", "gauge"]
+
+
+def signal_kind(name: str) -> SignalKind:
+    if name in COUNTER_SIGNALS:
+        return "counter"
+    if name == STATE_SIGNAL:
+        return "state"
+    if name == REASON_SIGNAL:
+        return "reason"
+    if name == PRODUCT_SIGNAL:
+        return "product"
+    return "gauge"
+
+
+def _as_int(raw: object) -> int | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float):
+        return int(raw) if raw.is_integer() else None
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                f = float(text)
+            except ValueError:
+                return None
+            return int(f) if f.is_integer() else None
+    return None
+
+
+def _as_float(raw: object) -> float | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int | float):
+        f = float(raw)
+    elif isinstance(raw, str):
+        try:
+            f = float(raw.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return f if math.isfinite(f) else None
+
+
+class BadValue(ValueError):
+    """A value that does not fit its signal; ``kind`` is ``wrong_type`` or ``bad_value``."""
+
+    def __init__(self, kind: Literal["wrong_type", "bad_value"], message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def coerce_value(name: str, signal: Signal, raw: object) -> int | float | str:
+    """The value of signal ``name`` as its meaning needs it, from a JSON value, a CSV cell or an
+    OPC UA variant: counters, state and reason codes are ints, gauges floats, products strings.
+
+    Raises :class:`BadValue` (a ``ValueError``) with a reason a plant engineer can act on. State codes are *not*
+    checked against the map here: the normalizer owns that rule (``unmapped_state``)."""
+    kind = signal_kind(name)
+    if kind in ("counter", "state", "reason"):
+        v = _as_int(raw)
+        if v is None:
+            raise BadValue("wrong_type", f"{name} needs an integer, got {raw!r}")
+        if kind == "counter" and v < 0:
+            raise BadValue("bad_value", f"counter {name} cannot be negative, got {v}")
+        if kind == "counter" and signal.counter_bits is not None and v >= 2**signal.counter_bits:
+            raise BadValue("bad_value", f"counter {name} does not fit in {signal.counter_bits} bits, got {v}")
+        return v
+    if kind == "product":
+        if isinstance(raw, bool) or raw is None:
+            raise BadValue("wrong_type", f"product needs a product code, got {raw!r}")
+        if isinstance(raw, int):
+            return str(raw)
+        if isinstance(raw, str) and raw.strip():
+            return raw.strip()
+        raise BadValue("wrong_type", f"product needs a product code, got {raw!r}")
+    f = _as_float(raw)
+    if f is None:
+        raise BadValue("wrong_type", f"gauge {name} needs a finite number, got {raw!r}")
+    return f
+
+
+def aware_utc(t: datetime) -> datetime:
+    """OPC UA stacks hand out naive UTC datetimes in places; make them aware."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)

@@ -1,0 +1,351 @@
+"""OPC UA source: one asyncua client, one subscription, samples in order.
+
+    async with OpcUaSource("plc-1", plant.sources["plc-1"].opcua, signals) as src:
+        async for item in src:      # Sample, or SourceRestarted after a PLC restart
+            ...
+
+Reconnection is owned here, not by asyncua: the client is built with ``auto_reconnect=False``
+and every loss (the client's supervisor noticing a dead transport, or a bad subscription
+status) ends that client; ``__anext__`` then builds a fresh client after a capped, jittered
+backoff. A fresh connection re-reads ``ServerStatus.StartTime`` (ns=0;i=2257): if it differs
+from the one seen before, the server restarted while we were away, and a
+:class:`~collector.sources.SourceRestarted` marker is queued *before* the subscription is
+created, so it reaches the normalizer before any value read after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.subscription import DataChangeNotif
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+
+from collector.sources import (
+    Backoff,
+    BadValue,
+    OncePerKind,
+    SourceItem,
+    SourceRestarted,
+    SourceStats,
+    aware_utc,
+    coerce_value,
+)
+from core.model import Quality, Sample
+from core.plant import OpcUaEndpoint, Signal
+
+log = logging.getLogger(__name__)
+
+START_TIME_NODE = ua.NodeId(ua.Int32(ObjectIds.Server_ServerStatus_StartTime))  # ns=0;i=2257
+
+
+@dataclass(frozen=True, slots=True)
+class _Lost:
+    generation: int
+    reason: str
+
+
+_CLOSED = object()
+
+
+class _Handler:
+    """asyncua calls these from its publish path; they only enqueue."""
+
+    def __init__(self, source: OpcUaSource, generation: int) -> None:
+        self._source = source
+        self._generation = generation
+
+    def datachange_notification(self, node: Any, val: Any, data: DataChangeNotif) -> None:
+        self._source._on_datachange(data)
+
+    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
+        code = status.Status
+        if code is not None and not code.is_good():
+            self._source._queue.put_nowait(_Lost(self._generation, f"subscription status {code.name}"))
+
+
+class OpcUaSource:
+    """Samples of ``signals`` (``(machine_id, signal_name, node_id)``, or ``(machine_id,
+    signal_name, node_id, Signal)`` to have values coerced for the signal's meaning) from one
+    OPC UA server.
+
+    The subscription requests ``queue_size`` per monitored item so consecutive changes between
+    two publishes are all delivered, not coalesced into the last one. Not re-entrant."""
+
+    def __init__(
+        self,
+        source_id: str,
+        endpoint: OpcUaEndpoint,
+        signals: Sequence[tuple[str, str, str] | tuple[str, str, str, Signal]],
+        *,
+        publishing_interval_ms: float = 200.0,
+        sampling_interval_ms: float = 50.0,
+        queue_size: int = 1000,
+        request_timeout_s: float = 4.0,
+        watchdog_interval_s: float = 1.0,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        stable_after_s: float = 10.0,
+    ) -> None:
+        self.source_id = source_id
+        self.endpoint = endpoint
+        self.stats = SourceStats()
+        self._signals: list[tuple[str, str, str, Signal | None]] = []
+        for sig in signals:
+            machine, name, node = sig[0], sig[1], sig[2]
+            spec = sig[3] if len(sig) == 4 else None
+            _check_node_id(node)
+            self._signals.append((machine, name, node, spec))
+        self._publishing_interval_ms = publishing_interval_ms
+        self._sampling_interval_ms = sampling_interval_ms
+        self._queue_size = queue_size
+        self._request_timeout_s = request_timeout_s
+        self._watchdog_interval_s = watchdog_interval_s
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
+        self._stable_after_s = stable_after_s
+        # unbounded on purpose: a callback must never block or drop; backpressure belongs to the
+        # spool (later), not to the protocol layer
+        self._queue: asyncio.Queue[SourceItem | _Lost | object] = asyncio.Queue()
+        self._client: Client | None = None
+        self._generation = 0
+        self._handles: dict[int, tuple[str, str, Signal | None]] = {}
+        self._start_time: datetime | None = None
+        self._connected_at = 0.0
+        self._ready = asyncio.Event()
+        self._entered = False
+        self._closed = False
+        self._problem = OncePerKind(log, self.stats.errors)
+        self._connect_failing = False
+
+    # ---- context manager / iterator --------------------------------------------------------
+    async def __aenter__(self) -> OpcUaSource:
+        if self._entered:
+            raise RuntimeError("OpcUaSource is not re-entrant")
+        self._entered = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closed = True
+        self._queue.put_nowait(_CLOSED)
+        await self._discard_client()
+        if self.stats.connected:
+            self.stats.connected = False
+            log.info("%s: disconnected from %s", self.source_id, self.endpoint.endpoint)
+
+    def __aiter__(self) -> OpcUaSource:
+        return self
+
+    async def __anext__(self) -> SourceItem:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._client is None:
+                await self._connect_until_up()
+            item = await self._queue.get()
+            if item is _CLOSED:
+                raise StopAsyncIteration
+            if isinstance(item, _Lost):
+                if item.generation == self._generation and self._client is not None:
+                    await self._on_lost(item.reason)
+                continue
+            if isinstance(item, Sample):
+                self.stats.samples += 1
+            return item  # type: ignore[return-value]
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    @property
+    def start_time(self) -> datetime | None:
+        """The server's ``ServerStatus.StartTime`` as last read (to persist with normalizer state)."""
+        return self._start_time
+
+    # ---- connection ------------------------------------------------------------------------
+    async def _connect_until_up(self) -> None:
+        while True:
+            try:
+                await self._connect_once()
+            except asyncio.CancelledError:
+                await self._discard_client()
+                raise
+            except Exception as e:  # asyncua raises OSError, TimeoutError, UaError and friends
+                await self._discard_client()
+                self.stats.connect_failures += 1
+                delay = self._backoff.next()
+                if not self._connect_failing:
+                    self._connect_failing = True
+                    log.warning("%s: cannot connect to %s (%s); retrying with backoff up to %.0fs",
+                                self.source_id, self.endpoint.endpoint, _describe(e), self._backoff.max_s)
+                else:
+                    log.debug("%s: connect failed again (%s); next try in %.1fs",
+                              self.source_id, _describe(e), delay)
+                await asyncio.sleep(delay)
+            else:
+                self._connect_failing = False
+                return
+
+    async def _connect_once(self) -> None:
+        self._generation += 1
+        generation = self._generation
+        client = Client(self.endpoint.endpoint, timeout=self._request_timeout_s,
+                        watchdog_intervall=self._watchdog_interval_s, auto_reconnect=False)
+        # PLCs have few session slots: a session we abandon on a lost link should expire in a
+        # minute, not asyncua's default hour
+        client.session_timeout = 60_000
+        if self.endpoint.username:
+            client.set_user(self.endpoint.username)
+        if self.endpoint.password:
+            client.set_password(self.endpoint.password)
+        if self.endpoint.security != "none":
+            mode = "Sign" if self.endpoint.security == "sign" else "SignAndEncrypt"
+            if not (self.endpoint.certificate and self.endpoint.private_key):
+                raise ValueError(f"security '{self.endpoint.security}' needs 'certificate' and 'private_key'")
+            await client.set_security_string(
+                f"Basic256Sha256,{mode},{self.endpoint.certificate},{self.endpoint.private_key}")
+
+        async def lost(exc: Exception) -> None:
+            self._queue.put_nowait(_Lost(generation, _describe(exc)))
+
+        client.connection_lost_callback = lost
+        # a server that accepts TCP but never answers must not stall us forever
+        async with asyncio.timeout(self._request_timeout_s * 2):
+            await client.connect()
+        self._client = client
+
+        start = aware_utc(await client.get_node(START_TIME_NODE).read_value())
+        if self._start_time is not None and start != self._start_time:
+            self.stats.restarts += 1
+            log.warning("%s: server restarted (StartTime %s, was %s); non-retentive counters count as reset",
+                        self.source_id, start.isoformat(), self._start_time.isoformat())
+            self._queue.put_nowait(SourceRestarted(self.source_id, start, self._start_time))
+        self._start_time = start
+
+        requests = []
+        self._handles = {}
+        for handle, (machine, name, node, spec) in enumerate(self._signals, start=1):
+            self._handles[handle] = (machine, name, spec)
+            requests.append(self._request(await _resolve(client, node), handle))
+        sub = await client.create_subscription(self._publishing_interval_ms, _Handler(self, generation))
+        results = await sub.create_monitored_items(requests) if requests else []
+        for (machine, name, node, _), res in zip(self._signals, results, strict=True):
+            if isinstance(res, ua.StatusCode):
+                self._problem("bad_node", "%s: cannot monitor %s (%s.%s): %s",
+                              self.source_id, node, machine, name, res.name)
+
+        self.stats.connected = True
+        self.stats.connects += 1
+        self._connected_at = time.monotonic()
+        self._ready.set()
+        log.info("%s: connected to %s, %d signals subscribed", self.source_id, self.endpoint.endpoint,
+                 len(requests))
+
+    def _request(self, node_id: ua.NodeId, handle: int) -> ua.MonitoredItemCreateRequest:
+        rv = ua.ReadValueId()
+        rv.NodeId = node_id
+        rv.AttributeId = AttributeIds.Value
+        params = ua.MonitoringParameters()
+        params.ClientHandle = handle
+        params.SamplingInterval = self._sampling_interval_ms
+        params.QueueSize = self._queue_size
+        # keep the oldest queued changes and let the newest overwrite the queue's tail on
+        # overflow (OPC UA Part 4 §5.12.1.5): either way the latest value survives; asyncua's
+        # own server ignores the flag and drops the oldest
+        params.DiscardOldest = False
+        mir = ua.MonitoredItemCreateRequest()
+        mir.ItemToMonitor = rv
+        mir.MonitoringMode = ua.MonitoringMode.Reporting
+        mir.RequestedParameters = params
+        return mir
+
+    async def _on_lost(self, reason: str) -> None:
+        up_for = time.monotonic() - self._connected_at
+        self.stats.connected = False
+        self.stats.losses += 1
+        self._ready.clear()
+        log.warning("%s: connection to %s lost after %.0fs (%s); reconnecting",
+                    self.source_id, self.endpoint.endpoint, up_for, reason)
+        await self._discard_client()
+        if up_for >= self._stable_after_s:
+            self._backoff.reset()  # a flapping server keeps growing the delay
+        await asyncio.sleep(self._backoff.next())
+
+    async def _discard_client(self) -> None:
+        client, self._client = self._client, None
+        self._generation += 1  # losses reported by the old client are stale from now on
+        if client is None:
+            return  # never connected: asyncua already dropped the socket of a failed connect()
+        client.connection_lost_callback = None
+        # disconnect() on a dead transport waits for its request timeouts; bound it
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._request_timeout_s):
+                await client.disconnect()
+
+    # ---- notifications (called by asyncua; enqueue only) -----------------------------------
+    def _on_datachange(self, data: DataChangeNotif) -> None:
+        self.stats.messages += 1
+        item = data.monitored_item
+        target = self._handles.get(item.ClientHandle)
+        if target is None:
+            return
+        machine, name, spec = target
+        dv = item.Value
+        raw = dv.Value.Value if dv is not None and dv.Value is not None else None
+        if raw is None:
+            self._problem("no_value", "%s: %s.%s reported no value (status %s)", self.source_id, machine, name,
+                          dv.StatusCode.name if dv is not None and dv.StatusCode is not None else "?")
+            return
+        try:
+            value = coerce_value(name, spec, raw) if spec is not None else _plain(raw)
+        except BadValue as e:
+            self._problem(e.kind, "%s: %s.%s: %s", self.source_id, machine, name, e.message)
+            return
+        t = dv.SourceTimestamp or dv.ServerTimestamp
+        when = aware_utc(t) if t is not None else datetime.now(UTC)
+        self._queue.put_nowait(Sample(machine, name, value, when, _quality(dv.StatusCode), self.source_id))
+
+
+def _quality(code: ua.StatusCode | None) -> Quality:
+    if code is None or code.is_good():
+        return "good"
+    if code.is_uncertain():
+        return "uncertain"
+    return "bad"
+
+
+def _plain(raw: object) -> int | float | str:
+    if isinstance(raw, bool):
+        return int(raw)
+    if isinstance(raw, int | float | str):
+        return raw
+    raise BadValue("wrong_type", f"unsupported OPC UA value {raw!r}")
+
+
+def _check_node_id(node: str) -> None:
+    if node.startswith("nsu="):
+        if ";" not in node:
+            raise ValueError(f"'{node}' is not an OPC UA node id")
+        return
+    ua.NodeId.from_string(node)
+
+
+async def _resolve(client: Client, node: str) -> ua.NodeId:
+    """``nsu=<uri>;s=...`` names its namespace by URI: look the index up on this connection
+    (a restarted server may number its namespaces differently)."""
+    if node.startswith("nsu="):
+        uri, _, rest = node[4:].partition(";")
+        idx = await client.get_namespace_index(uri)
+        return ua.NodeId.from_string(f"ns={idx};{rest}")
+    return ua.NodeId.from_string(node)
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -1,0 +1,159 @@
+"""MqttSource against a real Mosquitto on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from collector.sources.mqtt import MqttSource, parse_time
+from core.model import Sample
+from core.plant import MqttBroker, Signal
+from tests.collector.conftest import Publisher, eventually
+from tests.support.services import Mosquitto, mosquitto
+
+
+@asynccontextmanager
+async def running(src: MqttSource) -> AsyncIterator[asyncio.Queue[Sample]]:
+    got: asyncio.Queue[Sample] = asyncio.Queue()
+
+    async def pump() -> None:
+        async with src:
+            async for s in src:
+                got.put_nowait(s)
+
+    task = asyncio.create_task(pump(), name=f"pump:{src.source_id}")
+    try:
+        async with asyncio.timeout(10):
+            await src.wait_ready()
+        yield got
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def take(q: asyncio.Queue[Sample], n: int, within_s: float = 10) -> list[Sample]:
+    async with asyncio.timeout(within_s):
+        return [await q.get() for _ in range(n)]
+
+
+def sig(topic: str, field: str, **kw: object) -> Signal:
+    return Signal.model_validate({"topic": topic, "field": field, **kw})
+
+
+def utc(s: str) -> datetime:
+    return datetime.fromisoformat(s).astimezone(UTC)
+
+
+async def test_multi_signal_payloads_and_time_units(mosquitto_broker: Mosquitto, publisher: Publisher,
+                                                    prefix: str) -> None:
+    counts, state = f"{prefix}/m1/counts", f"{prefix}/m1/state"
+    signals = [
+        ("m1", "good", sig(counts, "good", time_field="ts", time_unit="ms", counter_bits=32)),
+        ("m1", "scrap", sig(counts, "scrap", time_field="ts", time_unit="ms", counter_bits=32)),
+        ("m1", "state", sig(state, "code", time_field="at", time_unit="iso", map={1: "running", 3: "down"})),
+        ("m1", "reason", sig(state, "reason", time_field="at", time_unit="iso")),
+        ("m2", "good", sig(f"{prefix}/m2", "g", time_field="t", time_unit="s", counter_bits=16)),
+        ("m3", "temp", sig(f"{prefix}/m3", "temp", time_field="t", time_unit="us")),
+        ("m4", "temp", sig(f"{prefix}/m4", "temp", time_field="t", time_unit="ns")),
+        ("m5", "temp", sig(f"{prefix}/m5", "temp")),  # no time field: receive time
+    ]
+    src = MqttSource("broker", MqttBroker(port=mosquitto_broker.port, qos=1), signals)
+    async with running(src) as got:
+        await publisher.publish(counts, {"ts": 1_700_000_000_123, "good": 5, "scrap": 1})
+        await publisher.publish(counts, {"ts": 1_700_000_000_456, "good": 6})  # scrap absent: fine
+        await publisher.publish(state, {"at": "2026-11-27T09:00:00.250+09:00", "code": 3, "reason": 20})
+        await publisher.publish(f"{prefix}/m2", {"t": 1_700_000_001.5, "g": 3})
+        await publisher.publish(f"{prefix}/m3", {"t": 1_700_000_002_000_001, "temp": 21})
+        await publisher.publish(f"{prefix}/m4", {"t": 1_700_000_003_123_456_789, "temp": "22.5"})
+        before = datetime.now(UTC)
+        await publisher.publish(f"{prefix}/m5", {"temp": 23.25})
+        samples = await take(got, 9)
+        after = datetime.now(UTC)
+    by = {(s.machine, s.signal, s.value): s for s in samples}
+    assert set(by) == {("m1", "good", 5), ("m1", "scrap", 1), ("m1", "good", 6), ("m1", "state", 3),
+                       ("m1", "reason", 20), ("m2", "good", 3), ("m3", "temp", 21.0), ("m4", "temp", 22.5),
+                       ("m5", "temp", 23.25)}
+    assert by[("m1", "good", 5)].time == by[("m1", "scrap", 1)].time == utc("2023-11-14T22:13:20.123+00:00")
+    assert by[("m1", "good", 6)].time == utc("2023-11-14T22:13:20.456+00:00")
+    assert by[("m1", "state", 3)].time == by[("m1", "reason", 20)].time == utc("2026-11-27T00:00:00.250+00:00")
+    assert by[("m2", "good", 3)].time == utc("2023-11-14T22:13:21.500+00:00")
+    assert by[("m3", "temp", 21.0)].time == utc("2023-11-14T22:13:22.000001+00:00")
+    assert by[("m4", "temp", 22.5)].time == utc("2023-11-14T22:13:23.123456+00:00")  # µs, truncated
+    assert before <= by[("m5", "temp", 23.25)].time <= after
+    assert isinstance(by[("m1", "good", 5)].value, int) and isinstance(by[("m3", "temp", 21.0)].value, float)
+    assert all(s.source == "broker" and s.time.tzinfo is not None for s in samples)
+    assert src.stats.errors == {} and src.stats.messages == 7 and src.stats.samples == 9
+
+
+async def test_malformed_payloads_are_counted_logged_once_and_skipped(
+        mosquitto_broker: Mosquitto, publisher: Publisher, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    topic = f"{prefix}/m1/counts"
+    signals = [("m1", "good", sig(topic, "good", time_field="ts", time_unit="ms", counter_bits=32)),
+               ("m1", "scrap", sig(topic, "scrap", time_field="ts", time_unit="ms", counter_bits=32))]
+    src = MqttSource("broker", MqttBroker(port=mosquitto_broker.port, qos=1), signals)
+    bad: list[tuple[str, bytes | dict[str, object]]] = [
+        ("not_json", b"{oops"),
+        ("not_json", b"\xff\xfe"),
+        ("not_object", b"[1, 2]"),
+        ("not_object", b"42"),
+        ("wrong_type", {"ts": 1, "good": "many"}),
+        ("wrong_type", {"ts": 1, "good": None}),
+        ("missing_field", {"ts": 1}),
+        ("missing_field", {"ts": 1, "goood": 3}),
+        ("missing_time", {"good": 1}),
+        ("missing_time", {"scrap": 1}),
+        ("bad_time", {"ts": "yesterday", "good": 1}),
+        ("bad_time", {"ts": True, "good": 1}),
+        ("bad_value", {"ts": 1, "good": -1}),
+        ("bad_value", {"ts": 1, "good": 2**32}),
+    ]
+    with caplog.at_level("WARNING", logger="collector.sources.mqtt"):
+        async with running(src) as got:
+            for _, payload in bad:
+                await publisher.publish(topic, payload)
+            await publisher.publish(topic, {"ts": 1_700_000_000_000, "good": 7, "scrap": "x"})
+            [ok] = await take(got, 1)
+            await eventually(lambda: src.stats.messages == len(bad) + 1)
+    assert (ok.machine, ok.signal, ok.value) == ("m1", "good", 7)
+    assert src.stats.errors == {"not_json": 2, "not_object": 2, "wrong_type": 3, "missing_field": 2,
+                                "missing_time": 2, "bad_time": 2, "bad_value": 2}
+    logged = [r.getMessage() for r in caplog.records if r.name == "collector.sources.mqtt"]
+    for kind in src.stats.errors:
+        assert sum(f"counted as '{kind}'" in m for m in logged) == 1, (kind, logged)
+
+
+async def test_resubscribes_after_the_broker_restarts(tmp_path: Path, prefix: str) -> None:
+    with mosquitto(tmp_path / "broker") as broker:
+        topic = f"{prefix}/m1"
+        src = MqttSource("broker", MqttBroker(port=broker.port, qos=1), [("m1", "temp", sig(topic, "temp"))],
+                         reconnect_min_s=1, reconnect_max_s=1)
+        async with running(src) as got:
+            broker.stop()
+            await eventually(lambda: src.stats.losses == 1, what="the loss to be noticed")
+            broker.start()
+            async with asyncio.timeout(15):
+                await src.wait_ready()
+            pub = Publisher(broker)
+            try:
+                await pub.publish(topic, {"temp": 1.5})
+                [s] = await take(got, 1)
+            finally:
+                pub.close()
+        assert s.value == 1.5 and src.stats.connects == 2
+
+
+def test_parse_time_units() -> None:
+    assert parse_time(1_700_000_000, "s") == utc("2023-11-14T22:13:20+00:00")
+    assert parse_time(1_700_000_000_250, "ms") == utc("2023-11-14T22:13:20.250+00:00")
+    assert parse_time(1_700_000_000.25, "s") == utc("2023-11-14T22:13:20.250+00:00")
+    assert parse_time("2026-11-27T08:00:00Z", "iso") == utc("2026-11-27T08:00:00+00:00")
+    assert parse_time("2026-11-27T08:00:00+09:00", "iso") == utc("2026-11-26T23:00:00+00:00")
+    for raw, unit in [("2026-11-27T08:00:00", "iso"), (1, "iso"), ("1", "ms"), (True, "s"), (None, "ms"),
+                      (-5, "s"), (10**30, "ns")]:
+        with pytest.raises(ValueError):
+            parse_time(raw, unit)

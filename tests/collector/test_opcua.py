@@ -1,0 +1,124 @@
+"""OpcUaSource against a real asyncua server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+from asyncua import ua
+from asyncua.ua.status_codes import StatusCodes
+
+from collector.sources import SourceItem, SourceRestarted
+from collector.sources.opcua import OpcUaSource
+from core.model import Sample
+from core.plant import OpcUaEndpoint
+from tests.collector.conftest import OpcServer, eventually
+
+
+@asynccontextmanager
+async def running(src: OpcUaSource) -> AsyncIterator[asyncio.Queue[SourceItem]]:
+    """Iterate ``src`` in a task into a queue the test reads with deadlines."""
+    got: asyncio.Queue[SourceItem] = asyncio.Queue()
+
+    async def pump() -> None:
+        async with src:
+            async for item in src:
+                got.put_nowait(item)
+
+    task = asyncio.create_task(pump(), name=f"pump:{src.source_id}")
+    try:
+        async with asyncio.timeout(10):
+            await src.wait_ready()
+        yield got
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def take(q: asyncio.Queue[SourceItem], n: int, within_s: float = 10) -> list[SourceItem]:
+    async with asyncio.timeout(within_s):
+        return [await q.get() for _ in range(n)]
+
+
+async def test_source_timestamps_and_every_change_in_order(opc_server: OpcServer, prefix: str) -> None:
+    good = await opc_server.add(f"{prefix}.Good", ua.VariantType.UInt16, 7)
+    temp = await opc_server.add(f"{prefix}.Temp", ua.VariantType.Double, 20.5)
+    src = OpcUaSource("plc", OpcUaEndpoint(endpoint=opc_server.url),
+                      [("m1", "good", good), ("m1", "spindle_temp", temp)])
+    async with running(src) as got:
+        initial = await take(got, 2)
+        assert {(s.signal, s.value) for s in initial if isinstance(s, Sample)} == {("good", 7),
+                                                                                 ("spindle_temp", 20.5)}
+        # 30 changes well inside one publishing interval: none may be coalesced away
+        base = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
+        for i in range(1, 31):
+            await opc_server.write(f"{prefix}.Good", 7 + i, source_time=base + timedelta(milliseconds=i))
+        changes = await take(got, 30)
+    assert all(isinstance(s, Sample) for s in changes)
+    samples = [s for s in changes if isinstance(s, Sample)]
+    assert [s.value for s in samples] == list(range(8, 38))
+    assert [s.time for s in samples] == [base + timedelta(milliseconds=i) for i in range(1, 31)]
+    assert all(s.time.tzinfo is not None and s.machine == "m1" and s.signal == "good" and s.source == "plc"
+               and s.quality == "good" for s in samples)
+    assert src.stats.samples == 32 and src.stats.connects == 1 and src.stats.losses == 0
+
+
+async def test_quality_from_status_code_and_server_time_fallback(opc_server: OpcServer, prefix: str) -> None:
+    node = await opc_server.add(f"{prefix}.Temp", ua.VariantType.Double, 1.0)
+    src = OpcUaSource("plc", OpcUaEndpoint(endpoint=opc_server.url), [("m1", "spindle_temp", node)])
+    async with running(src) as got:
+        await take(got, 1)
+        t = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
+        await opc_server.write(f"{prefix}.Temp", 2.0, source_time=t, status=StatusCodes.UncertainLastUsableValue)
+        await opc_server.write(f"{prefix}.Temp", 3.0, source_time=t + timedelta(seconds=1),
+                               status=StatusCodes.BadSensorFailure)
+        before = datetime.now(UTC) - timedelta(seconds=1)
+        await opc_server.write(f"{prefix}.Temp", 4.0)  # no source timestamp: the server's is used
+        a, c = await take(got, 2)
+    assert isinstance(a, Sample) and (a.value, a.quality, a.time) == (2.0, "uncertain", t)
+    # a Bad status arrives without a value (the server drops it): counted, not yielded
+    assert src.stats.errors == {"no_value": 1}
+    assert isinstance(c, Sample) and c.value == 4.0 and c.quality == "good" and c.time >= before
+
+
+async def test_reconnects_and_marks_a_server_restart_before_new_values(opc_server: OpcServer, prefix: str) -> None:
+    node = await opc_server.add(f"{prefix}.Good", ua.VariantType.UInt16, 5)
+    src = OpcUaSource("plc", OpcUaEndpoint(endpoint=opc_server.url), [("m1", "good", node)],
+                      backoff_initial_s=0.1, backoff_max_s=0.5, watchdog_interval_s=0.5)
+    async with running(src) as got:
+        [first] = await take(got, 1)
+        assert isinstance(first, Sample) and first.value == 5
+        await opc_server.stop()
+        # the PLC restarts and counts on while we cannot see it
+        await opc_server.write(f"{prefix}.Good", 9)
+        await eventually(lambda: src.stats.losses == 1, what="the loss to be noticed")
+        assert not src.stats.connected
+        await opc_server.start()
+        marker, after = await take(got, 2, within_s=20)
+    assert isinstance(marker, SourceRestarted)
+    assert marker.source == "plc" and marker.start_time > marker.previous_start_time
+    assert isinstance(after, Sample) and after.value == 9
+    assert src.stats.connects == 2 and src.stats.restarts == 1
+
+
+async def test_unreachable_server_is_retried_without_ending_the_iteration(prefix: str) -> None:
+    from tests.support.services import free_port
+
+    src = OpcUaSource("plc", OpcUaEndpoint(endpoint=f"opc.tcp://127.0.0.1:{free_port()}"),
+                      [("m1", "good", "ns=2;s=x")], backoff_initial_s=0.05, backoff_max_s=0.1)
+    got: list[SourceItem] = []
+
+    async def pump() -> None:
+        async with src:
+            async for item in src:
+                got.append(item)
+
+    task = asyncio.create_task(pump())
+    try:
+        await eventually(lambda: src.stats.connect_failures >= 3, what="three failed attempts")
+        assert not task.done() and not src.stats.connected and got == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,70 @@
+"""`mieruka` subcommands as real processes, on loopback, stopped after."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+
+from tests.support.services import free_port, stop
+
+
+def mieruka(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mieruka.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+                            env=env)
+
+
+def wait_http(url: str, deadline_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {deadline_s}s")
+
+
+@contextlib.contextmanager
+def api_process(plant_file: Path, store_url: str, log: Path) -> Iterator[str]:
+    port = free_port()
+    proc = mieruka("api", "--plant", str(plant_file), "--store", store_url, "--port", str(port), log=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/healthz", proc=proc)
+        yield base
+    finally:
+        stop(proc)
+
+
+def interrupt(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """Ctrl-C a process and return its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+async def wait_until(cond: Callable[[], Awaitable[bool]], deadline_s: float, what: str, poll_s: float = 0.2) -> None:
+    end = time.monotonic() + deadline_s
+    while True:
+        if await cond():
+            return
+        if time.monotonic() > end:
+            raise TimeoutError(f"not within {deadline_s}s: {what}")
+        await asyncio.sleep(poll_s)
