@@ -85,6 +85,10 @@ def build_sources(plant: Plant, lines: Collection[str] | None = None) -> list[Sa
             out.append(OpcUaSource(source_id, spec.opcua, [
                 (m.id, name, sig.node, sig) for m in machines for name, sig in m.signals.items() if sig.node]))
         elif spec.mqtt is not None:
+            if spec.mqtt.payload != "json":
+                raise ValueError(f"source '{source_id}' sends {spec.mqtt.payload} payloads, which the collector "
+                                 "does not read yet (it reads MQTT JSON); collect the other lines with --lines, "
+                                 "or publish JSON")
             client_id = spec.mqtt.client_id
             if client_id and lines is not None:
                 client_id = f"{client_id}-{'+'.join(sorted(lines))}"

@@ -68,6 +68,7 @@ class NormalizeError(Exception):
 class _Counter:
     last: int | None = None  # last raw value seen (the baseline for the next increment)
     restarted: bool = False  # the source restarted: the next value counts from 0
+    src_ns: int | None = None  # source time of ``last``
 
 
 @dataclass(slots=True)
@@ -162,7 +163,7 @@ class Normalizer:
         """JSON-able state: counter baselines, last fact times, last states, reasons and products."""
         counters: dict[str, dict[str, Any]] = {}
         for (m, s), c in sorted(self._counters.items()):
-            counters.setdefault(m, {})[s] = {"last": c.last, "restarted": c.restarted}
+            counters.setdefault(m, {})[s] = {"last": c.last, "restarted": c.restarted, "src_ns": c.src_ns}
         times: dict[str, dict[str, int]] = {}
         for (m, s), t in sorted(self._times.items()):
             times.setdefault(m, {})[s] = t
@@ -189,7 +190,9 @@ class Normalizer:
                 for s, c in sigs.items():
                     if self._known(m, s):
                         last = c["last"]
-                        counters[(m, s)] = _Counter(None if last is None else int(last), bool(c["restarted"]))
+                        src = c.get("src_ns")
+                        counters[(m, s)] = _Counter(None if last is None else int(last), bool(c["restarted"]),
+                                                    None if src is None else int(src))
             for m, sigs in state["times"].items():
                 for s, t in sigs.items():
                     if self._known(m, s):
@@ -227,8 +230,15 @@ class Normalizer:
         if new is None or new < 0 or new >= 1 << bits:
             raise NormalizeError("bad_value", f"{machine}.{name}: {value!r} is not a {bits}-bit counter value")
         c = self._counters.setdefault((machine, name), _Counter())
+        if (c.src_ns is not None and src_ns < c.src_ns and not c.restarted and c.last is not None
+                and not 0 < (new - c.last) % (1 << bits) <= sig.max_step):
+            # an older value than the one we have that does not count on from it: a QoS 1
+            # re-delivery after a reconnect, or a late message. Counters are cumulative, so the
+            # newer value already holds its count; reading it as a reset would count it again.
+            # (A plausible step with an older time is a PLC clock set back: it counts.)
+            return []
         old, restarted = c.last, c.restarted
-        c.last, c.restarted = new, False
+        c.last, c.restarted, c.src_ns = new, False, src_ns
         if restarted:
             inc = new
         elif old is None:

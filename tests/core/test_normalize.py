@@ -418,3 +418,29 @@ def test_restore_rejects_garbage_and_drops_unknown_machines() -> None:
     other.restore(snap)
     assert "gone" not in other.snapshot()["counters"]
     assert incs(other.feed(s("m1", "good", 15, 1))) == [5]  # the baseline came across
+
+
+def test_an_older_counter_value_after_a_newer_one_is_ignored() -> None:
+    """A QoS 1 message re-delivered after a reconnect can arrive behind newer ones: 105 (t=3) after
+    106 (t=4) is not a reset, and must not count 105 parts again."""
+    from datetime import UTC, datetime, timedelta
+
+    from core.model import Sample
+    from core.normalize import Normalizer
+    from tests.e2e.plants import fast_plant
+
+    plant = fast_plant(4840, 1883)
+    n = Normalizer(plant)
+    t0 = datetime(2026, 11, 27, tzinfo=UTC)
+
+    def feed(v: int, s: int) -> list[int]:
+        return [int(f.value) for f in n.feed(Sample("mq-1", "good", v, t0 + timedelta(seconds=s)))]
+
+    assert feed(100, 0) == []
+    assert feed(104, 2) == [4]
+    assert feed(106, 4) == [2]
+    assert feed(105, 3) == []  # the late duplicate
+    assert feed(107, 5) == [1]
+    restored = Normalizer(plant)
+    restored.restore(n.snapshot())
+    assert [f.value for f in restored.feed(Sample("mq-1", "good", 106, t0 + timedelta(seconds=4)))] == []
