@@ -4,8 +4,9 @@ collector would have seen (raw samples CSV) and what really happened (the ledger
 The samples file starts with the collector's baseline: at ``start``, every machine's counters
 (their current raw values), product, reason and state, and every gauge's first reading. Then
 every register change follows at the time the model made it, the reason before the state of
-the same event. Sample times equal ledger times exactly (both are the event's millisecond).
-Same plant + seed + window → byte-identical files.
+the same event, a product switch before the changeover it begins. Sample times equal ledger
+times exactly (both are the event's millisecond). Same plant + seed + window → byte-identical
+files.
 """
 
 from __future__ import annotations

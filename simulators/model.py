@@ -3,14 +3,44 @@
 Time is integer epoch milliseconds throughout: the ledger's times are milliseconds and a raw
 sample's time must equal its ledger record's time exactly, so nothing is ever rounded twice.
 
-The kernel is a heap of process wake-ups ``(t_ms, seq, process, version)``. Each machine is
-one process with exactly one pending wake-up: the earliest of its next part, its next stop,
-the end of a stop and the next calendar boundary. Gauges are processes of their own. Every
-process draws from its own ``random.Random`` seeded from ``(seed, machine id[, signal])``
-through SHA-256, so adding a machine changes nothing about the others, and a run over a longer
-window is the same run as a shorter one, only longer. Machines do not interact yet; buffers
-between stations will be processes that wake machines (``PlantModel.reschedule`` and the
-version number exist so that a wake-up can be moved).
+**The line.** Each line is a series of stations (its machines in flow order) with a buffer
+after every station but the last (``simulation.buffer_capacity`` parts). A station takes a part
+from the buffer before it (the first station from unlimited raw material), works on it for one
+cycle, and at the end of the cycle counts it good or scrap. A good part goes into the buffer
+after it (the last station's leaves the line); scrap goes nowhere. A station with nothing to take
+is ``idle`` and *starved*; one whose finished good part does not fit into a full buffer is
+``idle`` and *blocked* and holds the part until there is room. So a stopped station starves the
+ones after it once their buffers are empty and blocks the ones before it once theirs are full.
+
+**Losses.** Cycle times vary (lognormal, ``cycle_cv``) and now and then a cycle is slow
+(``slow_cycle_rate`` × ``slow_cycle_factor``). Breakdowns come after an exponential running
+time (``mtbf_s``, counted only while working) and last a lognormal time around ``mttr_s``;
+micro-stops (``micro_stop_rate_per_h``) are shorter than ``calendar.micro_stop_s``. Both
+interrupt the cycle, which resumes after them.
+
+**Products.** A line whose first station has ``product_mix`` (or, without it, a line with a
+``product`` signal in a plant with ``products``) makes runs of one product after another; the
+first station plans them (``run_length`` parts on average). Parts carry their product through
+the buffers, and each station changes over (``changeover`` for about ``changeover_s``) when the
+first part of a new product reaches it. The ``product`` register switches when the changeover
+*begins* (the operator selects the new program, then sets up), in the same millisecond and
+written just before the state. Cycle times follow the product's ``ideal_cycle_s`` on stations
+with a ``product`` signal (that is what the figures will assume), else the machine's.
+
+**The calendar** overrides everything: breaks and time outside shifts are ``planned`` for every
+station at once, nothing moves then. A breakdown or micro-stop still open when planned time
+begins is over when it ends; a changeover resumes where it was; a cycle resumes where it was.
+
+**The kernel** is a heap of process wake-ups ``(t_ms, seq, process, version)``. Each station is
+one process with exactly one pending wake-up (the end of its cycle or stop, the next calendar
+boundary); a station that changes a buffer wakes the neighbour waiting on it at the same
+millisecond (``PlantModel.reschedule``). All wake-ups of one millisecond are run before any
+state is announced, so a station starved and fed again in the same millisecond shows no
+zero-length ``idle``: the states of a millisecond are settled at its end. Gauges are processes
+of their own. Every station draws from its own ``random.Random`` seeded from ``(seed, machine
+id)`` through SHA-256 (a line's product plan from ``(seed, line id)``), so adding a line changes
+nothing about the others, and a run over a longer window is the same run as a shorter one, only
+longer.
 
 What the PLC shows (raw register values) is computed here too, once: every event carries
 ``raw``, the registers it changes in the order a PLC would write them (the reason before the
@@ -23,18 +53,20 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import logging
 import math
 import random
 import time as _time
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 from core.calendar import planned_intervals
 from core.model import COUNTER_SIGNALS, MEANINGFUL_SIGNALS, PRODUCT_SIGNAL, REASON_SIGNAL, STATE_SIGNAL, to_ns
-from core.plant import Line, Machine, Plant
+from core.plant import Line, Machine, Plant, PlantFileError, Problem
 
 EventKind = Literal["part", "state", "gauge", "product"]
 RawValue = int | float | str
@@ -54,9 +86,9 @@ CATEGORY_STATE: dict[str, SimState] = {
     "planned": "planned",
     "micro_stop": "down",
 }
-# categories that are not drawn as random stops: micro-stops have their own process, speed
-# losses are not stops at all
-NOT_A_RANDOM_STOP = frozenset({"micro_stop", "speed"})
+# the categories a random breakdown draws its reason from; the others have their own cause
+# (changeovers: a new product; starved/blocked: the line; planned: the calendar; speed: no stop)
+BREAKDOWN_CATEGORIES = frozenset({"breakdown", "quality", "other"})
 # when a machine's state map cannot show a state, what the PLC shows instead
 STATE_FALLBACK: dict[str, tuple[SimState, ...]] = {
     "running": (),
@@ -65,6 +97,7 @@ STATE_FALLBACK: dict[str, tuple[SimState, ...]] = {
     "changeover": ("down", "idle"),
     "planned": ("idle", "down"),
 }
+log = logging.getLogger(__name__)
 
 
 # ---- time ---------------------------------------------------------------------------------------
@@ -185,14 +218,80 @@ class _Kernel(Protocol):
 
     def emit(self, event: Event) -> None: ...
 
+    def reschedule(self, idx: int, t_ms: int) -> None: ...
 
-Mode = Literal["running", "stopped", "planned"]
+    def touch(self, machine: MachineSim) -> None: ...
+
+
+def reason_codes(plant: Plant, machine: Machine, categories: Iterable[str]) -> list[int]:
+    """The stop-reason codes of ``categories`` a machine uses: those in its ``simulation.reasons``
+    (all of the catalogue when it has none), else, when that list has none of these categories,
+    the catalogue's."""
+    cats = frozenset(categories)
+
+    def category(code: int) -> str:
+        r = plant.reasons.get(code)
+        return r.category if r is not None else "other"
+
+    own = machine.simulation.reasons if machine.simulation.reasons is not None else sorted(plant.reasons)
+    picked = [c for c in own if category(c) in cats]
+    return picked or [c for c in sorted(plant.reasons) if plant.reasons[c].category in cats]
+
+
+class ProductMix:
+    """A line's product plan: runs of one product, ``run_length`` parts on average (±50 %), the
+    next product drawn by weight among the others. The run at the start is already under way."""
+
+    def __init__(self, mix: dict[str, float], run_length: float, rng: random.Random) -> None:
+        self.codes = list(mix)
+        self.weights = [mix[c] for c in self.codes]
+        self.run_length = run_length
+        self.rng = rng
+        self.current: str = rng.choices(self.codes, self.weights)[0]
+        self.left = rng.randint(1, self._run())
+
+    def _run(self) -> int:
+        return max(1, round(self.rng.uniform(0.5, 1.5) * self.run_length))
+
+    def next(self) -> str:
+        """The product of the next part the first station starts."""
+        if self.left <= 0:
+            others = [(c, w) for c, w in zip(self.codes, self.weights, strict=True) if c != self.current]
+            if others:
+                self.current = self.rng.choices([c for c, _ in others], [w for _, w in others])[0]
+            self.left = self._run()
+        self.left -= 1
+        return self.current
+
+
+class Buffer:
+    """The parts (their products) between two stations, oldest first."""
+
+    __slots__ = ("capacity", "downstream", "parts", "upstream")
+
+    def __init__(self, capacity: int, upstream: MachineSim, downstream: MachineSim) -> None:
+        self.capacity = capacity
+        self.parts: deque[str | None] = deque()
+        self.upstream = upstream
+        self.downstream = downstream
+
+    @property
+    def full(self) -> bool:
+        return len(self.parts) >= self.capacity
+
+
+# what a station is doing: waiting for a part, changing over, working on one, stopped (breakdown
+# or micro-stop) with one loaded, or waiting to put a finished good part into the next buffer
+Phase = Literal["need", "setup", "work", "stop", "unload"]
 
 
 class MachineSim:
-    """One machine: cycles, scrap, random stops, micro-stops and the calendar."""
+    """One station of a line: cycles, scrap, breakdowns, micro-stops, changeovers, buffers and
+    the calendar. ``state``/``reason`` are what it is doing now; they are announced (a state
+    event) when the kernel settles the millisecond."""
 
-    def __init__(self, kernel: _Kernel, plant: Plant, line: Line, machine: Machine, seed: int) -> None:
+    def __init__(self, kernel: _Kernel, plant: Plant, line: Line, machine: Machine, seed: int,
+                 mix: ProductMix | None = None, first_product: str | None = None) -> None:
         self.k = kernel
         self.line = line.id
         self.id = machine.id
@@ -200,6 +299,12 @@ class MachineSim:
         sim = machine.simulation
         self.sim = sim
         sig = machine.signals
+        self.mix = mix  # the first station of a line with products plans them
+        self.up: Buffer | None = None  # None: the first station, unlimited raw material
+        self.down: Buffer | None = None  # None: the last station, its parts leave the line
+        self.pidx = -1  # the kernel's process index
+        self.order = 0  # position in the plant, for settling in a stable order
+        self.dirty = False
 
         # registers the PLC has
         self.counters: dict[str, int] = {n: s.counter_bits or 32 for n, s in sig.items() if n in COUNTER_SIGNALS}
@@ -209,42 +314,52 @@ class MachineSim:
             for code, st in state_sig.map.items():
                 self.state_codes.setdefault(st, code)
         self.has_reason = REASON_SIGNAL in sig
-        self.products: list[str] = sorted(plant.products) if PRODUCT_SIGNAL in sig else []
+        self.has_product = PRODUCT_SIGNAL in sig and first_product is not None
         self.gauges = [n for n in sig if n not in MEANINGFUL_SIGNALS]
 
         # stop reasons
-        codes = sim.reasons if sim.reasons is not None else sorted(plant.reasons)
-        cats = {c: (plant.reasons[c].category if c in plant.reasons else "other") for c in codes}
-        self.stop_reasons = [c for c in codes if cats[c] not in NOT_A_RANDOM_STOP]
-        self.stop_state = {c: self._effective(CATEGORY_STATE.get(cats[c], "down")) for c in self.stop_reasons}
-        self.changeover_reasons = frozenset(c for c in self.stop_reasons if cats[c] == "changeover")
-        micro = [c for c in codes if cats[c] == "micro_stop"]
-        if not micro:
-            micro = [c for c, r in sorted(plant.reasons.items()) if r.category == "micro_stop"]
+        self.breakdown_reasons = reason_codes(plant, machine, BREAKDOWN_CATEGORIES)
+        micro = reason_codes(plant, machine, ("micro_stop",))
         self.micro_reason: int | None = micro[0] if micro else None
+        first = {cat: (codes[0] if (codes := reason_codes(plant, machine, (cat,))) else None)
+                 for cat in ("changeover", "starved", "blocked")}
+        self.changeover_reason = first["changeover"]
+        self.starved_reason = first["starved"]
+        self.blocked_reason = first["blocked"]
 
-        self.ideal_s = {p: plant.ideal_cycle_s(machine, p) or machine.ideal_cycle_s or 60.0 for p in self.products}
         self.machine_ideal_s = machine.ideal_cycle_s or (
             next(iter(plant.products.values())).ideal_cycle_s if plant.products else 60.0)
+        self.product_ideal_s = {p: pr.ideal_cycle_s for p, pr in plant.products.items()} if self.has_product else {}
 
         # dynamic state
         self.good_n = 0
         self.scrap_n = 0
-        self.product: str | None = self.rng.choice(self.products) if self.products else None
-        self.mode: Mode = "running"
+        self.setup: str | None = first_product  # the product the station is set up for
+        self.loaded: str | None = None  # the product of the part in the machine (phases setup, work, stop)
+        self.held: str | None = None  # the finished good part waiting for room (phase unload)
+        self.phase: Phase = "need"
+        self.planned = False
         self.state: SimState = "running"
         self.reason: int | None = None
+        self.stop_status: tuple[SimState, int | None] = ("down", None)
+        self.shown: tuple[SimState, int | None] = ("running", None)  # the last announced state
+        self.shown_product: str | None = first_product
         self.since = 0
         self.stop_end = 0
-        self.cycle_left = self._cycle_ms()
+        self.setup_left = 0
+        self.cycle_left = 0
         self.ttf = self._ttf_ms()
         self.ttm = self._ttm_ms()
 
     # -- random draws ---------------------------------------------------------------------------
+    def _ideal_s(self) -> float:
+        if self.setup is not None and self.setup in self.product_ideal_s:
+            return self.product_ideal_s[self.setup]
+        return self.machine_ideal_s
+
     def _cycle_ms(self) -> int:
-        ideal = self.ideal_s.get(self.product, self.machine_ideal_s) if self.product else self.machine_ideal_s
-        # a real machine runs a little slower than its ideal cycle on average, rarely faster
-        mean = ideal * 1.05
+        ideal = self._ideal_s()
+        mean = ideal * self.sim.cycle_factor
         cv = self.sim.cycle_cv
         if cv <= 0:
             s = mean
@@ -252,6 +367,8 @@ class MachineSim:
             sigma2 = math.log1p(cv * cv)
             s = self.rng.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2))
             s = max(s, ideal * 0.9)
+        if self.sim.slow_cycle_rate > 0 and self.rng.random() < self.sim.slow_cycle_rate:
+            s *= self.sim.slow_cycle_factor
         return max(1, round(s * 1000))
 
     def _ttf_ms(self) -> int:
@@ -263,10 +380,9 @@ class MachineSim:
             return INF
         return max(1, round(self.rng.expovariate(rate / 3600.0) * 1000))
 
-    def _repair_ms(self) -> int:
-        mean = self.sim.mttr_s
-        sigma2 = math.log1p(0.5 * 0.5)
-        s = self.rng.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2))
+    def _lognormal_ms(self, mean_s: float, cv: float) -> int:
+        sigma2 = math.log1p(cv * cv)
+        s = self.rng.lognormvariate(math.log(mean_s) - sigma2 / 2, math.sqrt(sigma2))
         return max(1, round(s * 1000))
 
     def _micro_ms(self) -> int:
@@ -297,20 +413,32 @@ class MachineSim:
 
     def snapshot(self, t_ms: int) -> Event:
         raw: list[tuple[str, RawValue]] = [(n, self.counter_raw(n)) for n in self.counters]
-        if self.products and self.product is not None:
-            raw.append((PRODUCT_SIGNAL, self.product))
+        if self.has_product and self.setup is not None:
+            raw.append((PRODUCT_SIGNAL, self.setup))
         raw.extend(self._state_raw())
         return Event(t_ms, self.line, self.id, "state", tuple(raw), state=self.state, reason=self.reason,
                      initial=True)
 
-    # -- transitions ----------------------------------------------------------------------------
-    def _set_state(self, t_ms: int, state: SimState, reason: int | None) -> None:
-        if state == self.state and reason == self.reason:
-            return
-        self.state, self.reason = state, reason
-        self.k.emit(Event(t_ms, self.line, self.id, "state", tuple(self._state_raw()), state=state, reason=reason))
+    # -- announcing -----------------------------------------------------------------------------
+    def _status(self, state: SimState, reason: int | None) -> None:
+        state = self._effective(state)
+        if (state, reason) != (self.state, self.reason):
+            self.state, self.reason = state, reason
+            self.k.touch(self)
 
-    def _part(self, t_ms: int) -> None:
+    def settle(self, t_ms: int) -> None:
+        """Announce what changed in this millisecond: the product, then the state."""
+        if self.has_product and self.setup != self.shown_product and self.setup is not None:
+            self.shown_product = self.setup
+            self.k.emit(Event(t_ms, self.line, self.id, "product", ((PRODUCT_SIGNAL, self.setup),),
+                              product=self.setup))
+        if (self.state, self.reason) != self.shown:
+            self.shown = (self.state, self.reason)
+            self.k.emit(Event(t_ms, self.line, self.id, "state", tuple(self._state_raw()), state=self.state,
+                              reason=self.reason))
+
+    # -- transitions ----------------------------------------------------------------------------
+    def _complete(self, t_ms: int) -> None:
         good = self.rng.random() >= self.sim.scrap_rate
         if good:
             self.good_n += 1
@@ -318,71 +446,154 @@ class MachineSim:
             self.scrap_n += 1
         raw = tuple((n, self.counter_raw(n)) for n in self.counters if n == "total" or (n == "good") == good)
         self.k.emit(Event(t_ms, self.line, self.id, "part", raw, good=good,
-                          product=self.product if self.products else None))
+                          product=self.loaded if self.has_product else None))
+        if good and self.down is not None:
+            self.held, self.phase = self.loaded, "unload"
+        else:
+            self.phase = "need"
+        self.loaded = None
+
+    def _load(self, t_ms: int, product: str | None) -> None:
+        self.loaded = product
+        if product != self.setup:
+            self.setup = product
+            self.k.touch(self)
+            if self.sim.changeover_s > 0:
+                self.phase = "setup"
+                self.stop_end = t_ms + self._lognormal_ms(self.sim.changeover_s, 0.3)
+                self.stop_status = ("changeover", self.changeover_reason)
+                self.cycle_left = self._cycle_ms()
+                return
+        self.phase = "work"
+        self.cycle_left = self._cycle_ms()
 
     def _stop(self, t_ms: int, micro: bool) -> None:
         if micro:
-            reason, state, dur = self.micro_reason, self._effective("down"), self._micro_ms()
-        elif self.stop_reasons:
-            reason = self.rng.choice(self.stop_reasons)
-            state, dur = self.stop_state[reason], self._repair_ms()
+            reason, dur = self.micro_reason, self._micro_ms()
         else:
-            reason, state, dur = None, self._effective("down"), self._repair_ms()
-        if reason in self.changeover_reasons and len(self.products) > 1 and self.product is not None:
-            self.product = self.products[(self.products.index(self.product) + 1) % len(self.products)]
-            self.k.emit(Event(t_ms, self.line, self.id, "product", ((PRODUCT_SIGNAL, self.product),),
-                              product=self.product))
-        self.mode = "stopped"
+            reason = self.rng.choice(self.breakdown_reasons) if self.breakdown_reasons else None
+            dur = self._lognormal_ms(self.sim.mttr_s, 0.5)
+        self.phase = "stop"
         self.stop_end = t_ms + dur
-        self._set_state(t_ms, state, reason)
+        self.stop_status = ("down", reason)
+
+    def _take(self, t_ms: int) -> tuple[bool, str | None]:
+        """The next part: (got one?, its product)."""
+        if self.up is None:
+            return True, (self.mix.next() if self.mix is not None else self.setup)
+        if not self.up.parts:
+            return False, None
+        product = self.up.parts.popleft()
+        prev = self.up.upstream
+        if prev.phase == "unload":  # it was blocked: there is room now
+            self.k.reschedule(prev.pidx, t_ms)
+        return True, product
+
+    def _step(self, t_ms: int) -> None:
+        """Run through everything due at ``t_ms`` in production time, up to what the station
+        waits for next."""
+        while True:
+            ph = self.phase
+            if ph == "work":
+                if self.cycle_left <= 0:
+                    self._complete(t_ms)
+                    continue
+                # decide on a stop before announcing "running", so no state lasts zero milliseconds
+                if self.ttf <= 0:
+                    self.ttf = self._ttf_ms()
+                    if self.ttm <= 0:
+                        self.ttm = self._ttm_ms()
+                    self._stop(t_ms, micro=False)
+                    continue
+                if self.ttm <= 0:
+                    self.ttm = self._ttm_ms()
+                    self._stop(t_ms, micro=True)
+                    continue
+                self._status("running", None)
+                return
+            if ph == "stop" or ph == "setup":
+                if t_ms < self.stop_end:
+                    self._status(*self.stop_status)
+                    return
+                self.phase = "work"
+                continue
+            if ph == "unload":
+                d = self.down
+                if d is not None:
+                    if d.full:
+                        self._status("idle", self.blocked_reason)
+                        return
+                    d.parts.append(self.held)
+                    if d.downstream.phase == "need":  # it was starved: there is a part now
+                        self.k.reschedule(d.downstream.pidx, t_ms)
+                self.held = None
+                self.phase = "need"
+                continue
+            got, product = self._take(t_ms)
+            if not got:
+                self._status("idle", self.starved_reason)
+                return
+            self._load(t_ms, product)
+
+    def _next_ms(self, t_ms: int) -> int:
+        if self.phase == "work":
+            return t_ms + min(self.cycle_left, self.ttf, self.ttm)
+        if self.phase in ("stop", "setup"):
+            return self.stop_end
+        return INF  # waiting for a neighbour, who will wake this station
 
     def begin(self, t_ms: int) -> int:
-        """Set the state at the start of the run (no event) and return the first wake-up."""
+        """Take the first part and set the state at the start of the run (no event, no
+        neighbour woken: every station is set up for the line's first product, and the buffers
+        start with ``buffer_initial`` parts of it); return the first wake-up."""
         self.since = t_ms
+        got, product = self._take_initial()
+        if got:
+            self.loaded, self.phase, self.cycle_left = product, "work", self._cycle_ms()
         planned, until = self.k.calendar.status(t_ms)
-        if planned:
-            self.mode, self.state = "planned", self._effective("planned")
-            return until
-        return min(t_ms + min(self.cycle_left, self.ttf, self.ttm), until)
+        self.planned = planned
+        st: tuple[SimState, int | None] = (("planned", None) if planned else
+                                          ("running", None) if got else ("idle", self.starved_reason))
+        self.state, self.reason = self._effective(st[0]), st[1]
+        self.shown = (self.state, self.reason)
+        return until if planned else min(self._next_ms(t_ms), until)
+
+    def _take_initial(self) -> tuple[bool, str | None]:
+        if self.up is None:
+            return True, (self.mix.next() if self.mix is not None else self.setup)
+        if not self.up.parts:
+            return False, None
+        return True, self.up.parts.popleft()
 
     def wake(self, t_ms: int) -> int:
-        if self.mode == "running":
+        if not self.planned and self.phase == "work":
             elapsed = t_ms - self.since
             self.cycle_left -= elapsed
             self.ttf -= elapsed
             self.ttm -= elapsed
         self.since = t_ms
-        if self.mode == "running" and self.cycle_left <= 0:
-            self._part(t_ms)
-            self.cycle_left = self._cycle_ms()
         planned, until = self.k.calendar.status(t_ms)
         if planned:
-            # the calendar overrides: a stop still open at the start of a break is over after it
-            if self.mode != "planned":
-                self.mode = "planned"
-                self._set_state(t_ms, self._effective("planned"), None)
+            if not self.planned:
+                if self.phase == "work" and self.cycle_left <= 0:
+                    self._complete(t_ms)  # a cycle that ends as planned time begins still counts
+                if self.phase == "stop":
+                    self.phase = "work"  # the calendar overrides: a stop open at a break is over after it
+                elif self.phase == "setup":
+                    self.setup_left = max(0, self.stop_end - t_ms)  # a changeover goes on after it
+                self.planned = True
+                self._status("planned", None)
             return until
-        if self.mode == "planned" or (self.mode == "stopped" and t_ms >= self.stop_end):
-            self.mode = "running"
-        if self.mode == "running":
-            # decide on a stop before announcing "running", so no state lasts zero milliseconds
-            if self.ttf <= 0:
-                self.ttf = self._ttf_ms()
-                if self.ttm <= 0:
-                    self.ttm = self._ttm_ms()
-                self._stop(t_ms, micro=False)
-            elif self.ttm <= 0:
-                self.ttm = self._ttm_ms()
-                self._stop(t_ms, micro=True)
-            else:
-                self._set_state(t_ms, "running", None)
-        if self.mode == "stopped":
-            return min(self.stop_end, until)
-        return min(t_ms + min(self.cycle_left, self.ttf, self.ttm), until)
+        if self.planned:
+            self.planned = False
+            if self.phase == "setup":
+                self.stop_end = t_ms + self.setup_left
+        self._step(t_ms)
+        return min(self._next_ms(t_ms), until)
 
     @property
     def producing(self) -> bool:
-        return self.mode == "running"
+        return self.state == "running"
 
 
 # gauge profiles: (name or unit fragments) -> (level when not running, level when running,
@@ -460,18 +671,52 @@ class PlantModel:
         self._procs: list[Process] = []
         self._versions: list[int] = []
         self._out: list[Event] = []
+        self._dirty: list[MachineSim] = []
         self.machines: dict[str, MachineSim] = {}
+        self.buffers: dict[str, Buffer] = {}  # by the id of the station before the buffer
         self._initial: list[Event] = []
-        for line, machine in plant.machines():
-            m = MachineSim(self, plant, line, machine, seed)
-            self.machines[m.id] = m
-            self._add(m, m.begin(self.start_ms))
-            self._initial.append(m.snapshot(self.start_ms))
-            for g in m.gauges:
-                gs = GaugeSim(self, m, g, machine.signals[g].unit, seed)
-                ev, first = gs.begin(self.start_ms)
-                self._initial.append(ev)
-                self._add(gs, first)
+        for li, line in enumerate(plant.lines):
+            mix = self._line_mix(li, line)
+            first_product = mix.current if mix is not None else None
+            sims = [MachineSim(self, plant, line, m, seed, mix=mix if i == 0 else None, first_product=first_product)
+                    for i, m in enumerate(line.machines)]
+            for i, m in enumerate(line.machines):
+                if i > 0 and m.simulation.product_mix is not None:
+                    log.warning("%s: simulation.product_mix is read from a line's first machine only; "
+                                "ignored on '%s'", line.id, m.id)
+            for i in range(len(sims) - 1):
+                sim = line.machines[i].simulation
+                buf = Buffer(sim.buffer_capacity, sims[i], sims[i + 1])
+                initial = sim.buffer_initial if sim.buffer_initial is not None else (sim.buffer_capacity + 1) // 2
+                buf.parts.extend([first_product] * initial)
+                sims[i].down = sims[i + 1].up = buf
+                self.buffers[sims[i].id] = buf
+            for sim_m, machine in zip(sims, line.machines, strict=True):
+                sim_m.order = len(self.machines)
+                self.machines[sim_m.id] = sim_m
+                sim_m.pidx = self._add(sim_m, sim_m.begin(self.start_ms))
+                self._initial.append(sim_m.snapshot(self.start_ms))
+                for g in sim_m.gauges:
+                    gs = GaugeSim(self, sim_m, g, machine.signals[g].unit, seed)
+                    ev, first = gs.begin(self.start_ms)
+                    self._initial.append(ev)
+                    self._add(gs, first)
+
+    def _line_mix(self, li: int, line: Line) -> ProductMix | None:
+        first = line.machines[0]
+        mix = first.simulation.product_mix
+        if mix is None:
+            if not self.plant.products or not any(PRODUCT_SIGNAL in m.signals for m in line.machines):
+                return None
+            mix = {p: 1.0 for p in sorted(self.plant.products)}
+        unknown = [p for p in mix if p not in self.plant.products]
+        if unknown:
+            known = ", ".join(self.plant.products) or "(none)"
+            raise PlantFileError("plant file", [Problem(
+                f"lines[{li}].machines[0].simulation.product_mix", f"unknown product '{unknown[0]}'",
+                f"declare it under 'products:' or use one of: {known}")])
+        rng = random.Random(derive_seed(self.seed, "line", line.id, "products"))
+        return ProductMix(mix, first.simulation.run_length, rng)
 
     # -- kernel ---------------------------------------------------------------------------------
     def _add(self, proc: Process, first: int | None) -> int:
@@ -483,9 +728,15 @@ class PlantModel:
         return idx
 
     def reschedule(self, idx: int, t_ms: int) -> None:
-        """Move process ``idx``'s pending wake-up to ``t_ms`` (for processes that wake others)."""
+        """Move process ``idx``'s pending wake-up to ``t_ms`` (a station waking a neighbour)."""
         self._versions[idx] += 1
         heapq.heappush(self._heap, (max(t_ms, self.now_ms), next(self._seq), idx, self._versions[idx]))
+
+    def touch(self, machine: MachineSim) -> None:
+        """``machine``'s state or product changed in this millisecond: settle it at its end."""
+        if not machine.dirty:
+            machine.dirty = True
+            self._dirty.append(machine)
 
     def emit(self, event: Event) -> None:
         self._out.append(event)
@@ -494,18 +745,26 @@ class PlantModel:
         return list(self._initial)
 
     def advance(self, until_ms: int, *, inclusive: bool = False) -> list[Event]:
-        """Run every wake-up before ``until_ms`` (or at it, if ``inclusive``); return the events."""
+        """Run every wake-up before ``until_ms`` (or at it, if ``inclusive``); return the events.
+        A millisecond is always run whole, then settled."""
         heap = self._heap
         procs, versions = self._procs, self._versions
         limit = until_ms + 1 if inclusive else until_ms
         while heap and heap[0][0] < limit:
-            t, _, idx, version = heapq.heappop(heap)
-            if version != versions[idx]:
-                continue
+            t = heap[0][0]
             self.now_ms = t
-            nxt = procs[idx].wake(t)
-            if nxt is not None:
-                heapq.heappush(heap, (max(nxt, t), next(self._seq), idx, version))
+            while heap and heap[0][0] == t:
+                _, _, idx, version = heapq.heappop(heap)
+                if version != versions[idx]:
+                    continue
+                nxt = procs[idx].wake(t)
+                if nxt is not None:
+                    heapq.heappush(heap, (max(nxt, t), next(self._seq), idx, version))
+            if self._dirty:
+                dirty, self._dirty = sorted(self._dirty, key=lambda m: m.order), []
+                for m in dirty:
+                    m.dirty = False
+                    m.settle(t)
         self.now_ms = max(self.now_ms, until_ms)
         out, self._out = self._out, []
         return out

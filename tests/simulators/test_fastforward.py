@@ -67,17 +67,22 @@ def test_a_longer_window_is_the_same_run_only_longer(demo_plant: Plant, tmp_path
         assert text and lg.read_text(encoding="utf-8").startswith(text)
 
 
-def test_adding_a_machine_changes_nothing_about_the_others(demo_raw: dict[str, Any], tmp_path: Path) -> None:
+def test_adding_a_line_changes_nothing_about_the_others(demo_raw: dict[str, Any], tmp_path: Path) -> None:
+    # stations of one line interact through their buffers; lines do not interact at all
     raw = copy.deepcopy(demo_raw)
     base = parse_plant(copy.deepcopy(raw))
-    extra = copy.deepcopy(raw["lines"][0]["machines"][0])
-    extra["id"] = "cnc-9"
-    extra["signals"] = {k: {**v, "node": v["node"].replace("cnc-1", "cnc-9")} for k, v in extra["signals"].items()}
-    raw["lines"][0]["machines"].insert(0, extra)
+    extra = copy.deepcopy(raw["lines"][0])
+    extra["id"] = "blade-9"
+    for m in extra["machines"]:
+        m["signals"] = {k: {**v, "node": v["node"].replace(f"blade-1.{m['id']}", f"blade-9.{m['id']}-9")}
+                        for k, v in m["signals"].items()}
+        m["id"] = f"{m['id']}-9"
+    raw["lines"].insert(0, extra)
     more = parse_plant(raw)
     _, t1 = ff(base, 5, tmp_path, "base", end=SHORT_END)
     _, t2 = ff(more, 5, tmp_path, "more", end=SHORT_END)
-    lines2 = [ln for ln in t2.read_text(encoding="utf-8").splitlines() if '"machine":"cnc-9"' not in ln]
+    lines2 = [ln for ln in t2.read_text(encoding="utf-8").splitlines() if '"line":"blade-9"' not in ln]
+    assert len(lines2) < len(t2.read_text(encoding="utf-8").splitlines())
     assert sorted(lines2) == sorted(t1.read_text(encoding="utf-8").splitlines())
 
 
@@ -304,13 +309,17 @@ def test_products_change_at_changeovers_and_unmappable_states_fall_back(tmp_path
     assert any(r.reason == 10 for r in ledger)  # but the changeover reason is there
     products = [v for _, _, s, v in samples if s == "product"]
     assert len(products) > 2 and set(products) == {"A-1", "B-2"}
-    # every part carries the product being made, and the product sample leads the change
+    # every part carries the product being made: the product sample comes before the first part
+    # of a new product in the samples file (in the same millisecond as the part before it, when
+    # the changeover begins as that part is finished)
+    parts = iter([r for r in ledger if r.kind == "part"])
     current = None
-    events = sorted([(r.t_ms, 1, "part", r.product) for r in ledger if r.kind == "part"]
-                    + [(t, 0, "product", v) for t, _, s, v in samples if s == "product"])
-    for _, _, kind, p in events:
-        if kind == "product":
-            current = p
-        else:
-            assert p == current
+    start_ms = samples[0][0]
+    for t, _, s, v in samples:
+        if s == "product":
+            current = v
+        elif s == "total" and t > start_ms:
+            part = next(parts)
+            assert (part.t_ms, part.product) == (t, current)
+    assert next(parts, None) is None
     assert not any(s == "reason" for _, _, s, _ in samples)
