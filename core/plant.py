@@ -164,16 +164,33 @@ class Product(_Model):
 class OpcUaEndpoint(_Model):
     endpoint: str
     security: Literal["none", "sign", "sign_and_encrypt"] = "none"
+    # the client's side (the collector): who it logs in as, its certificate and key
     username: str | None = None
     password: str | None = None
     certificate: str | None = None
     private_key: str | None = None
+    # the bundled simulator's side (ignored by the collector): where it keeps its own certificate
+    # and the generated client pair (default: the folder of `certificate`, else ./mieruka-certs),
+    # and the users it accepts (default: `username`/`password`, if given)
+    certificate_dir: str | None = None
+    users: dict[str, str] | None = None
 
     @field_validator("endpoint")
     @classmethod
     def _ep(cls, v: str) -> str:
         if not v.startswith("opc.tcp://"):
             raise ValueError(f"'{v}' is not an OPC UA endpoint; write it as 'opc.tcp://host:port'")
+        return v
+
+    @field_validator("users")
+    @classmethod
+    def _users(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("users is empty; give name: password pairs, or remove it")
+            for name in v:
+                if not name.strip():
+                    raise ValueError("a user name cannot be empty")
         return v
 
 
@@ -184,6 +201,35 @@ class MqttBroker(_Model):
     username: str | None = None
     password: str | None = None
     client_id: str | None = None
+    # what goes over this broker: JSON objects on the signals' topics (one message per topic and
+    # event, or one per signal), or Sparkplug B (protobuf, spBv1.0/<group_id>/.../<edge_node_id>)
+    payload: Literal["json", "sparkplug"] = "json"
+    grouping: Literal["per_topic", "per_signal"] = "per_topic"
+    group_id: str | None = None
+    edge_node_id: str | None = None
+
+    @field_validator("group_id", "edge_node_id")
+    @classmethod
+    def _sparkplug_id(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or any(c in v for c in "/+#")):
+            raise ValueError(f"'{v}' cannot be a Sparkplug id: it is part of the topic, so it must not be empty "
+                             "or contain '/', '+' or '#'")
+        return v
+
+    @model_validator(mode="after")
+    def _payload_keys(self) -> MqttBroker:
+        if self.payload == "sparkplug":
+            missing = [k for k in ("group_id", "edge_node_id") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"a Sparkplug B source needs {' and '.join(repr(k) for k in missing)} "
+                                 "(topics are spBv1.0/<group_id>/<type>/<edge_node_id>/<machine id>)")
+            if "grouping" in self.model_fields_set:
+                raise ValueError("'grouping' is for JSON payloads; a Sparkplug B message carries one device's "
+                                 "changed metrics (remove grouping)")
+        elif self.group_id is not None or self.edge_node_id is not None:
+            raise ValueError("'group_id' and 'edge_node_id' are Sparkplug B keys (add payload: sparkplug, or "
+                             "remove them)")
+        return self
 
 
 class Source(_Model):
@@ -209,6 +255,8 @@ class Signal(_Model):
     field: str | None = None
     time_field: str | None = None
     time_unit: Literal["s", "ms", "us", "ns", "iso"] = "ms"
+    # Sparkplug B: the metric name in the machine's device (default: the signal name)
+    metric: str | None = None
     # meaning
     counter_bits: Literal[8, 16, 32, 64] | None = None
     retentive: bool = False
@@ -223,17 +271,44 @@ class Signal(_Model):
             raise ValueError(f"'{v}' is not an OPC UA node id; write 'ns=2;s=Line.Machine.Signal' or 'nsu=<uri>;s=...'")
         return v
 
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or v != v.strip()):
+            raise ValueError(f"{v!r} is not a Sparkplug metric name; write it without surrounding spaces, "
+                             "e.g. 'Counts/Good'")
+        return v
+
 
 class Simulation(_Model):
     """How the bundled simulator behaves for one machine (ignored by everything else)."""
 
     cycle_cv: float = Field(default=0.08, ge=0, le=1)
+    cycle_factor: float = Field(default=1.05, ge=0.9)  # mean cycle time / ideal cycle time
+    slow_cycle_rate: float = Field(default=0.02, ge=0, le=1)
+    slow_cycle_factor: float = Field(default=1.5, ge=1)
     scrap_rate: float = Field(default=0.02, ge=0, le=1)
     mtbf_s: float = Field(default=1800, gt=0)
     mttr_s: float = Field(default=180, gt=0)
     micro_stop_rate_per_h: float = Field(default=4, ge=0)
     reasons: list[int] | None = None
     counter_start: int = Field(default=0, ge=0)
+    # the line: the buffer after this station (ignored on a line's last station)
+    buffer_capacity: int = Field(default=10, ge=1)
+    buffer_initial: int | None = Field(default=None, ge=0)  # None: half the capacity, rounded up
+    changeover_s: float = Field(default=300, ge=0)
+    # the line's product plan (read from a line's first station)
+    product_mix: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    run_length: float = Field(default=200, gt=0)
+
+    @model_validator(mode="after")
+    def _line_settings(self) -> Simulation:
+        if self.buffer_initial is not None and self.buffer_initial > self.buffer_capacity:
+            raise ValueError(f"buffer_initial ({self.buffer_initial}) is more than buffer_capacity "
+                             f"({self.buffer_capacity}); lower it or raise the capacity")
+        if self.product_mix is not None and not self.product_mix:
+            raise ValueError("product_mix is empty; give products with weights, e.g. {TB-100: 0.6, TB-200: 0.4}")
+        return self
 
 
 class Machine(_Model):
@@ -480,7 +555,11 @@ def _signal_problems(plant: Plant, sp: str, name: str, sig: Signal, src: Source 
     out: list[Problem] = []
     if src is not None and src.kind == "opcua" and not sig.node:
         out.append(Problem(sp, "an OPC UA signal needs 'node'", "add node: \"ns=2;s=...\""))
-    if src is not None and src.kind == "mqtt":
+    sparkplug = src is not None and src.mqtt is not None and src.mqtt.payload == "sparkplug"
+    if sig.metric is not None and not sparkplug:
+        out.append(Problem(f"{sp}.metric", "'metric' names a Sparkplug B metric, but this signal's source is not "
+                           "Sparkplug B", "remove metric, or set payload: sparkplug on the source"))
+    if src is not None and src.kind == "mqtt" and not sparkplug:
         if not sig.topic:
             out.append(Problem(sp, "an MQTT signal needs 'topic'", "add topic: \"site/line/machine/...\""))
         if not sig.field:

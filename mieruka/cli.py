@@ -67,6 +67,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.scale is not None:
+        return _simulate_scale(args)
+    if args.plant is None or args.truth is None:
+        raise BadInput("--plant and --truth are required (or --scale LINESxMACHINES with --write-plant FILE)")
     plant = _plant(args.plant)
     if args.start is not None or args.end is not None or args.samples is not None:
         if args.start is None or args.end is None or args.samples is None:
@@ -79,15 +83,42 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"wrote {args.samples} and {args.truth}")
         return EXIT_OK
 
+    from simulators.faults import FaultSpecError, check_sources, load_faults, parse_fault
     from simulators.live import run_live
+
+    try:
+        faults = [parse_fault(f) for f in args.fault]
+        if args.faults:
+            faults += load_faults(Path(args.faults))
+        check_sources(faults, plant)
+    except FaultSpecError as e:
+        raise BadInput(str(e)) from None
 
     async def main() -> None:
         stop = asyncio.Event()
         _install_stop(stop)
-        await run_live(plant, args.seed, duration_s=args.duration, truth_path=Path(args.truth), stop=stop)
+        await run_live(plant, args.seed, duration_s=args.duration, truth_path=Path(args.truth), stop=stop,
+                       faults=faults)
 
     asyncio.run(main())
     return EXIT_OK
+
+
+def _simulate_scale(args: argparse.Namespace) -> int:
+    if args.write_plant is None:
+        raise BadInput("--scale needs --write-plant FILE (where the generated plant file goes)")
+    if args.plant is not None:
+        raise BadInput("--scale generates its plant; use --write-plant FILE instead of --plant")
+    if getattr(args, "fault", None) or getattr(args, "faults", None):
+        raise BadInput("--fault/--faults are for the live simulators of a plant file, not --scale")
+    from simulators.scale import ScaleInputError, run_scale
+
+    try:
+        return run_scale(args.scale, args.signals_per_machine, Path(args.write_plant), processes=args.processes,
+                         duration_s=args.duration, seed=args.seed, truth=Path(args.truth) if args.truth else None,
+                         base_port=args.base_port, rate_hz=args.rate, verbose=args.verbose)
+    except ScaleInputError as e:
+        raise BadInput(str(e)) from None
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -98,8 +129,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
         if unknown:
             raise BadInput(f"--lines: unknown line(s) {', '.join(unknown)}; the plant has "
                            f"{', '.join(ln.id for ln in plant.lines)}")
-    from collector.pipeline import Collector
+    from collector.pipeline import Collector, build_sources
 
+    try:
+        build_sources(plant, lines)  # a plant the collector cannot read fails here, before any connection
+    except ValueError as e:
+        raise BadInput(f"{args.plant}: {e}") from None
     store = _open_store_url(args.store)
 
     async def main() -> None:
@@ -203,6 +238,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise BadInput(str(e)) from None
 
 
+def cmd_truth_summarize(args: argparse.Namespace) -> int:
+    import json
+
+    from simulators.ledger import summarize_file, summary_dict, summary_text
+
+    path = Path(args.truth)
+    if not path.is_file():
+        raise BadInput(f"--truth {path}: no such file")
+    if args.end <= args.start:
+        raise BadInput(f"--end ({args.end.isoformat()}) must be after --start ({args.start.isoformat()})")
+    plant = _plant(args.plant) if args.plant else None
+    try:
+        summary = summarize_file(path, args.start, args.end)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    except OSError as e:
+        raise BadInput(f"--truth {path}: {e.strerror or e}") from None
+    if args.json:
+        print(json.dumps(summary_dict(summary, plant), ensure_ascii=False, indent=2))
+    else:
+        print(summary_text(summary, plant), end="")
+    return EXIT_OK
+
+
 # ---- parser ----------------------------------------------------------------------------------
 
 
@@ -216,13 +275,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_check_config)
 
     s = sub.add_parser("simulate", help="run the bundled PLC simulators live, or fast-forward to files")
-    s.add_argument("--plant", required=True)
+    s.add_argument("--plant", default=None, help="the plant file (required unless --scale)")
     s.add_argument("--seed", type=int, default=1)
-    s.add_argument("--truth", required=True, help="ground-truth ledger (JSONL) to write")
+    s.add_argument("--truth", default=None, help="ground-truth ledger (JSONL) to write (with --scale: optional, "
+                                                   "one file per server process next to it)")
+    s.add_argument("--scale", default=None, metavar="LINESxMACHINES",
+                   help="scale mode: generate a synthetic plant (OPC UA) and serve it over several processes")
+    s.add_argument("--signals-per-machine", type=int, default=8, metavar="K", help="scale: signals per machine")
+    s.add_argument("--write-plant", default=None, metavar="FILE", help="scale: where to write the generated plant")
+    s.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="scale: server processes (default: from the load and the measured capacity per process)")
+    s.add_argument("--base-port", type=int, default=None, help="scale: first port to try (default 4840)")
+    s.add_argument("--rate", type=float, default=1.0, metavar="HZ", help="scale: gauge updates per second")
     s.add_argument("--duration", type=float, default=None, help="live: stop after S seconds")
     s.add_argument("--from", dest="start", type=_iso, default=None, help="fast-forward: window start (ISO)")
     s.add_argument("--to", dest="end", type=_iso, default=None, help="fast-forward: window end (ISO)")
     s.add_argument("--samples", default=None, help="fast-forward: raw samples CSV to write")
+    s.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="live: inject a fault, e.g. restart@60s, rollover, silence@30s+20s, malformed:5%% "
+                        "(repeatable; see simulators/faults.py)")
+    s.add_argument("--faults", default=None, metavar="FILE", help="live: a YAML/JSON list of faults")
     s.set_defaults(func=cmd_simulate)
 
     co = sub.add_parser("collect", help="collect OPC UA / MQTT signals into a store")
@@ -261,6 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: run until Ctrl-C)")
     de.add_argument("--seed", type=int, default=1)
     de.set_defaults(func=cmd_demo)
+
+    tr = sub.add_parser("truth", help="ground-truth ledger tools")
+    trs = tr.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    ts = trs.add_parser("summarize", help="parts, seconds per state and per stop reason in a window, per machine "
+                                          "(and per line with --plant)")
+    ts.add_argument("--truth", required=True, help="the ledger (JSONL) a simulator wrote")
+    ts.add_argument("--start", type=_iso, required=True, help="window start (ISO with offset)")
+    ts.add_argument("--end", type=_iso, required=True, help="window end, exclusive (ISO with offset)")
+    ts.add_argument("--plant", default=None, help="plant file: adds line figures (good of the output machines)")
+    ts.add_argument("--json", action="store_true", help="JSON instead of text (shape in the README)")
+    ts.set_defaults(func=cmd_truth_summarize)
     return p
 
 
