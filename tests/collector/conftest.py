@@ -9,7 +9,8 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +22,8 @@ from asyncua.server.server import Server
 from asyncua.ua.status_codes import StatusCodes
 from paho.mqtt.enums import CallbackAPIVersion
 
-from core.model import Fact
+from collector.sources import SampleSource, SourceItem
+from core.model import Fact, Sample
 from core.plant import Plant, parse_plant
 from core.store.base import StoreUnavailable
 from core.store.sqlite import SqliteStore
@@ -209,3 +211,35 @@ async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within_s: 
         if loop.time() > end:
             raise TimeoutError(f"timed out after {within_s}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running(src: SampleSource) -> AsyncIterator[asyncio.Queue[SourceItem]]:
+    """Iterate ``src`` in a task into a queue the test reads with deadlines."""
+    got: asyncio.Queue[SourceItem] = asyncio.Queue()
+
+    async def pump() -> None:
+        async with src:
+            async for item in src:
+                got.put_nowait(item)
+
+    task = asyncio.create_task(pump(), name=f"pump:{src.source_id}")
+    try:
+        async with asyncio.timeout(10):
+            await src.wait_ready()
+        yield got
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def take(q: asyncio.Queue[SourceItem], n: int, within_s: float = 10) -> list[SourceItem]:
+    async with asyncio.timeout(within_s):
+        return [await q.get() for _ in range(n)]
+
+
+async def take_samples(q: asyncio.Queue[SourceItem], n: int, within_s: float = 10) -> list[Sample]:
+    items = await take(q, n, within_s)
+    samples = [i for i in items if isinstance(i, Sample)]
+    assert len(samples) == len(items), items
+    return samples

@@ -3,42 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from collector.sources.mqtt import MqttSource, parse_time
-from core.model import Sample
 from core.plant import MqttBroker, Signal
-from tests.collector.conftest import Publisher, eventually
+from tests.collector.conftest import Publisher, eventually, running, take_samples
 from tests.support.services import Mosquitto, mosquitto
-
-
-@asynccontextmanager
-async def running(src: MqttSource) -> AsyncIterator[asyncio.Queue[Sample]]:
-    got: asyncio.Queue[Sample] = asyncio.Queue()
-
-    async def pump() -> None:
-        async with src:
-            async for s in src:
-                got.put_nowait(s)
-
-    task = asyncio.create_task(pump(), name=f"pump:{src.source_id}")
-    try:
-        async with asyncio.timeout(10):
-            await src.wait_ready()
-        yield got
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def take(q: asyncio.Queue[Sample], n: int, within_s: float = 10) -> list[Sample]:
-    async with asyncio.timeout(within_s):
-        return [await q.get() for _ in range(n)]
 
 
 def sig(topic: str, field: str, **kw: object) -> Signal:
@@ -72,7 +45,7 @@ async def test_multi_signal_payloads_and_time_units(mosquitto_broker: Mosquitto,
         await publisher.publish(f"{prefix}/m4", {"t": 1_700_000_003_123_456_789, "temp": "22.5"})
         before = datetime.now(UTC)
         await publisher.publish(f"{prefix}/m5", {"temp": 23.25})
-        samples = await take(got, 9)
+        samples = await take_samples(got, 9)
         after = datetime.now(UTC)
     by = {(s.machine, s.signal, s.value): s for s in samples}
     assert set(by) == {("m1", "good", 5), ("m1", "scrap", 1), ("m1", "good", 6), ("m1", "state", 3),
@@ -117,7 +90,7 @@ async def test_malformed_payloads_are_counted_logged_once_and_skipped(
             for _, payload in bad:
                 await publisher.publish(topic, payload)
             await publisher.publish(topic, {"ts": 1_700_000_000_000, "good": 7, "scrap": "x"})
-            [ok] = await take(got, 1)
+            [ok] = await take_samples(got, 1)
             await eventually(lambda: src.stats.messages == len(bad) + 1)
     assert (ok.machine, ok.signal, ok.value) == ("m1", "good", 7)
     assert src.stats.errors == {"not_json": 2, "not_object": 2, "wrong_type": 3, "missing_field": 2,
@@ -141,7 +114,7 @@ async def test_resubscribes_after_the_broker_restarts(tmp_path: Path, prefix: st
             pub = Publisher(broker)
             try:
                 await pub.publish(topic, {"temp": 1.5})
-                [s] = await take(got, 1)
+                [s] = await take_samples(got, 1)
             finally:
                 pub.close()
         assert s.value == 1.5 and src.stats.connects == 2

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from asyncua import ua
@@ -14,32 +12,7 @@ from collector.sources import SourceItem, SourceRestarted
 from collector.sources.opcua import OpcUaSource
 from core.model import Sample
 from core.plant import OpcUaEndpoint
-from tests.collector.conftest import OpcServer, eventually
-
-
-@asynccontextmanager
-async def running(src: OpcUaSource) -> AsyncIterator[asyncio.Queue[SourceItem]]:
-    """Iterate ``src`` in a task into a queue the test reads with deadlines."""
-    got: asyncio.Queue[SourceItem] = asyncio.Queue()
-
-    async def pump() -> None:
-        async with src:
-            async for item in src:
-                got.put_nowait(item)
-
-    task = asyncio.create_task(pump(), name=f"pump:{src.source_id}")
-    try:
-        async with asyncio.timeout(10):
-            await src.wait_ready()
-        yield got
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def take(q: asyncio.Queue[SourceItem], n: int, within_s: float = 10) -> list[SourceItem]:
-    async with asyncio.timeout(within_s):
-        return [await q.get() for _ in range(n)]
+from tests.collector.conftest import OpcServer, eventually, running, take
 
 
 async def test_source_timestamps_and_every_change_in_order(opc_server: OpcServer, prefix: str) -> None:
