@@ -16,12 +16,21 @@ from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
 from core.plant import ID_RE
-from core.store.base import CountBucket, GaugeBucket, StateChange, Store, StoreError, StoreUnavailable
+from core.store.base import (
+    CountBucket,
+    GaugeBucket,
+    ProductChange,
+    StateChange,
+    Store,
+    StoreError,
+    StoreUnavailable,
+)
 
 __all__ = [
     "TOKEN_ENV",
     "CountBucket",
     "GaugeBucket",
+    "ProductChange",
     "StateChange",
     "Store",
     "StoreError",

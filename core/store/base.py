@@ -42,6 +42,15 @@ class StateChange:
 
 
 @dataclass(frozen=True, slots=True)
+class ProductChange:
+    """A machine started making ``product`` at ``time_ns``."""
+
+    time_ns: int
+    machine: str
+    product: str
+
+
+@dataclass(frozen=True, slots=True)
 class GaugeBucket:
     start_ns: int
     machine: str
@@ -78,6 +87,10 @@ class Store(Protocol):
     async def state_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[StateChange]:
         """State facts with time in ``[start_ns, end_ns)``, plus, per machine, the last one before
         ``start_ns`` (so a window's first seconds are not blank); ordered by time."""
+
+    async def product_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[ProductChange]:
+        """Product facts with time in ``[start_ns, end_ns)``, plus, per machine, the last one before
+        ``start_ns`` (the product being made when the window opens); ordered by time."""
 
     async def gauge_buckets(
         self, machine: str, signal: str, start_ns: int, end_ns: int, bucket_ns: int

@@ -22,7 +22,7 @@ InfluxQL quirks this relies on (checked against influxd 1.6.7):
   only points inside ``WHERE time >= start AND time < end`` are aggregated.
 - ``fill(none)`` leaves out empty buckets (the default fills them with null).
 - ``last(*)`` with ``WHERE time < t`` returns the *lower bound of the time range* (0) as the
-  time, not the point's time, so "the last state before start" is
+  time, not the point's time, so "the last state (or product) before start" is
   ``ORDER BY time DESC LIMIT 1`` with ``GROUP BY "machine"`` (the limit applies per group).
 - InfluxDB 1.x has no ``Authorization: Token`` scheme (1.8 added one); 1.x is reached with
   user/password (sent as HTTP Basic), 2.x/3.x with a token.
@@ -40,7 +40,7 @@ import aiohttp
 
 from core.model import Fact
 from core.store import DATABASE_RE, check_bucket, check_ids
-from core.store.base import CountBucket, GaugeBucket, StateChange, StoreError, StoreUnavailable
+from core.store.base import CountBucket, GaugeBucket, ProductChange, StateChange, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -260,29 +260,48 @@ class InfluxStore:
                     out.append(CountBucket(int(t), tags["machine"], tags["signal"], int(total)))
         return out
 
-    async def state_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[StateChange]:
-        check_ids("machine", machines)
-        if not machines:
-            return []
+    async def _changes(self, measurement: str, fields: Sequence[str], machines: Sequence[str], start_ns: int,
+                       end_ns: int) -> list[tuple[str, list[Any]]]:
+        """(machine, [time, *fields]) per point: per machine the last point before ``start_ns``, then
+        the points in the window; points whose first field is null are left out."""
+        # measurement and fields are constants of this module, machines are checked identifiers
         where = _or("machine", machines)
-        q = (f'SELECT "state", "reason" FROM "states" WHERE {where} AND time < {int(start_ns)} '
+        select = ", ".join(f'"{f}"' for f in fields)
+        q = (f'SELECT {select} FROM "{measurement}" WHERE {where} AND time < {int(start_ns)} '
              'GROUP BY "machine" ORDER BY time DESC LIMIT 1')
         if start_ns < end_ns:
-            q += (f'; SELECT "state", "reason" FROM "states" WHERE {where} '
+            q += (f'; SELECT {select} FROM "{measurement}" WHERE {where} '
                   f'AND time >= {int(start_ns)} AND time < {int(end_ns)} GROUP BY "machine"')
         results = await self._query(q)
-        out: list[StateChange] = []
+        out: list[tuple[str, list[Any]]] = []
         for i in range(len(results)):
             for series in _series(results, i):
                 machine = series.get("tags", {}).get("machine", "")
                 cols = series["columns"]
-                si, ri = cols.index("state"), cols.index("reason")
+                idx = [0, *(cols.index(f) for f in fields)]
                 for row in series.get("values", []):
-                    if row[si] is None:
-                        continue
-                    reason = row[ri]
-                    out.append(StateChange(int(row[0]), machine, str(row[si]),
-                                           None if reason is None or reason < 0 else int(reason)))
+                    picked = [row[j] for j in idx]
+                    if picked[1] is not None:
+                        out.append((machine, picked))
+        return out
+
+    async def state_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[StateChange]:
+        check_ids("machine", machines)
+        if not machines:
+            return []
+        out: list[StateChange] = []
+        for machine, (t, st, reason) in await self._changes("states", ("state", "reason"), machines,
+                                                            start_ns, end_ns):
+            out.append(StateChange(int(t), machine, str(st), None if reason is None or reason < 0 else int(reason)))
+        out.sort(key=lambda c: (c.time_ns, c.machine))
+        return out
+
+    async def product_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[ProductChange]:
+        check_ids("machine", machines)
+        if not machines:
+            return []
+        out = [ProductChange(int(t), machine, str(p))
+               for machine, (t, p) in await self._changes("products", ("product",), machines, start_ns, end_ns)]
         out.sort(key=lambda c: (c.time_ns, c.machine))
         return out
 

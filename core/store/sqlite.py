@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from core.model import Fact
 from core.store import check_bucket, check_ids
-from core.store.base import CountBucket, GaugeBucket, StateChange, StoreError, StoreUnavailable
+from core.store.base import CountBucket, GaugeBucket, ProductChange, StateChange, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -219,22 +219,37 @@ class SqliteStore:
         rows = await self._run(False, lambda c: c.execute(sql, params).fetchall())
         return [CountBucket(int(b), str(m), str(s), int(t)) for b, m, s, t in rows]
 
-    async def state_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[StateChange]:
-        check_ids("machine", machines)
-        if not machines:
-            return []
+    async def _changes(self, table: str, columns: str, machines: Sequence[str], start_ns: int, end_ns: int
+                       ) -> list[list[Any]]:
+        # per machine the last row before the window, then the window's rows, in one snapshot;
+        # table and columns are constants of this module, machines are checked identifiers
         queries: list[tuple[str, Sequence[object]]] = [
-            ("SELECT time_ns, machine, state, reason FROM states WHERE machine = ? AND time_ns < ? "
+            (f"SELECT time_ns, machine, {columns} FROM {table} WHERE machine = ? AND time_ns < ? "
              "ORDER BY time_ns DESC LIMIT 1", (m, int(start_ns)))
             for m in dict.fromkeys(machines)
         ]
         if start_ns < end_ns:
-            queries.append((f"SELECT time_ns, machine, state, reason FROM states WHERE machine IN "
+            queries.append((f"SELECT time_ns, machine, {columns} FROM {table} WHERE machine IN "
                             f"({_placeholders(len(machines))}) AND time_ns >= ? AND time_ns < ?",
                             [*machines, int(start_ns), int(end_ns)]))
         results = await self._run(False, lambda c: self._read_txn(c, queries))
-        out = [StateChange(int(t), str(m), str(s), None if r is None else int(r))
-               for rows in results for t, m, s, r in rows]
+        return [row for rows in results for row in rows]
+
+    async def state_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[StateChange]:
+        check_ids("machine", machines)
+        if not machines:
+            return []
+        rows = await self._changes("states", "state, reason", machines, start_ns, end_ns)
+        out = [StateChange(int(t), str(m), str(s), None if r is None else int(r)) for t, m, s, r in rows]
+        out.sort(key=lambda c: (c.time_ns, c.machine))
+        return out
+
+    async def product_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[ProductChange]:
+        check_ids("machine", machines)
+        if not machines:
+            return []
+        rows = await self._changes("products", "product", machines, start_ns, end_ns)
+        out = [ProductChange(int(t), str(m), str(p)) for t, m, p in rows]
         out.sort(key=lambda c: (c.time_ns, c.machine))
         return out
 

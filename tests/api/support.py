@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from core.model import Fact, to_ns
 from core.plant import Plant
-from core.store.base import CountBucket, GaugeBucket, StateChange, Store, StoreUnavailable
+from core.store.base import CountBucket, GaugeBucket, ProductChange, StateChange, Store, StoreUnavailable
 from core.store.sqlite import SqliteStore
 
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -88,6 +88,10 @@ class FailingStore:
     async def state_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[StateChange]:
         self._check()
         return await self.inner.state_changes(machines, start_ns, end_ns)
+
+    async def product_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[ProductChange]:
+        self._check()
+        return await self.inner.product_changes(machines, start_ns, end_ns)
 
     async def gauge_buckets(self, machine: str, signal: str, start_ns: int, end_ns: int,
                             bucket_ns: int) -> list[GaugeBucket]:

@@ -13,7 +13,7 @@ import pytest
 from core import figures
 from core.model import Fact, to_ns
 from core.plant import Plant, parse_plant
-from core.store.base import CountBucket, GaugeBucket, StateChange
+from core.store.base import CountBucket, GaugeBucket, ProductChange, StateChange
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 
@@ -64,6 +64,9 @@ class MemoryStore:
             if f.kind == "count" and f.machine in machines and f.signal in signals and start_ns <= f.time_ns < end_ns:
                 sums[(f.time_ns - f.time_ns % bucket_ns, f.machine, f.signal)] += int(f.value)
         return [CountBucket(b, m, s, t) for (b, m, s), t in sums.items()]
+
+    async def product_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[ProductChange]:
+        return []
 
     async def state_changes(self, machines: Sequence[str], start_ns: int, end_ns: int) -> list[StateChange]:
         return []

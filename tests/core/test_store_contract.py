@@ -25,6 +25,7 @@ from core.model import Fact, to_ns
 from core.store import (
     CountBucket,
     GaugeBucket,
+    ProductChange,
     StateChange,
     Store,
     StoreError,
@@ -182,6 +183,79 @@ async def test_state_changes_include_the_state_before_the_window(store: Store) -
     assert await store.state_changes(["m4"], T, T + 60 * S) == []
 
 
+async def test_product_changes_window_edges_and_the_product_before_the_window(store: Store) -> None:
+    await store.write([
+        product(T + 20 * S, "B-2"),  # written out of order: the answer is ordered by time
+        product(T - 100 * S, "A-0"),
+        product(T - 1, "A-1"),  # the last nanosecond before the window: the product at its start
+        product(T + 60 * S - 1, "B-3"),  # the window's last nanosecond
+        product(T + 60 * S, "C-4"),  # at the window's end: excluded
+        product(T - 10 * S, "P-1", machine="m2"),
+        product(T, "P-2", machine="m2"),  # at the window's start: in it, and not also "before" it
+        product(T + 20 * S, "Q-1", machine="m3"),  # nothing before the window; same time as m1's B-2
+        product(T - 5 * S, "X-9", machine="m9"),  # not asked for
+        product(T + 5 * S, "X-9", machine="m9"),
+    ])
+    got = await store.product_changes(["m3", "m2", "m1", "m4"], T, T + 60 * S)
+    assert got == [
+        ProductChange(T - 10 * S, "m2", "P-1"),
+        ProductChange(T - 1, "m1", "A-1"),
+        ProductChange(T, "m2", "P-2"),
+        ProductChange(T + 20 * S, "m1", "B-2"),
+        ProductChange(T + 20 * S, "m3", "Q-1"),
+        ProductChange(T + 60 * S - 1, "m1", "B-3"),
+    ]
+    # a window with no changes still answers each machine's product at its start
+    assert await store.product_changes(["m1", "m3"], T + 30 * S, T + 40 * S) == [
+        ProductChange(T + 20 * S, "m1", "B-2"), ProductChange(T + 20 * S, "m3", "Q-1")]
+    # so does an empty window; and the product written at the end is the one after it
+    assert await store.product_changes(["m1"], T + 60 * S, T + 60 * S) == [ProductChange(T + 60 * S - 1, "m1", "B-3")]
+    assert await store.product_changes(["m1"], T + 61 * S, T + 3600 * S) == [ProductChange(T + 60 * S, "m1", "C-4")]
+    # before any product: nothing; machines with none, or none asked for: nothing
+    assert await store.product_changes(["m1"], T - 200 * S, T - 100 * S) == []
+    assert await store.product_changes(["m4"], T, T + 60 * S) == []
+    assert await store.product_changes([], T, T + 60 * S) == []
+    # products are not states
+    assert await store.state_changes(["m1", "m2", "m3"], T - 3600 * S, T + 3600 * S) == []
+
+
+async def test_product_rewrites_are_idempotent(store: Store) -> None:
+    facts = [product(T + i * S, f"P-{i % 3}") for i in range(6)] + [product(T + 2 * S, "Z-1", machine="m2")]
+    await store.write(facts)
+    await store.write(facts)
+    await store.write(facts[2:4])  # a replayed part of a batch
+    expected = sorted([ProductChange(T + i * S, "m1", f"P-{i % 3}") for i in range(6)]
+                      + [ProductChange(T + 2 * S, "m2", "Z-1")], key=lambda c: (c.time_ns, c.machine))
+    assert await store.product_changes(["m1", "m2"], T, T + 60 * S) == expected
+    # the same key written with another product replaces it: one change, the newer code
+    await store.write([product(T + 3 * S, "P-new")])
+    got = await store.product_changes(["m1"], T + 3 * S, T + 4 * S)
+    assert got == [ProductChange(T + 2 * S, "m1", "P-2"), ProductChange(T + 3 * S, "m1", "P-new")]
+
+
+ODD_PRODUCTS = [
+    "TB 100 size L",  # spaces
+    "A,B,C",  # commas
+    'say "hi"',  # double quotes
+    "it's",  # a single quote
+    "k=v x=1i",  # equals, and what looks like more fields
+    "back\\slash\\",  # backslashes, one at the end
+    '\\"',  # an escaped quote as a line-protocol parser would see it
+    "製品-α 100 ü",  # unicode
+    "two\nlines",  # a newline inside the string
+    "  padded  ",  # leading and trailing spaces
+]
+
+
+async def test_product_strings_round_trip(store: Store) -> None:
+    await store.write([product(T + i * S, code) for i, code in enumerate(ODD_PRODUCTS)])
+    got = await store.product_changes(["m1"], T, T + 60 * S)
+    assert got == [ProductChange(T + i * S, "m1", code) for i, code in enumerate(ODD_PRODUCTS)]
+    # and the last of them is the product before a later window
+    assert await store.product_changes(["m1"], T + 3600 * S, T + 7200 * S) == [
+        ProductChange(T + (len(ODD_PRODUCTS) - 1) * S, "m1", ODD_PRODUCTS[-1])]
+
+
 async def test_gauge_buckets(store: Store) -> None:
     await store.write([
         gauge(T - 1, 1000.0),
@@ -222,6 +296,8 @@ async def test_identifiers_are_rejected(store: Store) -> None:
             await store.count_buckets(["m1"], [bad], T, T + S, S)
         with pytest.raises(StoreError):
             await store.state_changes(["m1", bad], T, T + S)
+        with pytest.raises(StoreError):
+            await store.product_changes([bad, "m1"], T, T + S)
         with pytest.raises(StoreError):
             await store.gauge_buckets(bad, "temp", T, T + S, S)
         with pytest.raises(StoreError):
