@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +50,67 @@ def line_totals(records: list[dict[str, Any]], start: datetime, end: datetime,
 
 def last_time(records: list[dict[str, Any]]) -> datetime | None:
     return max((r["_t"] for r in records), default=None)
+
+
+# ---- state stretches and product counts (written for the tests, independent of core/) -------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ms(t: datetime) -> int:
+    """Exact epoch milliseconds of an aware datetime (ledger times are whole milliseconds)."""
+    return (t - _EPOCH) // timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True)
+class LedgerStretch:
+    """A machine's (state, reason) from ``since_ms`` until its next different state record
+    (``until_ms`` None: still in it when the ledger ends)."""
+
+    since_ms: int
+    until_ms: int | None
+    state: str
+    reason: int | None
+
+
+def state_stretches(records: list[dict[str, Any]], machine: str) -> list[LedgerStretch]:
+    """The machine's state stretches in ledger order; repeated identical records make one stretch."""
+    changes: list[tuple[int, str, int | None]] = []
+    for r in sorted((r for r in records if r.get("kind") == "state" and r.get("machine") == machine),
+                    key=lambda r: r["_t"]):
+        key = (r["state"], r.get("reason"))
+        if changes and (changes[-1][1], changes[-1][2]) == key:
+            continue
+        changes.append((ms(r["_t"]), *key))
+    return [LedgerStretch(t, changes[i + 1][0] if i + 1 < len(changes) else None, st, rs)
+            for i, (t, st, rs) in enumerate(changes)]
+
+
+def clipped_ms(s: LedgerStretch, start: datetime, end: datetime) -> int:
+    """Milliseconds of a stretch inside ``[start, end)``."""
+    until = ms(end) if s.until_ms is None else min(s.until_ms, ms(end))
+    return max(0, until - max(s.since_ms, ms(start)))
+
+
+def state_seconds_between(records: list[dict[str, Any]], machine: str, start: datetime,
+                          end: datetime) -> tuple[dict[str, float], dict[tuple[str, int | None], float]]:
+    """Seconds per state and per (state, reason) of one machine inside ``[start, end)``."""
+    by_state: Counter[str] = Counter()
+    by_reason: Counter[tuple[str, int | None]] = Counter()
+    for s in state_stretches(records, machine):
+        n = clipped_ms(s, start, end)
+        if n:
+            by_state[s.state] += n
+            by_reason[(s.state, s.reason)] += n
+    return ({k: v / 1000 for k, v in by_state.items()}, {k: v / 1000 for k, v in by_reason.items()})
+
+
+def parts_by_product(records: list[dict[str, Any]], machine: str, start: datetime,
+                     end: datetime) -> dict[str | None, tuple[int, int]]:
+    """(good, scrap) per product of one machine's parts with start <= t < end."""
+    good: Counter[str | None] = Counter()
+    scrap: Counter[str | None] = Counter()
+    for r in records:
+        if r.get("kind") == "part" and r.get("machine") == machine and start <= r["_t"] < end:
+            (good if r["good"] else scrap)[r.get("product")] += 1
+    return {p: (good[p], scrap[p]) for p in set(good) | set(scrap)}
