@@ -53,6 +53,10 @@ class Point(BaseModel):
     end: datetime
     good: int
     scrap: int
+    target: float = Field(default=0.0, description="target_per_hour × the bucket's planned production seconds "
+                                                   "inside the window / 3600 (breaks and off-shift time excluded)")
+    cumulative_good: int = Field(default=0, description="Good from the window's start to this bucket's end")
+    cumulative_target: float = Field(default=0.0, description="Target from the window's start to this bucket's end")
 
 
 class Throughput(BaseModel):
@@ -68,3 +72,5 @@ class Throughput(BaseModel):
     points: list[Point]
     total_good: int
     total_scrap: int
+    target_per_hour: float = Field(default=0.0, description="The line's target rate from the plant file")
+    total_target: float = Field(default=0.0, description="Target over the window (planned production time only)")
