@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.routes import health, shifts, throughput
+from api.routes import figures as figure_routes
+from api.routes import health, plant_detail, shifts, status, throughput
 from api.routes import plant as plant_routes
 from api.settings import Settings
 from core import figures
@@ -74,6 +75,9 @@ def create_app(plant: Plant, store: Store, *, retry_after_s: int = 5) -> FastAPI
     app.include_router(plant_routes.router)
     app.include_router(shifts.router)
     app.include_router(throughput.router)
+    app.include_router(plant_detail.router)
+    app.include_router(figure_routes.router)
+    app.include_router(status.router)
     return app
 
 
