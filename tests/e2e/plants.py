@@ -45,6 +45,7 @@ def fast_plant(opcua_port: int, mqtt_port: int, *, all_day: bool = True, prefix:
 
     `prefix` starts every MQTT topic: runs sharing a broker use their own, so retained messages of
     one run never reach another."""
+    shifts: list[dict[str, Any]]
     if all_day:
         shifts = [{"id": "all", "start": "00:00", "end": "00:00", "days": ALL_DAYS}]
     else:
