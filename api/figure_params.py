@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from api.deps import PlantDep, parse_time
 from core import figures, oee
 from core.calendar import ShiftWindow
-from core.model import COUNTER_SIGNALS, PRODUCT_SIGNAL, REASON_SIGNAL, STATE_SIGNAL
+from core.model import signal_kind
 from core.plant import Machine, Plant, label
 
 WINDOW_HELP = ("give start and end (ISO-8601 with offset), or shift=current|previous, or shift=<id> with "
@@ -45,18 +45,6 @@ def get_machine(plant: PlantDep,
 
 
 MachineDep = Annotated[Machine, Depends(get_machine)]
-
-
-def signal_kind(name: str) -> Literal["counter", "state", "reason", "product", "gauge"]:
-    if name in COUNTER_SIGNALS:
-        return "counter"
-    if name == STATE_SIGNAL:
-        return "state"
-    if name == REASON_SIGNAL:
-        return "reason"
-    if name == PRODUCT_SIGNAL:
-        return "product"
-    return "gauge"
 
 
 def gauges_of(machine: Machine) -> list[str]:

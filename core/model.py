@@ -18,6 +18,21 @@ REASON_SIGNAL = "reason"
 PRODUCT_SIGNAL = "product"
 MEANINGFUL_SIGNALS = COUNTER_SIGNALS | {STATE_SIGNAL, REASON_SIGNAL, PRODUCT_SIGNAL}
 
+SignalKind = Literal["counter", "state", "reason", "product", "gauge"]
+
+
+def signal_kind(name: str) -> SignalKind:
+    """What a signal name means (DESIGN.md): any name without a meaning is a gauge."""
+    if name in COUNTER_SIGNALS:
+        return "counter"
+    if name == STATE_SIGNAL:
+        return "state"
+    if name == REASON_SIGNAL:
+        return "reason"
+    if name == PRODUCT_SIGNAL:
+        return "product"
+    return "gauge"
+
 
 def to_ns(t: datetime) -> int:
     """Epoch nanoseconds of an aware datetime (microsecond precision, exact integer arithmetic)."""

@@ -3,7 +3,12 @@
 The board reads the API only, over HTTP (:mod:`dashboard.client`). URL parameters:
 
 - ``?lang=ja|en``: language (default: the plant's locale, from the API);
-- ``?as_of=2026-11-27T10:30:00+09:00``: show the board as it was at that instant (replay).
+- ``?as_of=2026-11-27T10:30:00+09:00``: show the board as it was at that instant (replay);
+- ``?lines=a,b``: only these lines, in this order (unknown ids are left out);
+- ``?kiosk=1``: wall-screen mode: no pointer, no scroll bars, nothing to click;
+- ``?rotate=30``: one line at a time, enlarged with a taller chart, the next one every 30 s.
+
+A wall screen is set up by its URL alone, e.g. ``/?kiosk=1&lines=blade-1,press-2&lang=ja&rotate=30``.
 
 Without a running shift the tiles show the last ``recent_hours`` hours. Each refresh does one
 ``/shifts/current`` call and one ``/throughput`` call per line, under a time budget well inside
@@ -38,6 +43,46 @@ _MANGLED_PLUS = re.compile(r"^(.*\d) (\d{2}:?\d{2})$")
 
 # andon colours
 GREEN, AMBER, RED, GREY = "#2ecc71", "#ffb300", "#ff4d4d", "#607080"
+MIN_ROTATE_S = 2
+CHART_HEIGHT, SINGLE_CHART_HEIGHT = 280, 620
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What the URL asks of the board."""
+
+    lang: Lang | None = None
+    as_of: datetime | None = None
+    lines: tuple[str, ...] | None = None
+    kiosk: bool = False
+    rotate_s: int | None = None
+
+
+def _first(q: dict[str, list[str]], key: str) -> str | None:
+    return next(iter(q.get(key, [])), None)
+
+
+def parse_view(search: str | None) -> View:
+    """``?lang=..&as_of=..&lines=a,b&kiosk=1&rotate=30``; anything unreadable is left at its default."""
+    q = parse_qs((search or "").lstrip("?"))
+    lang_param = _first(q, "lang")
+    lang: Lang | None = "ja" if lang_param == "ja" else "en" if lang_param == "en" else None
+    lines_param = _first(q, "lines")
+    picked = tuple(dict.fromkeys(x.strip() for x in lines_param.split(",") if x.strip())) if lines_param else ()
+    kiosk = (_first(q, "kiosk") or "").strip().lower() in ("1", "true", "yes", "on")
+    rotate: int | None = None
+    rotate_param = (_first(q, "rotate") or "").strip()
+    if rotate_param.isdigit() and int(rotate_param) > 0:
+        rotate = max(int(rotate_param), MIN_ROTATE_S)
+    return View(lang, _parse_as_of(_first(q, "as_of")), picked or None, kiosk, rotate)
+
+
+def pick_lines(lines: list[LineInfo], wanted: tuple[str, ...] | None) -> list[LineInfo]:
+    """The lines ``wanted`` names, in its order; all lines when it names none."""
+    if not wanted:
+        return lines
+    by_id = {line.id: line for line in lines}
+    return [by_id[i] for i in wanted if i in by_id]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +182,8 @@ def _hour_slots(w: Window) -> list[datetime]:
     return out
 
 
-def _figure(tp: Throughput | None, line: LineInfo, w: Window, tz: ZoneInfo, lang: Lang) -> dict[str, Any]:
+def _figure(tp: Throughput | None, line: LineInfo, w: Window, tz: ZoneInfo, lang: Lang,
+            height: int = CHART_HEIGHT) -> dict[str, Any]:
     """Hourly bars over the whole shift (hours to come stay empty), target as a dashed line."""
     by_start = {p.start.astimezone(UTC): p for p in tp.points} if tp is not None else {}
     xs: list[str] = []
@@ -166,14 +212,15 @@ def _figure(tp: Throughput | None, line: LineInfo, w: Window, tz: ZoneInfo, lang
         "layout": {
             "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
             "font": {"size": 20, "color": "#e8eaed"}, "margin": {"l": 70, "r": 16, "t": 16, "b": 50},
-            "height": 280, "showlegend": False, "bargap": 0.15, "shapes": shapes,
+            "height": height, "showlegend": False, "bargap": 0.15, "shapes": shapes,
             "xaxis": {"type": "category", "categoryorder": "array", "categoryarray": xs, "linecolor": "#3a404a"},
             "yaxis": {"gridcolor": "#2a2f38", "range": [0, top * 1.2], "zerolinecolor": "#3a404a"},
         },
     }
 
 
-def _tile(line: LineInfo, tp: Throughput | None, w: Window, tz: ZoneInfo, lang: Lang) -> html.Div:
+def _tile(line: LineInfo, tp: Throughput | None, w: Window, tz: ZoneInfo, lang: Lang,
+          single: bool = False) -> html.Div:
     good = tp.total_good if tp is not None else 0
     rate = good / w.hours if w.hours > 0 else None
     rate_text = f"{rate:,.0f}" if rate is not None else "—"
@@ -184,7 +231,7 @@ def _tile(line: LineInfo, tp: Throughput | None, w: Window, tz: ZoneInfo, lang: 
         "data-rate": f"{rate:.3f}" if rate is not None else "", "data-target": f"{line.target_per_hour:g}",
         "data-window-start": w.start.isoformat(), "data-window-end": w.end.isoformat(),
     }
-    return html.Div(className="tile", id=f"tile-{lid}", **attrs, children=[
+    return html.Div(className="tile single" if single else "tile", id=f"tile-{lid}", **attrs, children=[
         html.Div(line.name, className="tile-name", id=f"tile-{lid}-name"),
         html.Div(className="figures", children=[
             html.Div(className="figure", children=[
@@ -201,15 +248,17 @@ def _tile(line: LineInfo, tp: Throughput | None, w: Window, tz: ZoneInfo, lang: 
                 html.Div(target_text, className="value target", id=f"tile-{lid}-target"),
             ]),
         ]),
-        dcc.Graph(id=f"tile-{lid}-chart", className="chart", figure=_figure(tp, line, w, tz, lang),
+        dcc.Graph(id=f"tile-{lid}-chart", className="chart",
+                  figure=_figure(tp, line, w, tz, lang, SINGLE_CHART_HEIGHT if single else CHART_HEIGHT),
                   config={"displayModeBar": False, "staticPlot": True}),
     ])
 
 
 def _layout(refresh_ms: int) -> html.Div:
-    return html.Div(className="board", children=[
+    return html.Div(id="board", className="board", children=[
         dcc.Location(id="url", refresh=False),
         dcc.Interval(id="tick", interval=refresh_ms, n_intervals=0),
+        dcc.Interval(id="rotate-tick", interval=30_000, n_intervals=0, disabled=True),
         html.Header(className="header", children=[
             html.Div(id="header-site", className="site"),
             html.Div(id="header-shift", className="shift"),
@@ -238,23 +287,31 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
     app.layout = _layout(refresh_ms)
 
     @app.callback(
+        Output("board", "className"), Output("rotate-tick", "interval"), Output("rotate-tick", "disabled"),
+        Input("url", "search"),
+    )
+    def wall_mode(search: str | None) -> tuple[str, int, bool]:
+        view = parse_view(search)
+        return ("board kiosk" if view.kiosk else "board", (view.rotate_s or 30) * 1000, view.rotate_s is None)
+
+    @app.callback(
         Output("banner", "children"), Output("banner", "className"),
         Output("header-site", "children"), Output("header-shift", "children"), Output("header-clock", "children"),
         Output("tiles", "children"), Output("tiles", "className"),
-        Input("tick", "n_intervals"), Input("url", "search"),
+        Input("tick", "n_intervals"), Input("url", "search"), Input("rotate-tick", "n_intervals"),
     )
-    def refresh(_n: int | None, search: str | None) -> tuple[Any, ...]:
-        q = parse_qs((search or "").lstrip("?"))
-        lang_param = next(iter(q.get("lang", [])), None)
-        asked: Lang | None = "ja" if lang_param == "ja" else "en" if lang_param == "en" else None
-        as_of_param = _parse_as_of(next(iter(q.get("as_of", [])), None))
+    def refresh(_n: int | None, search: str | None, turn: int | None) -> tuple[Any, ...]:
+        view = parse_view(search)
+        asked, as_of_param = view.lang, view.as_of
         deadline = time.monotonic() + budget_s
         lang: Lang | None = asked
         try:
             site = board.site(asked)
             lang = asked or site.locale
             tz = ZoneInfo(site.timezone)
-            lines = board.lines(lang)
+            lines = pick_lines(board.lines(lang), view.lines)
+            if view.rotate_s is not None and lines:
+                lines = [lines[(turn or 0) % len(lines)]]  # one line at a time: fetch only that one
             as_of = as_of_param or datetime.now(UTC)
             w = board.window(as_of)
             tps = board.throughputs(lines, w, deadline)
@@ -264,7 +321,7 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
             log.warning("wall board refresh failed: %s", e)
             text = (f"{t(key, lang)} — {t('last_data', lang)}" if lang else both(key))
             nu = dash.no_update
-            return text, "banner", nu, nu, nu, nu, "tiles stale"
+            return text, "banner", nu, nu, nu, nu, "tiles single stale" if view.rotate_s else "tiles stale"
         if w.shift is not None:
             s = w.shift
             shift_text = (f"{t('shift', lang)} {s.id}  {s.start.astimezone(tz):%H:%M}–"
@@ -273,8 +330,9 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
             shift_text = t("no_shift", lang, hours=f"{board.recent_hours:g}")
         clock_label = t("replay", lang) if as_of_param else t("updated", lang)
         clock = f"{clock_label} {as_of.astimezone(tz):%Y-%m-%d %H:%M:%S}"
-        tiles = [_tile(line, tps.get(line.id), w, tz, lang) for line in lines]
-        return "", "banner hidden", site.name, shift_text, clock, tiles, "tiles"
+        single = view.rotate_s is not None
+        tiles = [_tile(line, tps.get(line.id), w, tz, lang, single) for line in lines]
+        return "", "banner hidden", site.name, shift_text, clock, tiles, "tiles single" if single else "tiles"
 
     return app
 

@@ -24,7 +24,6 @@ from api.figure_params import (
     csv_response,
     edges_of,
     gauges_of,
-    signal_kind,
     stop_label,
 )
 from api.routes.shifts import shift_out
@@ -44,7 +43,7 @@ from api.schemas_figures import (
     StretchOut,
 )
 from core import figures, oee
-from core.model import from_ns, to_ns
+from core.model import from_ns, signal_kind, to_ns
 from core.plant import Line, Machine, Plant, label
 from core.store.base import Store
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import LangDep, PlantDep
-from api.figure_params import signal_kind
 from api.schemas import Problem, Site
 from api.schemas_figures import (
     CalendarOut,
@@ -15,6 +14,7 @@ from api.schemas_figures import (
     ShiftDef,
     SignalOut,
 )
+from core.model import signal_kind
 from core.plant import label
 
 router = APIRouter(prefix="/api/v1", tags=["plant"])

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from core.model import COUNTER_SIGNALS, PRODUCT_SIGNAL, REASON_SIGNAL, STATE_SIGNAL, Sample
+from core.model import Sample, SignalKind, signal_kind
 from core.plant import Signal
 
 __all__ = [
@@ -119,21 +119,6 @@ class OncePerKind:
         self._counter[kind] += 1
         if self._counter[kind] == 1:
             self._log.warning(msg + " (logged once; further ones are only counted as %r)", *args, kind)
-
-
-SignalKind = Literal["counter", "state", "reason", "product", "gauge"]
-
-
-def signal_kind(name: str) -> SignalKind:
-    if name in COUNTER_SIGNALS:
-        return "counter"
-    if name == STATE_SIGNAL:
-        return "state"
-    if name == REASON_SIGNAL:
-        return "reason"
-    if name == PRODUCT_SIGNAL:
-        return "product"
-    return "gauge"
 
 
 def _as_int(raw: object) -> int | None:
