@@ -44,7 +44,7 @@ _MANGLED_PLUS = re.compile(r"^(.*\d) (\d{2}:?\d{2})$")
 # andon colours
 GREEN, AMBER, RED, GREY = "#2ecc71", "#ffb300", "#ff4d4d", "#607080"
 MIN_ROTATE_S = 2
-CHART_HEIGHT, SINGLE_CHART_HEIGHT = 280, 620
+CHART_HEIGHT = 280  # px; a single-line view's chart fills the rest of the screen instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +183,7 @@ def _hour_slots(w: Window) -> list[datetime]:
 
 
 def _figure(tp: Throughput | None, line: LineInfo, w: Window, tz: ZoneInfo, lang: Lang,
-            height: int = CHART_HEIGHT) -> dict[str, Any]:
+            height: int | None = CHART_HEIGHT) -> dict[str, Any]:
     """Hourly bars over the whole shift (hours to come stay empty), target as a dashed line."""
     by_start = {p.start.astimezone(UTC): p for p in tp.points} if tp is not None else {}
     xs: list[str] = []
@@ -205,17 +205,23 @@ def _figure(tp: Throughput | None, line: LineInfo, w: Window, tz: ZoneInfo, lang
     if line.target_per_hour > 0:
         shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": line.target_per_hour,
                        "y1": line.target_per_hour, "line": {"color": "#ffd54a", "width": 3, "dash": "dash"}})
+    layout: dict[str, Any] = {
+        "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
+        "font": {"size": 20, "color": "#e8eaed"}, "margin": {"l": 70, "r": 16, "t": 16, "b": 50},
+        "showlegend": False, "bargap": 0.15, "shapes": shapes,
+        "xaxis": {"type": "category", "categoryorder": "array", "categoryarray": xs, "linecolor": "#3a404a"},
+        "yaxis": {"gridcolor": "#2a2f38", "range": [0, top * 1.2], "zerolinecolor": "#3a404a"},
+    }
+    if height is not None:
+        layout["height"] = height
+    else:  # sized by its container
+        layout["autosize"] = True
+        layout["font"]["size"] = 28
     return {
         "data": [{"type": "bar", "x": xs, "y": ys, "marker": {"color": colors}, "name": t("good", lang),
                   "text": [f"{y:,}" if y else "" for y in ys], "textposition": "outside",
                   "cliponaxis": False, "hoverinfo": "skip"}],
-        "layout": {
-            "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
-            "font": {"size": 20, "color": "#e8eaed"}, "margin": {"l": 70, "r": 16, "t": 16, "b": 50},
-            "height": height, "showlegend": False, "bargap": 0.15, "shapes": shapes,
-            "xaxis": {"type": "category", "categoryorder": "array", "categoryarray": xs, "linecolor": "#3a404a"},
-            "yaxis": {"gridcolor": "#2a2f38", "range": [0, top * 1.2], "zerolinecolor": "#3a404a"},
-        },
+        "layout": layout,
     }
 
 
@@ -249,8 +255,9 @@ def _tile(line: LineInfo, tp: Throughput | None, w: Window, tz: ZoneInfo, lang: 
             ]),
         ]),
         dcc.Graph(id=f"tile-{lid}-chart", className="chart",
-                  figure=_figure(tp, line, w, tz, lang, SINGLE_CHART_HEIGHT if single else CHART_HEIGHT),
-                  config={"displayModeBar": False, "staticPlot": True}),
+                  figure=_figure(tp, line, w, tz, lang, None if single else CHART_HEIGHT),
+                  config={"displayModeBar": False, "staticPlot": True},
+                  responsive=True if single else "auto", style={"height": "100%"} if single else {}),
     ])
 
 
@@ -292,7 +299,8 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
     )
     def wall_mode(search: str | None) -> tuple[str, int, bool]:
         view = parse_view(search)
-        return ("board kiosk" if view.kiosk else "board", (view.rotate_s or 30) * 1000, view.rotate_s is None)
+        cls = " ".join(["board", *(["kiosk"] if view.kiosk else []), *(["single"] if view.rotate_s else [])])
+        return cls, (view.rotate_s or 30) * 1000, view.rotate_s is None
 
     @app.callback(
         Output("banner", "children"), Output("banner", "className"),

@@ -1,0 +1,158 @@
+"""Regenerate the README's wall-board screenshots from the demo.
+
+    .venv/bin/python scripts/screenshots.py [--out docs]
+
+Starts ``mieruka demo`` (loopback only, free ports, a temporary data dir) as a subprocess, waits
+for the API's ``/healthz`` and for non-zero throughput on every line, takes 1920x1080 screenshots
+with headless Debian Chromium through Debian's chromedriver (never a downloaded browser), then
+stops the demo with Ctrl-C and waits for it to exit. Writes:
+
+- ``wallboard-ja.png``: the wall board in Japanese;
+- ``wallboard-en.png``: the wall board in English;
+- ``wallboard-kiosk-line.png``: a wall screen's single-line view (``?kiosk=1&rotate=30&lines=..``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.ui import WebDriverWait
+
+ROOT = Path(__file__).resolve().parent.parent
+WIDTH, HEIGHT = 1920, 1080
+START_DEADLINE_S = 180.0
+PAGE_DEADLINE_S = 60.0
+
+# the board is ready when every tile has a non-zero count and a drawn chart, and no banner shows
+BOARD_READY = """
+const tiles = Array.from(document.querySelectorAll('.tile'));
+const banner = document.getElementById('banner');
+return tiles.length > 0 && banner !== null && banner.offsetParent === null
+  && tiles.every(t => Number(t.dataset.good) > 0 && t.querySelector('.chart .main-svg .bars') !== null);
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, deadline_s: float, proc: subprocess.Popen[bytes], cond: object) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the demo exited with {proc.returncode} before {what}")
+        try:
+            if callable(cond) and cond():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"not within {deadline_s:.0f} s: {what}")
+
+
+def all_lines_counting(api: str) -> bool:
+    lines = httpx.get(f"{api}/api/v1/lines", timeout=5).json()
+    for line in lines:
+        r = httpx.get(f"{api}/api/v1/lines/{line['id']}/throughput", params={"shift": "current", "bucket": "1h"},
+                      timeout=5)
+        if r.status_code != 200 or int(r.json()["total_good"]) <= 0:
+            return False
+    return bool(lines)
+
+
+def chromium() -> webdriver.Chrome:
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={WIDTH},{HEIGHT}", "--hide-scrollbars", "--lang=ja"):
+        opts.add_argument(arg)
+    # an explicit driver path keeps selenium-manager from fetching anything
+    service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    driver = webdriver.Chrome(options=opts, service=service)
+    # --window-size counts the browser's own frame: pin the page's viewport to exactly WIDTH x HEIGHT
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+    return driver
+
+
+def shoot(driver: webdriver.Chrome, url: str, out: Path) -> None:
+    driver.get(url)
+    WebDriverWait(driver, PAGE_DEADLINE_S, poll_frequency=0.5).until(lambda d: d.execute_script(BOARD_READY))
+    # let the next refresh land too, so the picture is a settled board, not the first paint
+    tick = driver.execute_script("return document.getElementById('header-clock').textContent")
+    WebDriverWait(driver, PAGE_DEADLINE_S, poll_frequency=0.5).until(
+        lambda d: d.execute_script("return document.getElementById('header-clock').textContent") != tick
+        and d.execute_script(BOARD_READY))
+    out.write_bytes(driver.get_screenshot_as_png())
+    print(f"screenshots: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} "
+          f"({out.stat().st_size // 1024} KB)", flush=True)
+
+
+def stop_demo(proc: subprocess.Popen[bytes]) -> int:
+    """Ctrl-C the demo and wait for it to exit."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where the PNGs go (default: docs/)")
+    ap.add_argument("--kiosk-line", default="blade-1", help="the line of the kiosk single-line view")
+    args = ap.parse_args(argv)
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    api_port, dash_port = free_port(), free_port()
+    api, board = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{dash_port}"
+    with tempfile.TemporaryDirectory(prefix="mieruka-screenshots-") as tmp:
+        log_path = Path(tmp) / "demo.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mieruka.cli", "demo", "--data-dir", str(Path(tmp) / "data"),
+                 "--api-port", str(api_port), "--dashboard-port", str(dash_port), "--duration", "300"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            wait_for("the API answered /healthz", START_DEADLINE_S, proc,
+                     lambda: httpx.get(f"{api}/healthz", timeout=2).status_code == 200)
+            wait_for("every line counted good parts", START_DEADLINE_S, proc, lambda: all_lines_counting(api))
+            driver = chromium()
+            try:
+                shoot(driver, f"{board}/?lang=ja", out / "wallboard-ja.png")
+                shoot(driver, f"{board}/?lang=en", out / "wallboard-en.png")
+                shoot(driver, f"{board}/?kiosk=1&rotate=30&lang=ja&lines={args.kiosk_line}",
+                      out / "wallboard-kiosk-line.png")
+            finally:
+                driver.quit()
+        except BaseException:
+            sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
+            raise
+        finally:
+            code = stop_demo(proc)
+        if code != 0:
+            sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
+            print(f"screenshots: the demo exited with {code}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
