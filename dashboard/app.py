@@ -199,7 +199,9 @@ def _figure(tp: Throughput | None, line: LineInfo, w: Window, tz: ZoneInfo, lang
             continue
         ys.append(p.good)
         inside_s = (min(p.end, w.end) - max(p.start, w.start)).total_seconds()
-        colors.append(rate_color(p.good, line.target_per_hour * inside_s / 3600) if inside_s > 0 else GREY)
+        # the API's bucket target leaves out breaks, so an hour with a break is not painted red for it
+        target = p.target if p.target is not None else line.target_per_hour * inside_s / 3600
+        colors.append(rate_color(p.good, target) if inside_s > 0 else GREY)
     top = max([y for y in ys if y is not None] + [line.target_per_hour, 1])
     shapes = []
     if line.target_per_hour > 0:

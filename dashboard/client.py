@@ -78,6 +78,7 @@ class Point:
     end: datetime
     good: int
     scrap: int
+    target: float | None = None  # the API's target for the bucket: breaks and time off shift excluded
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,7 @@ class ApiClient:
             line=d["line"], bucket=d["bucket"], bucket_s=int(d["bucket_s"]), start=_time(d["start"]),
             end=_time(d["end"]), shift=_shift(d.get("shift")),
             points=tuple(Point(datetime.fromisoformat(p["start"]), datetime.fromisoformat(p["end"]), int(p["good"]),
-                               int(p["scrap"])) for p in d["points"]),
+                               int(p["scrap"]), None if p.get("target") is None else float(p["target"]))
+                         for p in d["points"]),
             total_good=int(d["total_good"]), total_scrap=int(d["total_scrap"]),
         )

@@ -34,3 +34,26 @@ def test_requests_time_out() -> None:
 
     with pytest.raises(ApiUnreachable):
         ApiClient("http://api", transport=httpx.MockTransport(hang)).lines()
+
+
+def test_an_hour_with_a_break_is_judged_against_the_api_target() -> None:
+    """A 30-minute break leaves half an hour of production: 55 parts against the API's bucket
+    target of 55 is on target (green), not 55 against the flat 110/h (red)."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from dashboard.app import GREEN, RED, _figure
+    from dashboard.client import Point, Throughput
+
+    start = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    line = LineInfo("blade-1", "Blade", 110.0, ())
+    w = Window(start, start + timedelta(hours=1), None)
+
+    def color(target: float | None) -> str:
+        p = Point(start, start + timedelta(hours=1), 55, 0, target)
+        tp = Throughput("blade-1", "1h", 3600, start, start + timedelta(hours=1), None, (p,), 55, 0)
+        fig = _figure(tp, line, w, ZoneInfo("Asia/Tokyo"), "en")
+        return str(fig["data"][0]["marker"]["color"][0])
+
+    assert color(55.0) == GREEN
+    assert color(None) == RED  # an API without bucket targets: the flat rate
