@@ -23,6 +23,12 @@ Rules (see the design handbook, "Normalize"):
 - **Product**: ``value`` = the product code (str), emitted when it changes.
 - **Gauges** (any other signal): ``value`` = float, ``unit`` from the plant file.
 - Samples of quality ``bad`` make no fact and change no baseline.
+- **Outages**: :meth:`Normalizer.source_offline` makes the machines of an unreachable source
+  ``offline`` (one state fact each at the moment of loss); :meth:`Normalizer.source_online`
+  records when it came back, and the first state after that is stamped no earlier than the
+  recovery, so the store shows ``offline`` for exactly the time the collector had no link.
+  Counts made during the outage arrive with the first reading after it (counters are
+  cumulative), at that reading's source time.
 
 Keys are replay-stable: ``time_ns`` is the sample's source time, bumped to ``last + 1`` when it is
 not after the last fact emitted for the same (machine, signal), so keys are unique within a
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from core.model import (
@@ -49,6 +56,7 @@ from core.model import (
 from core.plant import Machine, Plant, Signal
 
 SNAPSHOT_VERSION = 1
+OFFLINE = "offline"
 
 
 class NormalizeError(Exception):
@@ -87,6 +95,7 @@ class _MachineState:
     reason: int | None = None  # current raw reason (as the PLC last reported it)
     last: _StateFact | None = None
     product: str | None = None
+    resume_ns: int | None = None  # source back after an outage: the next state fact is not earlier
 
 
 def _int_like(value: object) -> int | None:
@@ -159,6 +168,34 @@ class Normalizer:
                 if name in COUNTER_SIGNALS and not sig.retentive:
                     self._counters.setdefault((m.id, name), _Counter()).restarted = True
 
+    def source_offline(self, source_id: str, since: datetime) -> list[Fact]:
+        """``source_id`` became unreachable at ``since``: its machines (those with a ``state``
+        signal) are ``offline`` from then on, one state fact each (none for a machine already
+        offline). Reasons reported meanwhile are remembered but make no fact."""
+        since_ns = to_ns(since)
+        out: list[Fact] = []
+        for ln, m in self._plant.machines_of_source(source_id):
+            if STATE_SIGNAL not in m.signals:
+                continue
+            ms = self._mstate.setdefault(m.id, _MachineState())
+            ms.resume_ns = None
+            if ms.last is not None and ms.last.state == OFFLINE:
+                continue
+            t = self._stamp(m.id, STATE_SIGNAL, since_ns)
+            ms.last = _StateFact(OFFLINE, None, since_ns, t, by_reason=False)
+            out.append(Fact("state", t, ln.id, m.id, STATE_SIGNAL, OFFLINE))
+        return out
+
+    def source_online(self, source_id: str, at: datetime) -> None:
+        """``source_id`` is reachable again since ``at``: the first state of each of its offline
+        machines is stamped no earlier than ``at`` (a value unchanged since before the outage
+        carries an old source time, which must not erase the outage)."""
+        at_ns = to_ns(at)
+        for _, m in self._plant.machines_of_source(source_id):
+            ms = self._mstate.get(m.id)
+            if ms is not None and ms.last is not None and ms.last.state == OFFLINE:
+                ms.resume_ns = at_ns
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state: counter baselines, last fact times, last states, reasons and products."""
         counters: dict[str, dict[str, Any]] = {}
@@ -173,7 +210,7 @@ class Normalizer:
             if ms.last is not None:
                 last = {"state": ms.last.state, "reason": ms.last.reason, "src_ns": ms.last.src_ns,
                         "time_ns": ms.last.time_ns, "by_reason": ms.last.by_reason}
-            machines[m] = {"reason": ms.reason, "last_state": last, "product": ms.product}
+            machines[m] = {"reason": ms.reason, "last_state": last, "product": ms.product, "resume_ns": ms.resume_ns}
         return {"version": SNAPSHOT_VERSION, "counters": counters, "times": times, "machines": machines}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -207,8 +244,10 @@ class Normalizer:
                                       int(ls["src_ns"]), int(ls["time_ns"]), bool(ls["by_reason"]))
                 reason = d["reason"]
                 product = d["product"]
+                resume = d.get("resume_ns")
                 mstate[m] = _MachineState(None if reason is None else int(reason), last,
-                                          None if product is None else str(product))
+                                          None if product is None else str(product),
+                                          None if resume is None else int(resume))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed normalizer snapshot: {e!r}") from None
         self._counters, self._times, self._mstate = counters, times, mstate
@@ -263,6 +302,10 @@ class Normalizer:
         ms = self._mstate.setdefault(machine, _MachineState())
         reason = None if state == "running" else ms.reason
         last = ms.last
+        if last is not None and last.state == OFFLINE and state != OFFLINE:
+            if ms.resume_ns is not None:
+                src_ns = max(src_ns, ms.resume_ns)
+            ms.resume_ns = None
         if last is not None and last.state == state and last.reason == reason:
             return []
         if last is not None and last.by_reason and last.src_ns == src_ns:
@@ -284,8 +327,8 @@ class Normalizer:
         ms = self._mstate.setdefault(machine, _MachineState())
         ms.reason = code
         last = ms.last
-        if last is None:
-            return []  # remembered for the first state fact
+        if last is None or last.state == OFFLINE:
+            return []  # remembered for the first state fact (after the outage)
         reason = None if last.state == "running" else code
         if reason == last.reason:
             return []

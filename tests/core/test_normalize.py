@@ -444,3 +444,36 @@ def test_an_older_counter_value_after_a_newer_one_is_ignored() -> None:
     restored = Normalizer(plant)
     restored.restore(n.snapshot())
     assert [f.value for f in restored.feed(Sample("mq-1", "good", 106, t0 + timedelta(seconds=4)))] == []
+
+
+def test_source_offline_marks_its_machines_offline_once_and_recovery_is_not_backdated() -> None:
+    n = Normalizer(make_plant())
+    n.feed(s("m1", "reason", 7, 0))
+    n.feed(s("m1", "state", 1, 0))
+    n.feed(s("m2", "state", 1, 0))
+    lost = n.source_offline("plc-1", at(10))
+    assert [(f.machine, f.value, f.time_ns) for f in lost] == [("m1", "offline", ns(10))]
+    assert n.source_offline("plc-1", at(11)) == []  # already offline: no second fact
+    assert n.feed(s("m1", "reason", 9, 12)) == []  # remembered, but no fact while offline
+    n.source_online("plc-1", at(20))
+    # the server re-sends the value unchanged since t=0 with its old source time: stamped at recovery
+    back = states(n.feed(s("m1", "state", 3, 0)))
+    assert back == [(ns(20), "down", 9)]
+    # later states keep their own times
+    assert states(n.feed(s("m1", "state", 1, 25))) == [(ns(25), "running", None)]
+    # the other source's machine is untouched
+    assert n.feed(s("m2", "state", 1, 30)) == []
+
+
+def test_a_state_changed_during_the_outage_keeps_a_time_after_recovery_and_the_offline_survives_restore() -> None:
+    n = Normalizer(make_plant())
+    n.feed(s("m1", "state", 1, 0))
+    n.source_offline("plc-1", at(10))
+    n.source_online("plc-1", at(20))
+    restored = Normalizer(make_plant())
+    restored.restore(json.loads(json.dumps(n.snapshot())))
+    # same value as before the outage: still a fact, since the machine was offline in between
+    assert states(restored.feed(s("m1", "state", 1, 15))) == [(ns(20), "running", None)]
+    # a machine never seen before goes offline too (no data = offline)
+    fresh = Normalizer(make_plant())
+    assert [f.value for f in fresh.source_offline("plc-2", at(5))] == ["offline"]
