@@ -1,0 +1,240 @@
+"""Prometheus metrics of a running collector, read from its stats when scraped.
+
+    metrics = CollectorMetrics(collector)
+    port = metrics.serve(9464)           # http://127.0.0.1:9464/metrics
+    ...
+    metrics.observe_write(0.012, ok=True)   # the pipeline, for every store write attempt
+    ...
+    metrics.close()
+
+The figures are not copied into metric objects as they change: a custom collector reads
+``collector.stats``, each source's ``stats`` and the spool's ``stats`` at scrape time (the
+pipeline keeps no second set of counters), in a :class:`~prometheus_client.CollectorRegistry`
+of its own (never the process-wide default one, so several collectors in one process, as in
+the tests, do not clash). Only the write latency is a real :class:`~prometheus_client.Histogram`.
+
+Metrics (counters end in ``_total`` and only grow while the collector runs; a restarted
+collector starts again from 0, which Prometheus' ``rate()`` handles):
+
+Per source (label ``source``: the plant file's source id)
+
+- ``mieruka_source_samples_total``: samples the source yielded.
+- ``mieruka_source_messages_total``: protocol messages / notifications it received (one MQTT
+  message may carry several samples, or none when malformed).
+- ``mieruka_source_facts_total``: facts normalized from the source's samples.
+- ``mieruka_source_connected``: 1 while connected (and subscribed), else 0.
+- ``mieruka_source_reconnects_total``: successful connections after the first one.
+- ``mieruka_source_losses_total``: connections lost.
+- ``mieruka_source_restarts_total``: far-end (PLC) restarts seen on the connection.
+- ``mieruka_source_errors_total`` (labels ``source``, ``kind``): input the source dropped, by
+  kind (``not_json``, ``wrong_type``, ``unknown_topic``, ...).
+
+Store and facts
+
+- ``mieruka_facts_written_total``: facts the store confirmed.
+- ``mieruka_facts_pending``: facts made but not yet confirmed by the store.
+- ``mieruka_store_up``: 1 while the last store write succeeded (or none failed yet), else 0.
+- ``mieruka_store_write_failures_total``: write attempts that failed because the store was
+  unavailable (each retry counts).
+- ``mieruka_store_write_seconds`` (histogram, label ``result``: ``ok`` or ``error``): time of
+  each store write attempt.
+- ``mieruka_facts_rejected_total``: facts in batches the store refused outright (dropped).
+- ``mieruka_facts_dropped_total`` (label ``reason``): facts given up, by why: ``spool_full``
+  (the spool's ``dropped_facts``), ``store_rejected`` (the same facts as
+  ``mieruka_facts_rejected_total``), ``shutdown`` (the collector's ``facts_dropped``: pending
+  facts left unwritten at stop).
+- ``mieruka_offline_facts_total``: ``offline`` state facts the collector made because a source
+  was unreachable.
+- ``mieruka_last_write_timestamp_seconds``: Unix time the store last confirmed a batch; 0
+  before the first one.
+
+Spool (only when the collector has one)
+
+- ``mieruka_spool_facts``: facts in the spool (waiting for the store).
+- ``mieruka_spool_bytes``: bytes the spool takes on disk.
+- ``mieruka_spool_max_bytes``: the spool's size limit.
+- ``mieruka_spool_oldest_age_seconds``: age of the oldest spooled fact; 0 when empty.
+
+Input and acknowledgements
+
+- ``mieruka_dead_letters_total`` (label ``kind``): samples or messages the collector could
+  not use, by kind.
+- ``mieruka_mqtt_acks_total``: MQTT messages acknowledged (only once their data was spooled).
+
+Scrapes run on the HTTP server's thread while the event loop updates the stats: numbers are
+read as they are at that instant, and counters by kind are copied before they are iterated.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector as _PromCollector
+
+__all__ = ["WRITE_BUCKETS", "CollectorMetrics"]
+
+# store writes: a few ms for a local SQLite batch, up to the timeout of a struggling InfluxDB
+WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _copy(counter: Mapping[str, int] | None) -> dict[str, int]:
+    """A copy of a by-kind counter the event loop may be adding keys to right now."""
+    if not counter:
+        return {}
+    for _ in range(5):
+        try:
+            return dict(counter)
+        except RuntimeError:  # "dictionary changed size during iteration"
+            continue
+    return {}
+
+
+def _num(obj: Any, name: str, default: float = 0) -> float:
+    v = getattr(obj, name, default)
+    return float(v) if v is not None else float(default)
+
+
+class _StatsCollector(_PromCollector):
+    """Reads a collector's stats into metric families at scrape time."""
+
+    def __init__(self, collector: Any) -> None:
+        self._c = collector
+
+    def collect(self) -> Iterable[Metric]:
+        c = self._c
+        stats = c.stats
+        yield from self._sources(c, stats)
+        yield from self._store(c, stats)
+        spool = getattr(c, "spool", None)
+        if spool is not None:
+            yield from self._spool(spool.stats)
+        dead = CounterMetricFamily("mieruka_dead_letters_total",
+                                   "Samples or messages the collector could not use, by kind.", labels=["kind"])
+        for kind, n in sorted(_copy(getattr(stats, "dead_letters", None)).items()):
+            dead.add_metric([kind], n)
+        yield dead
+        yield CounterMetricFamily("mieruka_mqtt_acks_total",
+                                  "MQTT messages acknowledged (once their data was spooled).",
+                                  value=_num(stats, "acks"))
+
+    def _sources(self, c: Any, stats: Any) -> Iterator[Metric]:
+        def fam(name: str, doc: str, gauge: bool = False) -> CounterMetricFamily | GaugeMetricFamily:
+            cls = GaugeMetricFamily if gauge else CounterMetricFamily
+            return cls(name, doc, labels=["source"])
+
+        samples = fam("mieruka_source_samples_total", "Samples the source yielded.")
+        messages = fam("mieruka_source_messages_total", "Protocol messages or notifications the source received.")
+        facts = fam("mieruka_source_facts_total", "Facts normalized from the source's samples.")
+        connected = fam("mieruka_source_connected", "1 while the source is connected, else 0.", gauge=True)
+        reconnects = fam("mieruka_source_reconnects_total", "Successful connections after the first one.")
+        losses = fam("mieruka_source_losses_total", "Connections lost.")
+        restarts = fam("mieruka_source_restarts_total", "Far-end (PLC) restarts seen on the connection.")
+        errors = CounterMetricFamily("mieruka_source_errors_total", "Input the source dropped, by kind.",
+                                     labels=["source", "kind"])
+        by_source = _copy(getattr(stats, "facts_by_source", None))
+        sources: dict[str, Any] = dict(getattr(c, "sources", None) or {})
+        for sid in sorted(set(sources) | set(by_source)):
+            s = getattr(sources.get(sid), "stats", None)
+            facts.add_metric([sid], by_source.get(sid, 0))
+            if s is None:  # facts of a source the collector no longer lists
+                continue
+            samples.add_metric([sid], _num(s, "samples"))
+            messages.add_metric([sid], _num(s, "messages"))
+            connected.add_metric([sid], 1.0 if getattr(s, "connected", False) else 0.0)
+            reconnects.add_metric([sid], max(0.0, _num(s, "connects") - 1))
+            losses.add_metric([sid], _num(s, "losses"))
+            restarts.add_metric([sid], _num(s, "restarts"))
+            for kind, n in sorted(_copy(getattr(s, "errors", None)).items()):
+                errors.add_metric([sid, kind], n)
+        yield from (samples, messages, facts, connected, reconnects, losses, restarts, errors)
+
+    def _store(self, c: Any, stats: Any) -> Iterator[Metric]:
+        yield CounterMetricFamily("mieruka_facts_written_total", "Facts the store confirmed.",
+                                  value=_num(stats, "facts_written"))
+        yield GaugeMetricFamily("mieruka_facts_pending", "Facts made but not yet confirmed by the store.",
+                                value=_num(stats, "pending"))
+        up = getattr(stats, "store_up", None)
+        if up is None:  # a pipeline from before stats.store_up
+            up = not getattr(c, "_store_down", False)
+        yield GaugeMetricFamily("mieruka_store_up", "1 while the store accepts writes, else 0.",
+                                value=1.0 if up else 0.0)
+        yield CounterMetricFamily("mieruka_store_write_failures_total",
+                                  "Store write attempts that failed because the store was unavailable.",
+                                  value=_num(stats, "write_failures"))
+        yield CounterMetricFamily("mieruka_facts_rejected_total",
+                                  "Facts in batches the store refused outright (dropped).",
+                                  value=_num(stats, "facts_rejected"))
+        spool = getattr(c, "spool", None)
+        dropped = CounterMetricFamily("mieruka_facts_dropped_total", "Facts given up, by reason.", labels=["reason"])
+        dropped.add_metric(["spool_full"], _num(spool.stats, "dropped_facts") if spool is not None else 0.0)
+        dropped.add_metric(["store_rejected"], _num(stats, "facts_rejected"))
+        dropped.add_metric(["shutdown"], _num(stats, "facts_dropped"))
+        yield dropped
+        yield CounterMetricFamily("mieruka_offline_facts_total",
+                                  "Offline state facts made because a source was unreachable.",
+                                  value=_num(stats, "offline_facts"))
+        last: datetime | None = getattr(stats, "last_flush", None)
+        yield GaugeMetricFamily("mieruka_last_write_timestamp_seconds",
+                                "Unix time the store last confirmed a batch; 0 before the first one.",
+                                value=last.timestamp() if last is not None else 0.0)
+
+    def _spool(self, s: Any) -> Iterator[Metric]:
+        yield GaugeMetricFamily("mieruka_spool_facts", "Facts in the spool, waiting for the store.",
+                                value=_num(s, "facts"))
+        yield GaugeMetricFamily("mieruka_spool_bytes", "Bytes the spool takes on disk.", value=_num(s, "bytes"))
+        yield GaugeMetricFamily("mieruka_spool_max_bytes", "The spool's size limit in bytes.",
+                                value=_num(s, "max_bytes"))
+        oldest: datetime | None = getattr(s, "oldest_spooled_at", None)
+        age = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest is not None else 0.0
+        yield GaugeMetricFamily("mieruka_spool_oldest_age_seconds",
+                                "Age of the oldest spooled fact in seconds; 0 when the spool is empty.", value=age)
+
+
+class CollectorMetrics:
+    """The Prometheus view of one collector (duck-typed: ``.stats``, ``.sources``, ``.spool``)."""
+
+    def __init__(self, collector: Any) -> None:
+        self.collector = collector
+        self.registry = CollectorRegistry()
+        self.registry.register(_StatsCollector(collector))
+        self.write_seconds = Histogram("mieruka_store_write_seconds", "Time of each store write attempt.",
+                                       labelnames=["result"], buckets=WRITE_BUCKETS, registry=self.registry)
+        self._ok = self.write_seconds.labels(result="ok")
+        self._error = self.write_seconds.labels(result="error")
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def observe_write(self, seconds: float, ok: bool) -> None:
+        """Record one store write attempt that took ``seconds`` (``ok``: the store confirmed it)."""
+        (self._ok if ok else self._error).observe(seconds)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve ``/metrics`` on ``host:port`` from a daemon thread; returns the bound port
+        (``port`` 0 picks a free one). ``OSError`` when the port is taken."""
+        if self._server is not None:
+            raise RuntimeError("CollectorMetrics is already serving")
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server, self._thread = server, thread
+        return int(server.server_port)
+
+    @property
+    def port(self) -> int | None:
+        """The port being served, or None."""
+        return int(self._server.server_port) if self._server is not None else None
+
+    def close(self) -> None:
+        """Stop the HTTP server (if serving) and wait for its thread."""
+        server, thread = self._server, self._thread
+        self._server, self._thread = None, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
