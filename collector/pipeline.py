@@ -1,22 +1,37 @@
-"""The collector pipeline: sources → normalize → (spool, later) → store, in one TaskGroup.
+"""The collector pipeline: sources → normalize → spool → store, in one TaskGroup.
 
-    collector = Collector(plant, store)
-    await collector.run(stop)            # returns after ``stop`` is set and pending facts are written
+    with Spool("spool/") as spool:
+        collector = Collector(plant, store, spool=spool)
+        await collector.run(stop)        # returns after ``stop`` is set and the spool is drained (or kept)
 
 Tasks (all in one ``asyncio.TaskGroup``, all named):
 
 - ``source:<id>``, one per plant source that serves a selected line: iterates the source and
   feeds the one :class:`~core.normalize.Normalizer` (sync, so the sources never race on it).
-  A :class:`~collector.sources.SourceRestarted` marker goes to ``Normalizer.source_restarted``
-  in order with the samples, so the first value after a PLC restart is seen as a reset.
-- ``writer``: batches facts (``batch_size`` or ``flush_interval_s``, whichever first) into
-  ``store.write``; on ``StoreUnavailable`` it keeps the batch and retries with capped, jittered
-  backoff while new facts keep queueing behind it.
-- ``stopper``: on ``stop``, closes the sources, then lets the writer drain and return.
+  Markers arrive in order with the samples: :class:`~collector.sources.SourceRestarted` goes to
+  ``Normalizer.source_restarted`` (the first value after a PLC restart counts from 0),
+  :class:`~collector.sources.SourceOffline` / :class:`~collector.sources.SourceOnline` to
+  ``Normalizer.source_offline`` / ``source_online`` (the source's machines are ``offline`` in
+  the store for the outage), :class:`~collector.sources.AckPoint` waits for the next commit.
+- ``committer``: every ``commit_interval_s`` (group commit) appends the facts made since the last
+  commit to the spool **together with the normalizer state** in one transaction, flushes the
+  dead-letter file, and only then acknowledges the MQTT messages those facts came from. After a
+  crash the saved state matches the spooled facts exactly, and whatever was not acknowledged is
+  re-delivered by the broker; OPC UA counters are cumulative, so the first reading after a
+  restart carries whatever the lost moments counted.
+- ``writer``: reads the oldest spooled batches (up to ``batch_size`` facts, or what is there once
+  the oldest waited ``flush_interval_s``), writes them to the store, and deletes them from the
+  spool only once the store confirmed. A store outage leaves them in the spool and is retried with
+  capped, jittered backoff; fact keys are replay-stable and store writes idempotent, so a batch
+  written twice (crash between write and confirm) is stored once.
+- ``stopper``: on ``stop``, closes the sources, commits what is left, lets the writer drain for
+  up to ``drain_timeout_s``; what the store did not take stays in a durable spool for next time.
 
-Facts waiting for the store are held **in memory** for now: a collector that dies while the
-store is down loses them, and memory grows with the outage. The durable, bounded on-disk spool
-(with MQTT acks only once data is in it) replaces this queue later.
+Backpressure: when the spool is full under ``when_full="block"`` the committer retries and the
+sources stop being read once ``max_unspooled`` facts wait in memory; MQTT messages then stay
+unacknowledged at the broker (which stops sending after its in-flight window and queues the
+rest). Without a spool (``spool=None``) an unbounded in-memory :class:`MemorySpool` stands in:
+nothing survives the process (for tests and one-shot runs; ``mieruka collect`` always spools).
 """
 
 from __future__ import annotations
@@ -26,18 +41,30 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from collector.sources import Backoff, OncePerKind, SampleSource, SourceRestarted
+from collector.sources import (
+    AckPoint,
+    Backoff,
+    DeadLetterSink,
+    OncePerKind,
+    SampleSource,
+    SourceOffline,
+    SourceOnline,
+    SourceRestarted,
+)
+from collector.spool import SpoolFull, SpoolStats
 from core.model import Fact, Sample
 from core.normalize import NormalizeError, Normalizer
 from core.plant import Plant
 from core.store.base import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
 
 
 @dataclass
@@ -46,28 +73,104 @@ class CollectorStats:
 
     samples_in: int = 0  # samples taken from the sources
     facts_out: int = 0  # facts the normalizer made
+    facts_by_source: Counter[str] = field(default_factory=Counter)  # facts made, by source id
+    offline_facts: int = 0  # offline state facts made for source outages
+    facts_spooled: int = 0  # facts committed to the spool
     facts_written: int = 0  # facts the store confirmed
-    pending: int = 0  # facts made but not yet confirmed by the store (in flight included)
+    pending: int = 0  # facts made but not yet confirmed by the store (unspooled + spooled)
     batches_written: int = 0
     write_failures: int = 0  # store.write attempts that raised StoreUnavailable
-    facts_rejected: int = 0  # facts in batches the store refused outright (StoreError): dropped
-    facts_dropped: int = 0  # facts given up at shutdown because the store stayed down
+    store_up: bool = True  # the last write attempt succeeded (or none failed yet)
+    facts_rejected: int = 0  # facts in batches the store refused outright (StoreError): dead-lettered
+    facts_dropped: int = 0  # facts lost: memory spool not drained at shutdown
+    acks: int = 0  # upstream messages acknowledged after their facts were durable (all sources)
+    commits: int = 0  # spool commits
     restarts: int = 0  # source restart markers handed to the normalizer
-    dead_letters: Counter[str] = field(default_factory=Counter)  # samples normalize refused, by kind
+    dead_letters: Counter[str] = field(default_factory=Counter)  # refused input, by kind
     last_flush: datetime | None = None  # when the store last confirmed a batch
+
+
+class SpoolLike(Protocol):
+    """What the pipeline needs of a spool (:class:`collector.spool.Spool` or :class:`MemorySpool`)."""
+
+    durable: bool
+
+    @property
+    def stats(self) -> SpoolStats: ...
+
+    def append(self, facts: Sequence[Fact], state: dict[str, Any] | None = None) -> int | None: ...
+
+    def peek(self, max_facts: int) -> list[tuple[int, list[Fact]]]: ...
+
+    def confirm(self, upto_seq: int) -> None: ...
+
+    def load_state(self) -> dict[str, Any] | None: ...
+
+
+class MemorySpool:
+    """An unbounded in-memory stand-in for :class:`~collector.spool.Spool` (not durable)."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._batches: deque[tuple[int, list[Fact], datetime]] = deque()
+        self._seq = 0
+        self._state: dict[str, Any] | None = None
+        self._stats = SpoolStats(facts=0, batches=0, bytes=0, max_bytes=0, oldest_spooled_at=None)
+
+    @property
+    def stats(self) -> SpoolStats:
+        self._stats.oldest_spooled_at = self._batches[0][2] if self._batches else None
+        return self._stats
+
+    def append(self, facts: Sequence[Fact], state: dict[str, Any] | None = None) -> int | None:
+        if state is not None:
+            self._state = state
+        if not facts:
+            return None
+        self._seq += 1
+        self._batches.append((self._seq, list(facts), datetime.now(UTC)))
+        self._stats.facts += len(facts)
+        self._stats.batches += 1
+        self._stats.appended_facts += len(facts)
+        return self._seq
+
+    def peek(self, max_facts: int) -> list[tuple[int, list[Fact]]]:
+        out: list[tuple[int, list[Fact]]] = []
+        n = 0
+        for seq, facts, _ in self._batches:
+            if out and n + len(facts) > max_facts:
+                break
+            out.append((seq, facts))
+            n += len(facts)
+        return out
+
+    def confirm(self, upto_seq: int) -> None:
+        while self._batches and self._batches[0][0] <= upto_seq:
+            _, facts, _ = self._batches.popleft()
+            self._stats.facts -= len(facts)
+            self._stats.batches -= 1
+            self._stats.confirmed_facts += len(facts)
+
+    def load_state(self) -> dict[str, Any] | None:
+        return self._state
 
 
 class _GiveUp(Exception):
     pass
 
 
-def build_sources(plant: Plant, lines: Collection[str] | None = None) -> list[SampleSource]:
+def build_sources(plant: Plant, lines: Collection[str] | None = None, *, client_id: str | None = None,
+                  start_times: dict[str, datetime] | None = None,
+                  dead_letters: DeadLetterSink | None = None) -> list[SampleSource]:
     """One source per plant source serving a machine of ``lines`` (all lines when None), each
     with just those machines' signals. ``ValueError`` for an unknown line id.
 
-    An MQTT source gets the plant's ``client_id`` (persistent session) suffixed with the line
-    ids when ``lines`` is given, since two collectors sharing one client id would keep
-    disconnecting each other; without a ``client_id`` paho picks a random one."""
+    An MQTT source's client id (persistent session) is ``client_id`` when given, else the plant's
+    ``client_id``; the latter is suffixed with the line ids when ``lines`` is given, since two
+    collectors sharing one client id would keep disconnecting each other. Without either, paho
+    picks a random id and the session is clean. ``start_times`` are the OPC UA servers' start
+    times saved with the normalizer state (a PLC restart while the collector was down is seen)."""
     from collector.sources.mqtt import MqttSource
     from collector.sources.opcua import OpcUaSource
 
@@ -76,6 +179,7 @@ def build_sources(plant: Plant, lines: Collection[str] | None = None) -> list[Sa
         if unknown:
             raise ValueError(f"unknown line(s) {', '.join(unknown)}; the plant has "
                              f"{', '.join(ln.id for ln in plant.lines)}")
+    mqtt_sources = [sid for sid, spec in plant.sources.items() if spec.mqtt is not None]
     out: list[SampleSource] = []
     for source_id, spec in plant.sources.items():
         machines = [m for ln, m in plant.machines_of_source(source_id) if lines is None or ln.id in lines]
@@ -83,81 +187,130 @@ def build_sources(plant: Plant, lines: Collection[str] | None = None) -> list[Sa
             continue
         if spec.opcua is not None:
             out.append(OpcUaSource(source_id, spec.opcua, [
-                (m.id, name, sig.node, sig) for m in machines for name, sig in m.signals.items() if sig.node]))
+                (m.id, name, sig.node, sig) for m in machines for name, sig in m.signals.items() if sig.node],
+                start_time=(start_times or {}).get(source_id)))
         elif spec.mqtt is not None:
             if spec.mqtt.payload != "json":
                 raise ValueError(f"source '{source_id}' sends {spec.mqtt.payload} payloads, which the collector "
                                  "does not read yet (it reads MQTT JSON); collect the other lines with --lines, "
                                  "or publish JSON")
-            client_id = spec.mqtt.client_id
-            if client_id and lines is not None:
-                client_id = f"{client_id}-{'+'.join(sorted(lines))}"
+            cid = spec.mqtt.client_id
+            if client_id is not None:
+                # one id per broker: a collector may read several brokers
+                cid = client_id if len(mqtt_sources) == 1 else f"{client_id}-{source_id}"
+            elif cid and lines is not None:
+                cid = f"{cid}-{'+'.join(sorted(lines))}"
             out.append(MqttSource(source_id, spec.mqtt, [
-                (m.id, name, sig) for m in machines for name, sig in m.signals.items()], client_id=client_id))
+                (m.id, name, sig) for m in machines for name, sig in m.signals.items()], client_id=cid,
+                dead_letters=dead_letters))
     return out
 
 
 class Collector:
-    """Collects the plant's (or ``lines``') signals into ``store`` until stopped.
+    """Collects the plant's (or ``lines``') signals into ``store`` through ``spool`` until stopped.
 
-    ``sources`` replaces the sources built from the plant (a test seam). ``normalizer_state``
-    is a :meth:`Normalizer.snapshot` to continue from (counter baselines across restarts)."""
+    The normalizer continues from the state saved in the spool (or ``normalizer_state``, a
+    :meth:`Normalizer.snapshot`, when given). ``sources`` replaces the sources built from the
+    plant (a test seam). ``dead_letters`` receives refused input with its reason and raw bytes.
+    ``on_write(seconds, ok)`` is called after every store write attempt (metrics)."""
 
     def __init__(
         self,
         plant: Plant,
         store: Store,
         *,
+        spool: SpoolLike | None = None,
         batch_size: int = 5000,
         flush_interval_s: float = 1.0,
+        commit_interval_s: float = 0.02,
+        max_unspooled: int = 100_000,
         lines: set[str] | None = None,
+        client_id: str | None = None,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 10.0,
         drain_timeout_s: float = 30.0,
         normalizer_state: dict[str, Any] | None = None,
         sources: Sequence[SampleSource] | None = None,
+        dead_letters: DeadLetterSink | None = None,
+        on_write: Callable[[float, bool], None] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.plant = plant
         self.store = store
+        self.spool: SpoolLike = spool if spool is not None else MemorySpool()
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
+        self.commit_interval_s = commit_interval_s
+        self.max_unspooled = max_unspooled
         self.lines = lines
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.drain_timeout_s = drain_timeout_s
+        self.dead_letters = dead_letters
+        self.on_write = on_write
         self.normalizer = Normalizer(plant)
-        if normalizer_state is not None:
+        self._start_times: dict[str, datetime] = {}
+        saved = self.spool.load_state() if normalizer_state is None else None
+        if saved is not None:
+            self._restore(saved)
+        elif normalizer_state is not None:
             self.normalizer.restore(normalizer_state)
         self.sources: dict[str, SampleSource] = {
-            s.source_id: s for s in (sources if sources is not None else build_sources(plant, lines))}
+            s.source_id: s for s in (sources if sources is not None else build_sources(
+                plant, lines, client_id=client_id, start_times=self._start_times, dead_letters=dead_letters))}
         self.stats = CollectorStats()
+        counts = getattr(dead_letters, "counts", None)
+        if isinstance(counts, Counter):
+            self.stats.dead_letters = counts  # one count per dead letter, whoever records it
         self._dead = OncePerKind(log, self.stats.dead_letters)
-        self._pending: deque[Fact] = deque()
-        self._oldest_at = 0.0  # monotonic time the oldest pending fact was queued
-        self._wake = asyncio.Event()  # writer: first fact queued, a full batch, or closing
+        self._unspooled: list[Fact] = []
+        self._acks: list[AckPoint] = []
+        self._dirty = asyncio.Event()  # committer: something to commit, or closing
+        self._room = asyncio.Event()  # sources: the unspooled backlog went below max_unspooled
+        self._spooled = asyncio.Event()  # writer: a commit added facts, or closing
         self._progress = asyncio.Event()  # any stats change, for wait_until
         self._closing = False
+        self._committed_all = False
         self._give_up_at = float("inf")
-        self._store_down = False
+        self._spool_full_logged = False
         self._ran = False
+        self._sync_pending()
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        if saved.get("version") != STATE_VERSION or "normalizer" not in saved:
+            raise ValueError(f"the spool holds collector state of another version ({saved.get('version')!r}); "
+                             "drain it with the collector that wrote it, or move the spool directory away")
+        self.normalizer.restore(saved["normalizer"])
+        for sid, t in (saved.get("start_times") or {}).items():
+            self._start_times[sid] = datetime.fromisoformat(t)
+        log.info("collector: continuing from saved state (%d facts waiting in the spool)", self.spool.stats.facts)
+
+    def _state(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "normalizer": self.normalizer.snapshot(),
+                "start_times": {sid: t.isoformat() for sid, t in sorted(self._start_times.items())}}
+
+    def _sync_pending(self) -> None:
+        self.stats.pending = len(self._unspooled) + self.spool.stats.facts
 
     # ---- running ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Collect until ``stop`` is set; then close the sources, write what is pending, return."""
+        """Collect until ``stop`` is set; then close the sources, commit and write what is pending, return."""
         if self._ran:
             raise RuntimeError("a Collector runs once")
         self._ran = True
-        log.info("collector: %d sources (%s), batches of %d or every %.1fs", len(self.sources),
-                 ", ".join(self.sources) or "none", self.batch_size, self.flush_interval_s)
+        log.info("collector: %d sources (%s), batches of %d or every %.1fs, %s spool", len(self.sources),
+                 ", ".join(self.sources) or "none", self.batch_size, self.flush_interval_s,
+                 "durable" if self.spool.durable else "in-memory")
+        self._room.set()
         async with asyncio.TaskGroup() as tg:
             source_tasks = [tg.create_task(self._run_source(s), name=f"source:{sid}")
                             for sid, s in self.sources.items()]
+            tg.create_task(self._committer(), name="committer")
             tg.create_task(self._writer(), name="writer")
             tg.create_task(self._stopper(stop, source_tasks), name="stopper")
-        log.info("collector stopped: %d samples in, %d facts written", self.stats.samples_in,
-                 self.stats.facts_written)
+        log.info("collector stopped: %d samples in, %d facts written, %d left in the spool", self.stats.samples_in,
+                 self.stats.facts_written, self.spool.stats.facts)
 
     async def _stopper(self, stop: asyncio.Event, source_tasks: list[asyncio.Task[None]]) -> None:
         await stop.wait()
@@ -170,22 +323,42 @@ class Collector:
         log.info("collector stopping: writing %d pending facts", self.stats.pending)
         self._closing = True
         self._give_up_at = time.monotonic() + self.drain_timeout_s
-        self._wake.set()
+        self._dirty.set()
+        self._spooled.set()
+        self._room.set()
 
     async def _run_source(self, source: SampleSource) -> None:
         feed = self.normalizer.feed
         n = 0
         async with source:
             async for item in source:
-                if isinstance(item, SourceRestarted):
+                if isinstance(item, Sample):
+                    self._take(item, feed)
+                elif isinstance(item, AckPoint):
+                    self._acks.append(item)
+                    self._dirty.set()
+                elif isinstance(item, SourceRestarted):
                     self.normalizer.source_restarted(item.source)
                     self.stats.restarts += 1
-                    continue
-                self._take(item, feed)
+                elif isinstance(item, SourceOffline):
+                    facts = self.normalizer.source_offline(item.source, item.since)
+                    if facts:
+                        log.warning("%s unreachable since %s (%s): %d machines offline", item.source,
+                                    item.since.isoformat(timespec="seconds"), item.reason, len(facts))
+                        self.stats.offline_facts += len(facts)
+                        self._enqueue(item.source, facts)
+                elif isinstance(item, SourceOnline):
+                    self.normalizer.source_online(item.source, item.at)
+                    if item.start_time is not None:
+                        self._start_times[item.source] = item.start_time
+                    self._dirty.set()
                 n += 1
-                if n % 1000 == 0:
+                if len(self._unspooled) >= self.max_unspooled:
+                    self._room.clear()
+                    await self._room.wait()  # the spool is full ("block") or slow: stop reading
+                elif n % 1000 == 0:
                     # a source with a backlog answers __anext__ without ever suspending; without
-                    # this the writer (and every other task) would starve while it drains
+                    # this the committer (and every other task) would starve while it drains
                     await asyncio.sleep(0)
 
     def _take(self, sample: Sample, feed: Callable[[Sample], list[Fact]]) -> None:
@@ -193,83 +366,183 @@ class Collector:
         try:
             facts = feed(sample)
         except NormalizeError as e:
-            self._dead(e.kind, "dropping sample from %s: %s", sample.source or "?", e.message)
+            if self.dead_letters is not None:
+                self.dead_letters.record(e.kind, e.message, source=sample.source,
+                                         raw=f"{sample.machine},{sample.signal},{sample.value!r},"
+                                             f"{sample.time.isoformat()}")
+            else:
+                self._dead(e.kind, "dropping sample from %s: %s", sample.source or "?", e.message)
         else:
             if facts:
-                self._enqueue(facts)
+                self._enqueue(sample.source, facts)
         self._progress.set()
 
-    def _enqueue(self, facts: list[Fact]) -> None:
-        if not self._pending:
-            self._oldest_at = time.monotonic()
-            self._wake.set()
-        self._pending.extend(facts)
+    def _enqueue(self, source: str, facts: list[Fact]) -> None:
+        self._unspooled.extend(facts)
         self.stats.facts_out += len(facts)
+        self.stats.facts_by_source[source] += len(facts)
         self.stats.pending += len(facts)
-        if len(self._pending) >= self.batch_size:
-            self._wake.set()
+        self._dirty.set()
+
+    # ---- committing ------------------------------------------------------------------------
+    async def _committer(self) -> None:
+        while True:
+            if not (self._unspooled or self._acks or self._dirty.is_set()):
+                if self._closing:
+                    break
+                await self._dirty.wait()
+                continue
+            if not self._closing:
+                await asyncio.sleep(self.commit_interval_s)  # group commit: let a burst gather
+            self._dirty.clear()
+            # facts, acks and state taken at one instant (no await in between): consistent
+            facts, self._unspooled = self._unspooled, []
+            acks, self._acks = self._acks, []
+            state = self._state()
+            await self._append(facts, state)
+            if self.dead_letters is not None:
+                flush = getattr(self.dead_letters, "flush", None)
+                if flush is not None:
+                    await asyncio.to_thread(flush)
+            for a in acks:
+                src = self.sources.get(a.source)
+                if src is not None:
+                    src.ack(a.token)
+            if acks:
+                self.stats.acks = sum(getattr(s.stats, "acks", 0) for s in self.sources.values())
+            self.stats.commits += 1
+            self.stats.facts_spooled += len(facts)
+            self._sync_pending()
+            if len(self._unspooled) < self.max_unspooled:
+                self._room.set()
+            if facts:
+                self._spooled.set()
+            self._progress.set()
+        self._committed_all = True
+        self._spooled.set()
+
+    async def _append(self, facts: list[Fact], state: dict[str, Any]) -> None:
+        backoff = Backoff(0.05, 1.0)
+        while True:
+            try:
+                await asyncio.to_thread(self.spool.append, facts, state)
+            except SpoolFull:
+                if not self._spool_full_logged:
+                    self._spool_full_logged = True
+                    st = self.spool.stats
+                    log.warning("spool full (%d facts, %d of %d bytes): not taking new data until the store "
+                                "drains it (policy 'block')", st.facts, st.bytes, st.max_bytes)
+                self._progress.set()
+                await asyncio.sleep(backoff.next())
+                continue
+            if self._spool_full_logged:
+                self._spool_full_logged = False
+                log.info("spool has room again")
+            return
 
     # ---- writing ---------------------------------------------------------------------------
     async def _writer(self) -> None:
         while True:
-            self._wake.clear()
-            if not self._pending:
-                if self._closing:
+            self._spooled.clear()
+            st = self.spool.stats
+            if st.facts == 0:
+                if self._committed_all:
                     return
-                await self._wake.wait()
+                await self._spooled.wait()
                 continue
-            if len(self._pending) < self.batch_size and not self._closing:
-                remaining = self._oldest_at + self.flush_interval_s - time.monotonic()
-                if remaining > 0:
+            if st.facts < self.batch_size and not self._closing and st.oldest_spooled_at is not None:
+                age = (datetime.now(UTC) - st.oldest_spooled_at).total_seconds()
+                if age < self.flush_interval_s:
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(remaining):
-                            await self._wake.wait()
+                        async with asyncio.timeout(self.flush_interval_s - age):
+                            while self.spool.stats.facts < self.batch_size and not self._closing:
+                                self._spooled.clear()
+                                await self._spooled.wait()
                     continue
-            n = min(self.batch_size, len(self._pending))
-            batch = [self._pending.popleft() for _ in range(n)]
-            self._oldest_at = time.monotonic()
-            try:
-                await self._write(batch)
-            except _GiveUp:
-                lost = len(batch) + len(self._pending)
-                self._pending.clear()
-                self.stats.facts_dropped += lost
-                self.stats.pending = 0
-                self._progress.set()
-                log.error("store still unavailable %.0fs after stop: %d facts are lost", self.drain_timeout_s, lost)
-                return
+            dropped_before = self.spool.stats.dropped_batches
+            batches = await asyncio.to_thread(self.spool.peek, self.batch_size)
+            if not batches:
+                continue
+            facts = [f for _, fs in batches for f in fs]
+            first_seq = batches[0][0]
 
-    async def _write(self, batch: list[Fact]) -> None:
+            async def still_spooled(dropped_before: int = dropped_before, first_seq: int = first_seq) -> bool:
+                # "drop-oldest" may delete these batches while the store is down: then they are
+                # counted as dropped and must not be written after all
+                if self.spool.stats.dropped_batches == dropped_before:
+                    return True
+                head = await asyncio.to_thread(self.spool.peek, 1)
+                return bool(head) and head[0][0] <= first_seq
+
+            try:
+                # one spool batch (a group commit) may hold more than batch_size facts
+                written = True
+                for i in range(0, len(facts), self.batch_size):
+                    if not await self._write(facts[i:i + self.batch_size], still_spooled):
+                        written = False
+                        break
+                if not written:
+                    continue
+            except _GiveUp:
+                left = self.spool.stats.facts
+                if self.spool.durable:
+                    log.error("store still unavailable %.0fs after stop: %d facts stay in the spool for the next "
+                              "start", self.drain_timeout_s, left)
+                else:
+                    self.stats.facts_dropped += left + len(self._unspooled)
+                    self.stats.pending = 0
+                    log.error("store still unavailable %.0fs after stop: %d facts are lost (no spool directory)",
+                              self.drain_timeout_s, left)
+                self._progress.set()
+                return
+            await asyncio.to_thread(self.spool.confirm, batches[-1][0])
+            self._sync_pending()
+            self._progress.set()
+
+    async def _write(self, batch: list[Fact], still_wanted: Callable[[], Awaitable[bool]] | None = None) -> bool:
+        """Write ``batch``, retrying while the store is unavailable; False if ``still_wanted``
+        said no before a retry (the batch left the spool meanwhile)."""
         backoff = Backoff(self.retry_initial_s, self.retry_max_s)
         while True:
+            t0 = time.perf_counter()
             try:
                 await self.store.write(batch)
             except StoreUnavailable as e:
+                if self.on_write is not None:
+                    self.on_write(time.perf_counter() - t0, False)
                 self.stats.write_failures += 1
                 self._progress.set()
-                if not self._store_down:
-                    self._store_down = True
-                    log.warning("store unavailable (%s); holding %d facts and retrying", e, self.stats.pending)
+                if self.stats.store_up:
+                    self.stats.store_up = False
+                    log.warning("store unavailable (%s); %d facts wait in the spool, retrying", e, self.stats.pending)
                 if self._closing and time.monotonic() >= self._give_up_at:
                     raise _GiveUp from e
                 await asyncio.sleep(backoff.next())
+                if still_wanted is not None and not await still_wanted():
+                    return False
                 continue
             except StoreError as e:
                 # not a connectivity problem: retrying the same batch would fail forever
+                if self.on_write is not None:
+                    self.on_write(time.perf_counter() - t0, False)
                 self.stats.facts_rejected += len(batch)
-                self.stats.pending -= len(batch)
-                self._progress.set()
-                log.error("store refused a batch of %d facts, dropping it: %s", len(batch), e)
-                return
-            if self._store_down:
-                self._store_down = False
+                log.error("store refused a batch of %d facts: %s; they go to the dead letters", len(batch), e)
+                if self.dead_letters is not None:
+                    from collector.spool import encode
+
+                    self.dead_letters.record("store_rejected", str(e), raw=encode(batch))
+                else:
+                    self.stats.dead_letters["store_rejected"] += 1
+                return True
+            if self.on_write is not None:
+                self.on_write(time.perf_counter() - t0, True)
+            if not self.stats.store_up:
+                self.stats.store_up = True
                 log.info("store available again; %d facts pending", self.stats.pending)
             self.stats.facts_written += len(batch)
-            self.stats.pending -= len(batch)
             self.stats.batches_written += 1
             self.stats.last_flush = datetime.now(UTC)
-            self._progress.set()
-            return
+            return True
 
     # ---- waiting (tests, health) -------------------------------------------------------------
     # No timeout parameters: bound them at the call site, `async with asyncio.timeout(10): ...`.

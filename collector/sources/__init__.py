@@ -32,11 +32,15 @@ from core.model import Sample, SignalKind, signal_kind
 from core.plant import Signal
 
 __all__ = [
+    "AckPoint",
     "Backoff",
     "BadValue",
+    "DeadLetterSink",
     "SampleSource",
     "SignalKind",
     "SourceItem",
+    "SourceOffline",
+    "SourceOnline",
     "SourceRestarted",
     "SourceStats",
     "coerce_value",
@@ -55,7 +59,38 @@ class SourceRestarted:
     previous_start_time: datetime
 
 
-SourceItem = Sample | SourceRestarted
+@dataclass(frozen=True, slots=True)
+class SourceOffline:
+    """``source`` became unreachable at ``since`` (connection lost, or the first connection
+    failed). Yielded once per outage, in order with the samples."""
+
+    source: str
+    since: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceOnline:
+    """``source`` is connected again since ``at`` (after a :class:`SourceOffline`); yielded
+    before any sample of the new connection. ``start_time`` is the server's start time when the
+    protocol tells it (OPC UA ``ServerStatus.StartTime``), saved with the normalizer state."""
+
+    source: str
+    at: datetime
+    start_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AckPoint:
+    """Everything ``source`` yielded before this marker may be acknowledged upstream once it is
+    durable: the pipeline hands ``token`` back to ``source.ack(token)`` after the spool commit
+    that holds those samples' facts (MQTT QoS 1 manual acknowledgement)."""
+
+    source: str
+    token: object
+
+
+SourceItem = Sample | SourceRestarted | SourceOffline | SourceOnline | AckPoint
 
 
 @dataclass
@@ -69,6 +104,7 @@ class SourceStats:
     messages: int = 0  # protocol notifications / messages received
     samples: int = 0  # samples yielded
     restarts: int = 0  # far-end restarts seen
+    acks: int = 0  # messages acknowledged upstream after their facts were durable (MQTT)
     errors: Counter[str] = field(default_factory=Counter)  # dropped input, by kind
 
 
@@ -88,6 +124,17 @@ class SampleSource(Protocol):
 
     async def wait_ready(self) -> None:
         """Return once the source is connected and subscribed (tests and health checks)."""
+
+    def ack(self, token: object) -> None:
+        """Acknowledge upstream what an :class:`AckPoint` with ``token`` covered (no-op for
+        protocols without acknowledgements)."""
+
+
+class DeadLetterSink(Protocol):
+    """Where malformed input goes with its reason and raw bytes (``collector.deadletter.DeadLetters``)."""
+
+    def record(self, kind: str, reason: str, *, source: str = "", raw: bytes | bytearray | str | None = None,
+               topic: str | None = None) -> None: ...
 
 
 class Backoff:

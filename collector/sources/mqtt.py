@@ -20,8 +20,24 @@ With a client id (argument or ``client_id`` in the plant) the session is persist
 (``clean_session=False``), so the broker queues QoS 1/2 messages while we are away; without
 one, paho picks a random id and the session is clean.
 
-Acknowledgement is paho's automatic one for now: a QoS 1 message is acked once it is in the
-in-memory queue. Acking only once a message is in the spool (manual ack) comes with the spool.
+Acknowledgement after durability: with QoS 1/2 the client runs paho's ``manual_ack``. After
+each parsed burst the source yields an :class:`~collector.sources.AckPoint`; the pipeline hands
+its token back to :meth:`MqttSource.ack` once the facts of those messages are committed to the
+spool, and only then does paho send the PUBACKs. A message whose connection was lost before its
+ack is not acked on the new connection: the broker re-delivers it (persistent session) and the
+normalizer takes the duplicate as no change. The broker sends at most its in-flight window
+(Mosquitto ``max_inflight_messages``) of unacknowledged messages, so the spool's commit latency
+bounds the rate: raise that window for busy brokers.
+
+Outages: every connection is announced with a :class:`~collector.sources.SourceOnline`. A
+*clean* session (no client id) loses what is published while we are away, so a lost or failed
+connection yields one :class:`~collector.sources.SourceOffline` per outage (its machines go
+``offline``). A persistent session does not: the broker keeps the messages for us and they
+arrive, late but complete, after the reconnect.
+
+Malformed input goes to ``dead_letters`` (a :class:`collector.deadletter.DeadLetters`) with
+its raw payload and reason when one is given (it is acked like any other message: its reason
+and bytes are kept there, a re-delivery would fail the same way).
 """
 
 from __future__ import annotations
@@ -37,12 +53,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.sources import BadValue, OncePerKind, SourceStats, coerce_value
+from collector.sources import (
+    AckPoint,
+    BadValue,
+    DeadLetterSink,
+    OncePerKind,
+    SourceItem,
+    SourceOffline,
+    SourceOnline,
+    SourceStats,
+    coerce_value,
+)
 from core.model import Sample, from_ns
 from core.plant import MqttBroker, Signal
 
@@ -75,6 +101,7 @@ class MqttSource:
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 30,
         gather_s: float = 0.01,
+        dead_letters: DeadLetterSink | None = None,
     ) -> None:
         self.source_id = source_id
         self.broker = broker
@@ -92,18 +119,22 @@ class MqttSource:
         self._reconnect = (reconnect_min_s, reconnect_max_s)
         # paho's thread appends here (deque appends are thread-safe) and wakes the event loop only
         # when the consumer waits for mail (see _on_message)
-        self._inbox: deque[tuple[str, bytes | bytearray, datetime]] = deque()
+        # messages as (topic, payload, received, mid, qos, connection generation), and markers
+        self._inbox: deque[tuple[str, bytes | bytearray, datetime, int, int, int] | SourceItem] = deque()
+        self._generation = 0  # paho's thread: connections so far
+        self._offline = False  # paho's thread: a SourceOffline is queued and no connection since
+        self._dead_letters = dead_letters
         self._wake_lock = threading.Lock()
         self._wake_pending = False
         self._mail = asyncio.Event()
-        self._pending: deque[Sample] = deque()
+        self._pending: deque[SourceItem] = deque()
         self._ready = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
         self._sub_mid: int | None = None
         self._connect_failing = False
         self._closed = False
-        self._problem = OncePerKind(log, self.stats.errors)
+        self._once = OncePerKind(log, self.stats.errors)
 
     @property
     def topics(self) -> list[str]:
@@ -116,7 +147,8 @@ class MqttSource:
         self._loop = asyncio.get_running_loop()
         persistent = self.client_id is not None
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or "",
-                             clean_session=not persistent, protocol=mqtt.MQTTv311)
+                             clean_session=not persistent, protocol=mqtt.MQTTv311,
+                             manual_ack=self.broker.qos > 0)
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password)
         client.reconnect_delay_set(*self._reconnect)
@@ -147,13 +179,10 @@ class MqttSource:
     def __aiter__(self) -> MqttSource:
         return self
 
-    async def __anext__(self) -> Sample:
+    async def __anext__(self) -> SourceItem:
         while not self._pending:
             if self._inbox:
-                for _ in range(min(len(self._inbox), 1000)):  # bounded: samples out sooner
-                    topic, payload, received = self._inbox.popleft()
-                    self.stats.messages += 1
-                    self._pending.extend(self.parse(topic, payload, received))
+                self._take_inbox()
                 continue
             if self._closed:
                 raise StopAsyncIteration
@@ -165,8 +194,46 @@ class MqttSource:
             await self._mail.wait()
             # then let a burst gather while this thread leaves the GIL to paho's
             await asyncio.sleep(self._gather_s)
-        self.stats.samples += 1
-        return self._pending.popleft()
+        item = self._pending.popleft()
+        if isinstance(item, Sample):
+            self.stats.samples += 1
+        return item
+
+    def _take_inbox(self) -> None:
+        """Parse up to 1 000 inbox entries into ``_pending`` (bounded: samples out sooner), with an
+        :class:`AckPoint` after the messages that need an acknowledgement."""
+        acks: list[tuple[int, int]] = []
+        generation = -1
+        for _ in range(min(len(self._inbox), 1000)):
+            entry = self._inbox.popleft()
+            if not isinstance(entry, tuple):
+                if acks:
+                    self._pending.append(AckPoint(self.source_id, (generation, acks)))
+                    acks = []
+                self._pending.append(entry)
+                continue
+            topic, payload, received, mid, qos, gen = entry
+            self.stats.messages += 1
+            self._pending.extend(self.parse(topic, payload, received))
+            if qos > 0:
+                if gen != generation and acks:
+                    self._pending.append(AckPoint(self.source_id, (generation, acks)))
+                    acks = []
+                generation = gen
+                acks.append((mid, qos))
+        if acks:
+            self._pending.append(AckPoint(self.source_id, (generation, acks)))
+
+    def ack(self, token: object) -> None:
+        """Acknowledge the messages of an :class:`AckPoint` (their facts are durable now). Those of
+        an earlier connection are left alone: the broker re-delivers them."""
+        generation, acks = cast(tuple[int, list[tuple[int, int]]], token)
+        client = self._client
+        if client is None or generation != self._generation:
+            return
+        for mid, qos in acks:
+            client.ack(mid, qos)
+        self.stats.acks += len(acks)
 
     async def wait_ready(self) -> None:
         """Return once connected and every topic's subscription is acknowledged."""
@@ -179,15 +246,17 @@ class MqttSource:
         if routes is None:
             routes = [r for pattern, rs in self._wild if mqtt.topic_matches_sub(pattern, topic) for r in rs]
             if not routes:
-                self._problem("unknown_topic", "%s: message on unexpected topic %r", self.source_id, topic)
+                self._problem("unknown_topic", topic, payload, "%s: message on unexpected topic %r",
+                              self.source_id, topic)
                 return []
         try:
             obj = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
-            self._problem("not_json", "%s: payload on %s is not JSON: %s", self.source_id, topic, _excerpt(payload))
+            self._problem("not_json", topic, payload, "%s: payload on %s is not JSON: %s", self.source_id, topic,
+                          _excerpt(payload))
             return []
         if not isinstance(obj, dict):
-            self._problem("not_object", "%s: payload on %s is not a JSON object: %s",
+            self._problem("not_object", topic, payload, "%s: payload on %s is not a JSON object: %s",
                           self.source_id, topic, _excerpt(payload))
             return []
         out: list[Sample] = []
@@ -199,28 +268,39 @@ class MqttSource:
             try:
                 value = coerce_value(r.name, r.signal, obj[r.field])
             except BadValue as e:
-                self._problem(e.kind, "%s: %s.%s on %s: %s", self.source_id, r.machine, r.name, topic, e.message)
+                self._problem(e.kind, topic, payload, "%s: %s.%s on %s: %s", self.source_id, r.machine, r.name,
+                              topic, e.message)
                 continue
-            t = self._time(r, obj, received, topic)
+            t = self._time(r, obj, received, topic, payload)
             if t is not None:
                 out.append(Sample(r.machine, r.name, value, t, "good", self.source_id))
         if not present:
-            self._problem("missing_field", "%s: payload on %s has none of the fields %s: %s", self.source_id, topic,
+            self._problem("missing_field", topic, payload, "%s: payload on %s has none of the fields %s: %s",
+                          self.source_id, topic,
                           sorted({r.field for r in routes}), _excerpt(payload))
         return out
 
-    def _time(self, r: _Route, obj: dict[str, Any], received: datetime, topic: str) -> datetime | None:
+    def _time(self, r: _Route, obj: dict[str, Any], received: datetime, topic: str,
+              payload: bytes | bytearray) -> datetime | None:
         tf = r.signal.time_field
         if tf is None:
             return received
         if tf not in obj:
-            self._problem("missing_time", "%s: payload on %s has no time field %r", self.source_id, topic, tf)
+            self._problem("missing_time", topic, payload, "%s: payload on %s has no time field %r", self.source_id,
+                          topic, tf)
             return None
         try:
             return parse_time(obj[tf], r.signal.time_unit)
         except ValueError as e:
-            self._problem("bad_time", "%s: time field %r on %s: %s", self.source_id, tf, topic, e)
+            self._problem("bad_time", topic, payload, "%s: time field %r on %s: %s", self.source_id, tf, topic, e)
             return None
+
+    def _problem(self, kind: str, topic: str, payload: bytes | bytearray, msg: str, *args: object) -> None:
+        if self._dead_letters is None:
+            self._once(kind, msg, *args)
+            return
+        self.stats.errors[kind] += 1
+        self._dead_letters.record(kind, msg % args, source=self.source_id, raw=payload, topic=topic)
 
     # ---- paho callbacks (network thread: hand over, never block) ---------------------------
     def _to_loop(self, fn: Any, *args: Any) -> None:
@@ -231,7 +311,21 @@ class MqttSource:
             loop.call_soon_threadsafe(fn, *args)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._inbox.append((msg.topic, msg.payload, datetime.now(UTC)))
+        self._inbox.append((msg.topic, msg.payload, datetime.now(UTC), msg.mid, msg.qos, self._generation))
+        self._wake()
+
+    def _mark(self, item: SourceItem) -> None:
+        """Queue a marker in order with the messages (paho's thread)."""
+        self._inbox.append(item)
+        self._wake()
+
+    def _went_offline(self, reason: str) -> None:
+        if self._offline or self.client_id is not None:
+            return  # a persistent session keeps what is published meanwhile: no gap
+        self._offline = True
+        self._mark(SourceOffline(self.source_id, datetime.now(UTC), reason))
+
+    def _wake(self) -> None:
         # Wake the event loop only if the consumer waits, and the consumer then sleeps `gather_s`
         # before it drains. Waking per message is a GIL convoy: the loop thread takes the GIL for
         # every message, paho's thread waits for it before it can read and ack the next, and
@@ -247,12 +341,17 @@ class MqttSource:
                     reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             self._to_loop(self._connect_failed)
+            self._went_offline(f"broker refused the connection: {reason_code}")
             if not self._connect_failing:
                 self._connect_failing = True
                 log.warning("%s: broker %s:%d refused the connection: %s; retrying",
                             self.source_id, self.broker.host, self.broker.port, reason_code)
             return
         self._connect_failing = False
+        # paho's thread reads packets in order: this marker precedes every message of this connection
+        self._generation += 1
+        self._offline = False
+        self._mark(SourceOnline(self.source_id, datetime.now(UTC)))
         qos = int(self.broker.qos)
         topics: list[tuple[str, int]] = [(topic, qos) for topic in self._routes]
         _, mid = client.subscribe(topics)
@@ -261,6 +360,7 @@ class MqttSource:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._to_loop(self._connect_failed)
+        self._went_offline("cannot connect")
         if not self._connect_failing:
             self._connect_failing = True
             log.warning("%s: cannot connect to %s:%d; paho retries (up to every %ds)",
@@ -277,6 +377,8 @@ class MqttSource:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
+        if not self._closed:
+            self._went_offline(f"connection lost: {reason_code}")
         self._to_loop(self._disconnected, str(reason_code))
 
     # ---- state changes (event loop) ---------------------------------------------------------

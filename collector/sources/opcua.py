@@ -1,7 +1,7 @@
 """OPC UA source: one asyncua client, one subscription, samples in order.
 
     async with OpcUaSource("plc-1", plant.sources["plc-1"].opcua, signals) as src:
-        async for item in src:      # Sample, or SourceRestarted after a PLC restart
+        async for item in src:      # Sample, or a SourceOnline / SourceOffline / SourceRestarted marker
             ...
 
 Reconnection is owned here, not by asyncua: the client is built with ``auto_reconnect=False``
@@ -11,6 +11,13 @@ backoff. A fresh connection re-reads ``ServerStatus.StartTime`` (ns=0;i=2257): i
 from the one seen before, the server restarted while we were away, and a
 :class:`~collector.sources.SourceRestarted` marker is queued *before* the subscription is
 created, so it reaches the normalizer before any value read after the restart.
+
+Every connection starts with a :class:`~collector.sources.SourceOnline` marker (carrying the
+StartTime, which the pipeline saves with the normalizer state and hands back as
+``start_time=`` after a collector restart, so a PLC restart while the collector was down is
+still seen). A lost connection, or a first connection that fails, queues one
+:class:`~collector.sources.SourceOffline` per outage *after* whatever the old connection
+delivered, and the next attempt waits until that marker has been taken.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from collector.sources import (
     BadValue,
     OncePerKind,
     SourceItem,
+    SourceOffline,
+    SourceOnline,
     SourceRestarted,
     SourceStats,
     aware_utc,
@@ -95,6 +104,7 @@ class OpcUaSource:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         stable_after_s: float = 10.0,
+        start_time: datetime | None = None,
     ) -> None:
         self.source_id = source_id
         self.endpoint = endpoint
@@ -118,7 +128,9 @@ class OpcUaSource:
         self._client: Client | None = None
         self._generation = 0
         self._handles: dict[int, tuple[str, str, Signal | None]] = {}
-        self._start_time: datetime | None = None
+        self._start_time: datetime | None = start_time  # the server's StartTime last seen (saved state)
+        self._offline = False  # a SourceOffline was queued and no connection since
+        self._retry_at = 0.0  # monotonic time of the next connection attempt
         self._connected_at = 0.0
         self._ready = asyncio.Event()
         self._entered = False
@@ -148,8 +160,10 @@ class OpcUaSource:
         while True:
             if self._closed:
                 raise StopAsyncIteration
-            if self._client is None:
+            # what the old connection queued (samples, then the loss) goes out before we reconnect
+            if self._client is None and self._queue.empty():
                 await self._connect_until_up()
+                continue
             item = await self._queue.get()
             if item is _CLOSED:
                 raise StopAsyncIteration
@@ -164,6 +178,9 @@ class OpcUaSource:
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
+    def ack(self, token: object) -> None:
+        """OPC UA has nothing to acknowledge: subscriptions re-send current values on reconnect."""
+
     @property
     def start_time(self) -> datetime | None:
         """The server's ``ServerStatus.StartTime`` as last read (to persist with normalizer state)."""
@@ -171,27 +188,35 @@ class OpcUaSource:
 
     # ---- connection ------------------------------------------------------------------------
     async def _connect_until_up(self) -> None:
-        while True:
-            try:
-                await self._connect_once()
-            except asyncio.CancelledError:
-                await self._discard_client()
-                raise
-            except Exception as e:  # asyncua raises OSError, TimeoutError, UaError and friends
-                await self._discard_client()
-                self.stats.connect_failures += 1
-                delay = self._backoff.next()
-                if not self._connect_failing:
-                    self._connect_failing = True
-                    log.warning("%s: cannot connect to %s (%s); retrying with backoff up to %.0fs",
-                                self.source_id, self.endpoint.endpoint, _describe(e), self._backoff.max_s)
-                else:
-                    log.debug("%s: connect failed again (%s); next try in %.1fs",
-                              self.source_id, _describe(e), delay)
-                await asyncio.sleep(delay)
+        """Try to connect once the backoff allows; a failure queues a :class:`SourceOffline`
+        (once per outage) and returns, so the marker is delivered before the next attempt."""
+        delay = self._retry_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            await self._connect_once()
+        except asyncio.CancelledError:
+            await self._discard_client()
+            raise
+        except Exception as e:  # asyncua raises OSError, TimeoutError, UaError and friends
+            await self._discard_client()
+            self.stats.connect_failures += 1
+            delay = self._backoff.next()
+            self._retry_at = time.monotonic() + delay
+            self._went_offline(_describe(e))
+            if not self._connect_failing:
+                self._connect_failing = True
+                log.warning("%s: cannot connect to %s (%s); retrying with backoff up to %.0fs",
+                            self.source_id, self.endpoint.endpoint, _describe(e), self._backoff.max_s)
             else:
-                self._connect_failing = False
-                return
+                log.debug("%s: connect failed again (%s); next try in %.1fs", self.source_id, _describe(e), delay)
+        else:
+            self._connect_failing = False
+
+    def _went_offline(self, reason: str) -> None:
+        if not self._offline:
+            self._offline = True
+            self._queue.put_nowait(SourceOffline(self.source_id, datetime.now(UTC), reason))
 
     async def _connect_once(self) -> None:
         self._generation += 1
@@ -228,6 +253,9 @@ class OpcUaSource:
                         self.source_id, start.isoformat(), self._start_time.isoformat())
             self._queue.put_nowait(SourceRestarted(self.source_id, start, self._start_time))
         self._start_time = start
+        # before the subscription exists, so before any sample of this connection
+        self._offline = False
+        self._queue.put_nowait(SourceOnline(self.source_id, datetime.now(UTC), start))
 
         requests = []
         self._handles = {}
@@ -274,9 +302,10 @@ class OpcUaSource:
         log.warning("%s: connection to %s lost after %.0fs (%s); reconnecting",
                     self.source_id, self.endpoint.endpoint, up_for, reason)
         await self._discard_client()
+        self._went_offline(reason)
         if up_for >= self._stable_after_s:
             self._backoff.reset()  # a flapping server keeps growing the delay
-        await asyncio.sleep(self._backoff.next())
+        self._retry_at = time.monotonic() + self._backoff.next()
 
     async def _discard_client(self) -> None:
         client, self._client = self._client, None

@@ -22,7 +22,7 @@ from asyncua.server.server import Server
 from asyncua.ua.status_codes import StatusCodes
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.sources import SampleSource, SourceItem
+from collector.sources import AckPoint, SampleSource, SourceItem, SourceOnline
 from core.model import Fact, Sample
 from core.plant import Plant, parse_plant
 from core.store.base import StoreUnavailable
@@ -214,14 +214,19 @@ async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within_s: 
 
 
 @asynccontextmanager
-async def running(src: SampleSource) -> AsyncIterator[asyncio.Queue[SourceItem]]:
-    """Iterate ``src`` in a task into a queue the test reads with deadlines."""
+async def running(src: SampleSource, skip: tuple[type, ...] = (SourceOnline, AckPoint)
+                  ) -> AsyncIterator[asyncio.Queue[SourceItem]]:
+    """Iterate ``src`` in a task into a queue the test reads with deadlines (leaving out the
+    markers of the ``skip`` types: by default the per-connection and acknowledgement ones)."""
     got: asyncio.Queue[SourceItem] = asyncio.Queue()
 
     async def pump() -> None:
         async with src:
             async for item in src:
-                got.put_nowait(item)
+                if isinstance(item, AckPoint):
+                    src.ack(item.token)  # as the pipeline does once the facts are durable
+                if not isinstance(item, skip):
+                    got.put_nowait(item)
 
     task = asyncio.create_task(pump(), name=f"pump:{src.source_id}")
     try:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from asyncua import ua
 from asyncua.ua.status_codes import StatusCodes
 
-from collector.sources import SourceItem, SourceRestarted
+from collector.sources import SourceItem, SourceOffline, SourceOnline, SourceRestarted
 from collector.sources.opcua import OpcUaSource
 from core.model import Sample
 from core.plant import OpcUaEndpoint
@@ -69,11 +69,31 @@ async def test_reconnects_and_marks_a_server_restart_before_new_values(opc_serve
         await eventually(lambda: src.stats.losses == 1, what="the loss to be noticed")
         assert not src.stats.connected
         await opc_server.start()
-        marker, after = await take(got, 2, within_s=20)
+        offline, marker, after = await take(got, 3, within_s=20)
+    # the outage is announced once, after what the lost connection delivered, before anything new
+    assert isinstance(offline, SourceOffline) and offline.source == "plc"
     assert isinstance(marker, SourceRestarted)
     assert marker.source == "plc" and marker.start_time > marker.previous_start_time
+    assert offline.since <= marker.start_time + timedelta(seconds=30)
     assert isinstance(after, Sample) and after.value == 9
     assert src.stats.connects == 2 and src.stats.restarts == 1
+
+
+async def test_each_connection_is_announced_with_the_start_time_and_a_saved_one_detects_a_restart(
+        opc_server: OpcServer, prefix: str) -> None:
+    node = await opc_server.add(f"{prefix}.Good", ua.VariantType.UInt16, 5)
+    src = OpcUaSource("plc", OpcUaEndpoint(endpoint=opc_server.url), [("m1", "good", node)])
+    before = datetime.now(UTC)
+    async with running(src, skip=()) as got:
+        online, first = await take(got, 2)
+    assert isinstance(online, SourceOnline) and online.at >= before and online.start_time is not None
+    assert isinstance(first, Sample)
+    # a collector restarted with the start time it saved, but the PLC restarted meanwhile
+    older = online.start_time - timedelta(hours=1)
+    again = OpcUaSource("plc", OpcUaEndpoint(endpoint=opc_server.url), [("m1", "good", node)], start_time=older)
+    async with running(again) as got2:
+        [restart] = await take(got2, 1)
+    assert isinstance(restart, SourceRestarted) and restart.previous_start_time == older
 
 
 async def test_unreachable_server_is_retried_without_ending_the_iteration(prefix: str) -> None:
@@ -91,7 +111,9 @@ async def test_unreachable_server_is_retried_without_ending_the_iteration(prefix
     task = asyncio.create_task(pump())
     try:
         await eventually(lambda: src.stats.connect_failures >= 3, what="three failed attempts")
-        assert not task.done() and not src.stats.connected and got == []
+        assert not task.done() and not src.stats.connected
+        # one SourceOffline for the whole outage, however many attempts fail
+        assert len(got) == 1 and isinstance(got[0], SourceOffline) and got[0].source == "plc"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
