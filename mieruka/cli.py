@@ -124,28 +124,66 @@ def _simulate_scale(args: argparse.Namespace) -> int:
 def cmd_collect(args: argparse.Namespace) -> int:
     plant = _plant(args.plant)
     lines = set(args.lines.split(",")) if args.lines else None
+    from collector.deadletter import DeadLetters
+    from collector.metrics import CollectorMetrics
     from collector.pipeline import Collector, build_sources
+    from collector.spool import Spool, SpoolError
 
     try:
         build_sources(plant, lines)  # a plant the collector cannot read fails here, before any connection
     except ValueError as e:
         raise BadInput(f"{args.plant}: {e}") from None
+    if args.spool_max_mb <= 0:
+        raise BadInput(f"--spool-max-mb must be positive, got {args.spool_max_mb}")
     store = _open_store_url(args.store)
+    spool_dir = Path(args.spool_dir)
+    dead_path = Path(args.dead_letters) if args.dead_letters else spool_dir / "dead-letters.jsonl"
+    try:
+        spool = Spool(spool_dir, max_bytes=int(args.spool_max_mb * (1 << 20)), when_full=args.spool_full,
+                      synchronous=args.spool_sync)
+    except SpoolError as e:
+        raise BadInput(f"--spool-dir: {e}") from None
 
-    async def main() -> None:
+    async def main() -> int:
         stop = asyncio.Event()
         _install_stop(stop)
-        await store.open()
+        dead = DeadLetters(dead_path, logging.getLogger("collector.deadletter"))
+        metrics: CollectorMetrics | None = None
         try:
-            collector = Collector(plant, store, lines=lines)
+            collector = Collector(plant, store, spool=spool, lines=lines, client_id=args.client_id,
+                                  dead_letters=dead, batch_size=args.batch_size, flush_interval_s=args.flush_interval)
+            if args.metrics_port is not None:
+                metrics = CollectorMetrics(collector)
+                collector.on_write = metrics.observe_write
+                try:
+                    port = metrics.serve(args.metrics_port, args.metrics_host)
+                except OSError as e:
+                    log.error("cannot serve metrics on %s:%d: %s", args.metrics_host, args.metrics_port, e)
+                    return EXIT_FAIL
+                log.info("metrics on http://%s:%d/metrics", args.metrics_host, port)
+            await store.open()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(collector.run(stop), name="collector")
                 tg.create_task(_stop_after(stop, args.duration), name="duration")
         finally:
             await store.close()
+            if metrics is not None:
+                metrics.close()
+            dead.close()
+        return EXIT_OK
 
-    asyncio.run(main())
-    return EXIT_OK
+    try:
+        return asyncio.run(main())
+    except ValueError as e:  # saved state of another version
+        raise BadInput(f"--spool-dir {spool_dir}: {e}") from None
+    finally:
+        spool.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mieruka.status import DEFAULT_METRICS_URL, run_status
+
+    return run_status(args.metrics or DEFAULT_METRICS_URL, sys.stdout)
 
 
 def _open_store_url(url: str) -> Store:
@@ -297,7 +335,36 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--store", required=True, help="sqlite:///file.db or influxdb://[user:pw@]host:port/db")
     co.add_argument("--lines", default=None, help="only these lines (comma-separated ids)")
     co.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    co.add_argument("--spool-dir", default="mieruka-spool", metavar="DIR",
+                    help="durable spool between normalize and the store; facts and the normalizer state wait "
+                         "here while the store is down and survive a crash (default: ./mieruka-spool)")
+    co.add_argument("--spool-max-mb", type=float, default=1024.0, metavar="MB",
+                    help="bound of the spooled payload (default 1024 MB: about 14 million facts)")
+    co.add_argument("--spool-full", choices=["block", "drop-oldest"], default="block",
+                    help="when the spool is full: 'block' stops taking data (MQTT messages stay unacknowledged "
+                         "at the broker) until the store drains it; 'drop-oldest' deletes the oldest facts, "
+                         "counted and logged (default: block)")
+    co.add_argument("--spool-sync", choices=["full", "normal"], default="full",
+                    help="'full' fsyncs every commit (survives power loss); 'normal' survives a crash of the "
+                         "collector but maybe not of the machine (default: full)")
+    co.add_argument("--client-id", default=None,
+                    help="fixed MQTT client id: a persistent session, so the broker keeps QoS 1 messages while "
+                         "the collector is away (default: the plant's client_id, else a clean session)")
+    co.add_argument("--dead-letters", default=None, metavar="FILE",
+                    help="JSONL file for refused input with reason and raw payload "
+                         "(default: dead-letters.jsonl in the spool directory)")
+    co.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                    help="serve Prometheus metrics on this port (e.g. 9464; 0 picks a free one)")
+    co.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
+    co.add_argument("--batch-size", type=int, default=5000, help="facts per store write (default 5000)")
+    co.add_argument("--flush-interval", type=float, default=1.0, metavar="S",
+                    help="write at least this often when facts wait (default 1 s)")
     co.set_defaults(func=cmd_collect)
+
+    st = sub.add_parser("status", help="what a running collector is doing, from its metrics")
+    st.add_argument("--metrics", default=None, metavar="URL",
+                    help="the collector's metrics URL (default http://127.0.0.1:9464/metrics)")
+    st.set_defaults(func=cmd_status)
 
     im = sub.add_parser("import", help="import recorded raw samples (CSV or JSONL) through normalize into a store")
     im.add_argument("--plant", required=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import socket
 import threading
@@ -224,11 +225,14 @@ def prepare(opts: DemoOptions, now: datetime) -> tuple[Plant, Path, Path]:
     db = data_dir / "mieruka.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
+    # the spool of an earlier demo belongs to that demo's (deleted) store and calendar
+    shutil.rmtree(data_dir / "spool", ignore_errors=True)
     return plant, data_dir, db
 
 
 async def run_demo(opts: DemoOptions) -> int:
     from collector.pipeline import Collector
+    from collector.spool import Spool
     from core.store import open_store
     from simulators.live import run_live
 
@@ -243,6 +247,7 @@ async def run_demo(opts: DemoOptions) -> int:
             loop.add_signal_handler(sig, stop.set)
 
     brokers: list[Any] = []
+    stack = contextlib.ExitStack()
     try:
         shift = current_shift(plant, now)
         if shift is not None and shift.start < now:
@@ -255,7 +260,8 @@ async def run_demo(opts: DemoOptions) -> int:
         server = _Uvicorn(uvicorn.Config(create_app(plant, open_store(f"sqlite:///{db}")), host=LOOPBACK,
                                          port=opts.api_port, log_level="warning", lifespan="on"))
         ready = asyncio.Event()
-        collector = Collector(plant, store)
+        spool = stack.enter_context(Spool(data_dir / "spool"))
+        collector = Collector(plant, store, spool=spool)
         with _dashboard_thread(api_url, opts.dashboard_port):
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(run_live(plant, opts.seed + 1, duration_s=None, truth_path=data_dir / "truth.jsonl",
@@ -276,5 +282,6 @@ async def run_demo(opts: DemoOptions) -> int:
             with contextlib.suppress(Exception):
                 await b.shutdown()
         await store.close()
+        stack.close()
     print("demo: stopped", flush=True)
     return 0
