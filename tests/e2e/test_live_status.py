@@ -25,7 +25,7 @@ from tests.e2e.plants import fast_plant
 from tests.support.influxd import Influxd
 from tests.support.ledger import parse_t
 from tests.support.procs import api_process, interrupt, mieruka, wait_until
-from tests.support.services import Mosquitto, free_port
+from tests.support.services import Mosquitto, free_port, wait_port
 
 FLUSH_S = 0.5
 DEADLINE_S = 6 * FLUSH_S  # a few flush intervals: flush + OPC UA publishing + MQTT + one API round trip
@@ -104,11 +104,16 @@ async def test_status_follows_the_ledger_live(tmp_path: Path, mosquitto_broker: 
 
     store = open_store(store_url)
     await store.open()
+    sim = mieruka("simulate", "--plant", str(plant_file), "--seed", "5", "--duration", "120",
+                  "--truth", str(ledger), log=tmp_path / "simulate.log")
+    # the collector starts once the PLC listens: were it unreachable first, its machines would be
+    # offline until the connection (as they should), and a state unchanged since the simulator's
+    # start would show the connection time as its start, not the ledger's
+    opcua_port = int(str(plant.sources["plc"].opcua.endpoint).rsplit(":", 1)[1])  # type: ignore[union-attr]
+    await asyncio.to_thread(wait_port, opcua_port, 60.0, sim)
     collector = Collector(plant, store, flush_interval_s=FLUSH_S)
     stop = asyncio.Event()
     collecting = asyncio.create_task(collector.run(stop), name="collector")
-    sim = mieruka("simulate", "--plant", str(plant_file), "--seed", "5", "--duration", "120",
-                  "--truth", str(ledger), log=tmp_path / "simulate.log")
     try:
         async def every_machine_stored() -> bool:
             assert sim.poll() is None, (tmp_path / "simulate.log").read_text()

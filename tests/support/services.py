@@ -6,6 +6,8 @@ Each waits on a condition with a deadline (the port answering), never on a fixed
 from __future__ import annotations
 
 import contextlib
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -66,14 +68,18 @@ class Mosquitto:
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.data_dir}/\n"
+            # started as root, mosquitto switches to the user `mosquitto`, which cannot write the
+            # test's data dir: the session database is then never saved ("Permission denied") and a
+            # restart loses every persistent session; stay the user that owns the directory
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
             # the default of 1000 silently drops QoS 1 messages once a subscriber falls behind
             "max_queued_messages 1000000\n"
             "max_inflight_messages 100\n"
             "log_dest stderr\n"
         )
-        log = open(self.data_dir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([which("mosquitto", "/usr/sbin/mosquitto"), "-c", str(conf)],
-                                     stdout=log, stderr=log)
+        with open(self.data_dir / "mosquitto.log", "ab") as log:
+            self.proc = subprocess.Popen([which("mosquitto", "/usr/sbin/mosquitto"), "-c", str(conf)],
+                                         stdout=log, stderr=log)
         wait_port(self.port, proc=self.proc)
 
     def stop(self) -> None:
