@@ -33,6 +33,7 @@ from core.store.sqlite import SqliteStore
 from simulators.fastforward import run_fast_forward
 from tests.conftest import DEMO_PLANT
 from tests.support.ledger import part_counts, read_ledger
+from tests.support.procs import collector_running
 
 START = datetime.fromisoformat("2026-11-26T09:00:00+09:00")  # a Thursday morning: the day shift runs
 END = START + timedelta(hours=1)
@@ -177,19 +178,6 @@ async def open_sqlite(path: Path) -> AsyncIterator[SqliteStore]:
         await store.close()
 
 
-@asynccontextmanager
-async def running(collector: Collector) -> AsyncIterator[asyncio.Task[None]]:
-    """Run ``collector`` in a task; stop it (and wait for it) on the way out."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(collector.run(stop), name="collector")
-    try:
-        yield task
-    finally:
-        stop.set()
-        async with asyncio.timeout(WITHIN_S):
-            await task
-
-
 async def wait_for(collector: Collector, what: str, predicate: Callable[[], bool]) -> None:
     """Wait (with a deadline) until ``predicate()`` holds, re-checked whenever the stats change."""
     try:
@@ -293,7 +281,7 @@ async def test_an_hour_spooled_during_a_store_outage_drains_completely(hour: Hou
         with open_spool(tmp_path / "spool") as spool:
             src = FakeSource(FAKE, hour.samples)
             collector = make_collector(hour.plant, store, spool, src)
-            async with running(collector):
+            async with collector_running(collector):
                 await wait_for(collector, "every sample normalized and committed to the spool while the store is down",
                                lambda: collector.stats.samples_in == n
                                and collector.stats.facts_spooled == collector.stats.facts_out
@@ -327,7 +315,7 @@ async def test_a_full_spool_under_block_stops_taking_samples_and_loses_nothing(h
             checker = AckChecker(spool, cumulative_facts(hour.plant, hour.samples, before))
             src = FakeSource(FAKE, items, on_ack=checker)
             collector = make_collector(hour.plant, store, spool, src, max_unspooled=200)
-            async with running(collector):
+            async with collector_running(collector):
                 await wait_for(collector, "the spool full and the source no longer read",
                                lambda: spool.stats.full_events >= 3 and collector.stats.pending >= 200)
                 taken = collector.stats.samples_in
@@ -362,7 +350,7 @@ async def test_a_full_spool_under_drop_oldest_drops_the_oldest_counts_them_and_k
         with open_spool(tmp_path / "spool", max_bytes=24_000, when_full="drop-oldest") as spool:
             src = FakeSource(FAKE, hour.samples)
             collector = make_collector(hour.plant, store, spool, src, max_unspooled=200)
-            async with running(collector):
+            async with collector_running(collector):
                 await wait_for(collector, "every sample taken and committed while the store is down",
                                lambda: collector.stats.samples_in == n
                                and collector.stats.facts_spooled == collector.stats.facts_out == len(made))
@@ -392,7 +380,7 @@ async def test_facts_counted_as_dropped_never_reach_the_store(hour: Hour, tmp_pa
         with open_spool(tmp_path / "spool", max_bytes=1, when_full="drop-oldest") as spool:
             src = FakeSource(FAKE, [first])
             collector = make_collector(hour.plant, store, spool, src)
-            async with running(collector):
+            async with collector_running(collector):
                 await wait_for(collector, "the writer trying to write the first reading",
                                lambda: collector.stats.facts_spooled == 1 and store.failures >= 1)
                 src.put([second])  # its batch does not fit: the first one is dropped to make room
@@ -418,7 +406,7 @@ async def test_a_new_collector_continues_from_the_spool_left_by_one_stopped_duri
         store = SwitchableStore(real, down=True)
         with open_spool(spool_dir) as spool:
             c1 = make_collector(hour.plant, store, spool, FakeSource(FAKE, first), drain_timeout_s=0.2)
-            async with running(c1):
+            async with collector_running(c1):
                 await wait_for(c1, "the first half normalized and committed",
                                lambda: c1.stats.samples_in == len(first)
                                and c1.stats.facts_spooled == c1.stats.facts_out and store.failures >= 1)
@@ -431,7 +419,7 @@ async def test_a_new_collector_continues_from_the_spool_left_by_one_stopped_duri
         with open_spool(spool_dir) as spool:  # the same directory: the facts and the state are still there
             assert spool.stats.facts == left and spool.load_state() is not None
             c2 = make_collector(hour.plant, store, spool, FakeSource(FAKE, second))
-            async with running(c2):
+            async with collector_running(c2):
                 await wait_for(c2, "the left-over facts and the second half in the store",
                                lambda: c2.stats.samples_in == len(second) and c2.stats.pending == 0)
             assert spool.stats.facts == 0
@@ -461,7 +449,7 @@ async def test_acks_reach_the_source_only_after_the_spool_committed_the_facts_be
             checker = AckChecker(spool, cumulative_facts(hour.plant, samples, before))
             src = FakeSource(FAKE, items, on_ack=checker)
             collector = make_collector(hour.plant, store, spool, src)
-            async with running(collector):
+            async with collector_running(collector):
                 await wait_for(collector, "every ack handed back", lambda: len(src.acked) == len(before))
                 assert collector.stats.acks == len(before)
                 store.down = False
@@ -497,7 +485,7 @@ async def test_source_offline_makes_its_machines_offline_in_the_store(hour: Hour
         store = SwitchableStore(real)
         with open_spool(tmp_path / "spool") as spool:
             collector = make_collector(plant, store, spool, plc_src, broker_src)
-            async with running(collector):
+            async with collector_running(collector):
                 await wait_for(collector, "every item taken and written",
                                lambda: plc_src.waiting == 0 and broker_src.waiting == 0
                                and collector.stats.samples_in == 2 * len(plc) + len(mqtt)

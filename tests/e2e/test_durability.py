@@ -28,7 +28,6 @@ import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from mieruka.status import StatusError, fetch_metrics
 from tests.e2e.plants import fast_plant
 from tests.support.influxd import Influxd, influxd
 from tests.support.ledger import line_totals, ms, read_ledger
-from tests.support.procs import interrupt, mieruka, wait_until
+from tests.support.procs import collector_running, interrupt, mieruka, wait_until
 from tests.support.services import Mosquitto, free_port, mosquitto
 
 FLUSH_S = 0.5
@@ -163,26 +162,6 @@ async def opened(url: str) -> AsyncIterator[Store]:
         await store.close()
 
 
-@dataclass
-class Running:
-    """An in-process collector running as a task, stopped (and awaited) on exit."""
-
-    collector: Collector
-    task: asyncio.Task[None]
-    stop: asyncio.Event
-
-
-@contextlib.asynccontextmanager
-async def running(collector: Collector) -> AsyncIterator[Running]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(collector.run(stop), name="collector")
-    try:
-        yield Running(collector, task, stop)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
-
-
 @contextlib.contextmanager
 def stopped_after(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
     try:
@@ -236,7 +215,7 @@ async def test_influxd_outage_loses_nothing(tmp_path: Path, mosquitto_broker: Mo
         url = server.url()
         async with opened(url) as store, opened(url) as reader:
             collector = Collector(plant, store, spool=spool, flush_interval_s=FLUSH_S)
-            async with running(collector) as run:
+            async with collector_running(collector) as run:
                 with stopped_after(simulate(plant_file, ledger, 11, tmp_path / "simulate.log")) as sim:
                     await every_machine_stored(reader, plant, sim, run.task, logs=[tmp_path / "simulate.log"])
                     t0 = window_start()
@@ -286,7 +265,7 @@ async def test_mosquitto_restart_loses_nothing(tmp_path: Path, caplog: pytest.Lo
             collector = Collector(plant, store, spool=spool, flush_interval_s=FLUSH_S,
                                   client_id=f"mieruka-dur-{uuid.uuid4().hex[:8]}")
             source: Any = collector.sources["broker"]
-            async with running(collector) as run:
+            async with collector_running(collector) as run:
                 with stopped_after(simulate(plant_file, ledger, 12, tmp_path / "simulate.log")) as sim:
                     await every_machine_stored(reader, plant, sim, run.task, logs=[tmp_path / "simulate.log"])
                     t0 = window_start()

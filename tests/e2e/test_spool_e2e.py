@@ -33,7 +33,7 @@ from core.store import open_store
 from core.store.base import Store
 from tests.support.influxd import Influxd
 from tests.support.ledger import LedgerStretch, line_totals, ms, parse_t, state_stretches
-from tests.support.procs import api_process, interrupt, mieruka, wait_until
+from tests.support.procs import api_process, collector_running, interrupt, mieruka, wait_until
 from tests.support.services import Mosquitto, free_port, wait_port
 
 FLUSH_S = 0.5
@@ -172,17 +172,6 @@ async def collecting(tmp_path: Path, plant: Plant, store_url: str) -> AsyncItera
 
 
 @asynccontextmanager
-async def run_collector(collector: Collector) -> AsyncIterator[asyncio.Task[None]]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(collector.run(stop), name="collector")
-    try:
-        yield task
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-@asynccontextmanager
 async def simulating(run: Run, seed: int, duration_s: float,
                      *faults: str) -> AsyncIterator[subprocess.Popen[bytes]]:
     args = ["simulate", "--plant", str(run.plant_file), "--seed", str(seed), "--duration", str(duration_s),
@@ -250,9 +239,9 @@ async def test_malformed_payloads_are_dead_lettered_and_the_valid_data_is_comple
 
     async with collecting(tmp_path, plant, store_url) as (run, base):
         collector = run.collector
-        async with run_collector(collector) as task, \
+        async with collector_running(collector) as running, \
                 simulating(run, 3, 60, f"malformed:5%@{FAULT_AT_S}s+{FAULT_FOR_S}s") as sim:
-            await wait_until(every_machine_stored(run, sim, task), 30, "a fact from every machine in the store")
+            await wait_until(every_machine_stored(run, sim, running.task), 30, "a fact from every machine in the store")
             baselined = datetime.now(UTC)
             fault = await fault_record(run.ledger, "malformed", 30)
             # Messages before the fault are all valid. A malformed counter message is not lost count: the
@@ -377,8 +366,9 @@ async def test_an_opcua_server_that_goes_away_shows_its_machines_offline_for_the
         async with simulating(run, 4, 60, f"restart@{RESTART_AT_S}s+{AWAY_S}s") as sim:
             # connect once the server listens, rather than after a backoff that grew while it started
             await asyncio.to_thread(wait_port, port, 30.0, sim)
-            async with run_collector(collector) as task:
-                await wait_until(every_machine_stored(run, sim, task), 20, "a fact from every machine in the store")
+            async with collector_running(collector) as running:
+                await wait_until(every_machine_stored(run, sim, running.task), 20,
+                                 "a fact from every machine in the store")
                 stored = datetime.now(UTC)
                 fault = await fault_record(run.ledger, "restart", 30)
                 w_start = ms_floor(fault.t - timedelta(seconds=3))

@@ -9,12 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from tests.support.services import free_port, stop
+
+if TYPE_CHECKING:
+    from collector.pipeline import Collector
 
 
 def mieruka(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
@@ -68,3 +73,24 @@ async def wait_until(cond: Callable[[], Awaitable[bool]], deadline_s: float, wha
         if time.monotonic() > end:
             raise TimeoutError(f"not within {deadline_s}s: {what}")
         await asyncio.sleep(poll_s)
+
+
+@dataclass
+class RunningCollector:
+    collector: Collector
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+
+
+@contextlib.asynccontextmanager
+async def collector_running(collector: Collector, *, stop_within_s: float = 60.0) -> AsyncIterator[RunningCollector]:
+    """Run an in-process ``collector`` in a task; on the way out set its stop and wait for it
+    (bounded), so a collector that fails to stop fails the test instead of hanging it."""
+    stop_ = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop_), name="collector")
+    try:
+        yield RunningCollector(collector, task, stop_)
+    finally:
+        stop_.set()
+        async with asyncio.timeout(stop_within_s):
+            await task
