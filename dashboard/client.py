@@ -79,6 +79,8 @@ class Point:
     good: int
     scrap: int
     target: float | None = None  # the API's target for the bucket: breaks and time off shift excluded
+    cumulative_good: int | None = None  # from the window's start to this bucket's end
+    cumulative_target: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,208 @@ def _shift(d: dict[str, Any] | None) -> ShiftInfo | None:
 
 def _time(v: str | None) -> datetime | None:
     return datetime.fromisoformat(v) if v is not None else None
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+State = Literal["running", "idle", "down", "changeover", "planned", "offline"]
+STATES: tuple[State, ...] = ("running", "idle", "down", "changeover", "planned", "offline")
+
+
+def _state(v: str) -> State:
+    for s in STATES:
+        if v == s:
+            return s
+    return "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: int
+    label: str | None  # the catalogue's name in the asked language; None for a code the catalogue lacks
+    category: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MachineStatus:
+    id: str
+    name: str
+    state: State
+    reason: Reason | None
+    since: datetime | None
+    last_data: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftCounts:
+    good: int
+    scrap: int
+    target_per_hour: float
+    shift_target: float
+    expected: float
+    difference: float
+    standing: Literal["ahead", "behind", "on_target"]
+    elapsed_s: float
+    planned_production_elapsed_s: float
+    rate_per_hour: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ratios:
+    availability: float | None
+    performance: float | None
+    quality: float | None
+    oee: float | None
+    no_data: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LineStatus:
+    line: str
+    name: str
+    as_of: datetime
+    shift: ShiftInfo | None
+    counts: ShiftCounts | None
+    oee: Ratios | None
+    machines: tuple[MachineStatus, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OeePoint:
+    start: datetime
+    end: datetime
+    ratios: Ratios
+    good: int
+    scrap: int
+
+
+@dataclass(frozen=True, slots=True)
+class Oee:
+    id: str
+    start: datetime
+    end: datetime
+    figures: OeePoint
+    points: tuple[OeePoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ParetoRow:
+    state: str
+    reason: int | None
+    label: str
+    category: str | None
+    seconds: float
+    count: int
+    share: float
+    cumulative_share: float
+
+
+@dataclass(frozen=True, slots=True)
+class Downtime:
+    line: str
+    start: datetime
+    end: datetime
+    pareto: tuple[ParetoRow, ...]
+    total_s: float
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stretch:
+    start: datetime
+    end: datetime
+    state: State
+    reason: int | None
+    label: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class States:
+    machine: str
+    start: datetime
+    end: datetime
+    timeline: tuple[Stretch, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GaugePoint:
+    start: datetime
+    end: datetime
+    mean: float | None
+    min: float | None
+    max: float | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gauge:
+    machine: str
+    signal: str
+    unit: str | None
+    bucket: str
+    points: tuple[GaugePoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SignalInfo:
+    name: str
+    kind: str
+    unit: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MachineDetail:
+    id: str
+    name: str
+    output: bool
+    signals: tuple[SignalInfo, ...]
+
+    @property
+    def gauges(self) -> tuple[SignalInfo, ...]:
+        return tuple(s for s in self.signals if s.kind == "gauge")
+
+
+@dataclass(frozen=True, slots=True)
+class LineDetail:
+    id: str
+    name: str
+    target_per_hour: float
+    machines: tuple[MachineDetail, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlantDetail:
+    site: Site
+    lines: tuple[LineDetail, ...]
+    reasons: dict[int, str]
+
+    def machine(self, machine_id: str) -> tuple[LineDetail, MachineDetail] | None:
+        for line in self.lines:
+            for m in line.machines:
+                if m.id == machine_id:
+                    return line, m
+        return None
+
+
+def _ratios(d: dict[str, Any]) -> Ratios:
+    return Ratios(_opt_float(d.get("availability")), _opt_float(d.get("performance")), _opt_float(d.get("quality")),
+                  _opt_float(d.get("oee")), bool(d.get("no_data", False)))
+
+
+def _oee_point(d: dict[str, Any]) -> OeePoint:
+    counts = d.get("counts") or {}
+    return OeePoint(datetime.fromisoformat(d["start"]), datetime.fromisoformat(d["end"]), _ratios(d),
+                    int(counts.get("good", 0)), int(counts.get("scrap", 0)))
+
+
+def _window_params(start: datetime, end: datetime, lang: Lang | None = None) -> dict[str, str]:
+    params = {"start": start.isoformat(), "end": end.isoformat()}
+    if lang:
+        params["lang"] = lang
+    return params
 
 
 class ApiClient:
@@ -158,7 +362,7 @@ class ApiClient:
 
     def throughput(self, line_id: str, *, start: datetime | None = None, end: datetime | None = None,
                    bucket: str = "1h", shift: Literal["current"] | None = None,
-                   as_of: datetime | None = None) -> Throughput:
+                   as_of: datetime | None = None, lang: Lang | None = None) -> Throughput:
         params: dict[str, str] = {"bucket": bucket}
         if start is not None:
             params["start"] = start.isoformat()
@@ -168,12 +372,80 @@ class ApiClient:
             params["shift"] = shift
         if as_of is not None:
             params["as_of"] = as_of.isoformat()
+        if lang is not None:
+            params["lang"] = lang
         d = self._get(f"/api/v1/lines/{line_id}/throughput", params)
         return Throughput(
             line=d["line"], bucket=d["bucket"], bucket_s=int(d["bucket_s"]), start=_time(d["start"]),
             end=_time(d["end"]), shift=_shift(d.get("shift")),
             points=tuple(Point(datetime.fromisoformat(p["start"]), datetime.fromisoformat(p["end"]), int(p["good"]),
-                               int(p["scrap"]), None if p.get("target") is None else float(p["target"]))
+                               int(p["scrap"]), _opt_float(p.get("target")),
+                               None if p.get("cumulative_good") is None else int(p["cumulative_good"]),
+                               _opt_float(p.get("cumulative_target")))
                          for p in d["points"]),
             total_good=int(d["total_good"]), total_scrap=int(d["total_scrap"]),
         )
+
+    def plant(self, lang: Lang | None = None) -> PlantDetail:
+        d = self._get("/api/v1/plant", {"lang": lang} if lang else None)
+        s = d["site"]
+        return PlantDetail(
+            site=Site(s["id"], s["name"], s["timezone"], s["locale"]),
+            lines=tuple(LineDetail(ln["id"], ln["name"], float(ln["target_per_hour"]), tuple(
+                MachineDetail(m["id"], m["name"], bool(m.get("output", False)), tuple(
+                    SignalInfo(g["name"], g["kind"], g.get("unit")) for g in m.get("signals", [])))
+                for m in ln["machines"])) for ln in d["lines"]),
+            reasons={int(r["code"]): str(r["name"]) for r in d.get("reasons", [])})
+
+    def status(self, line_id: str, *, as_of: datetime | None = None, lang: Lang | None = None) -> LineStatus:
+        params: dict[str, str] = {}
+        if as_of is not None:
+            params["as_of"] = as_of.isoformat()
+        if lang is not None:
+            params["lang"] = lang
+        d = self._get(f"/api/v1/lines/{line_id}/status", params)
+        c = d.get("counts")
+        return LineStatus(
+            line=d["line"], name=d["name"], as_of=datetime.fromisoformat(d["as_of"]), shift=_shift(d.get("shift")),
+            counts=None if c is None else ShiftCounts(
+                int(c["good"]), int(c["scrap"]), float(c["target_per_hour"]), float(c["shift_target"]),
+                float(c["expected"]), float(c["difference"]), c["standing"], float(c["elapsed_s"]),
+                float(c["planned_production_elapsed_s"]), _opt_float(c.get("rate_per_hour"))),
+            oee=None if d.get("oee") is None else _ratios(d["oee"]),
+            machines=tuple(MachineStatus(
+                m["id"], m["name"], _state(m["state"]),
+                None if m.get("reason") is None else Reason(int(m["reason"]["code"]), m["reason"].get("label"),
+                                                            m["reason"].get("category")),
+                _time(m.get("since")), _time(m.get("last_data"))) for m in d["machines"]))
+
+    def line_oee(self, line_id: str, *, start: datetime, end: datetime, bucket: str | None = None,
+                 lang: Lang | None = None) -> Oee:
+        params = _window_params(start, end, lang)
+        if bucket is not None:
+            params["bucket"] = bucket
+        d = self._get(f"/api/v1/lines/{line_id}/oee", params)
+        return Oee(d["id"], datetime.fromisoformat(d["start"]), datetime.fromisoformat(d["end"]),
+                   _oee_point(d["figures"]), tuple(_oee_point(p) for p in d.get("points", [])))
+
+    def downtime(self, line_id: str, *, start: datetime, end: datetime, lang: Lang | None = None) -> Downtime:
+        d = self._get(f"/api/v1/lines/{line_id}/downtime", _window_params(start, end, lang))
+        return Downtime(d["line"], datetime.fromisoformat(d["start"]), datetime.fromisoformat(d["end"]),
+                        tuple(ParetoRow(r["state"], r.get("reason"), r["label"], r.get("category"),
+                                        float(r["seconds"]), int(r["count"]), float(r["share"]),
+                                        float(r["cumulative_share"])) for r in d["pareto"]),
+                        float(d["total_s"]), len(d.get("events", [])))
+
+    def states(self, machine_id: str, *, start: datetime, end: datetime, lang: Lang | None = None) -> States:
+        d = self._get(f"/api/v1/machines/{machine_id}/states", _window_params(start, end, lang))
+        return States(d["machine"], datetime.fromisoformat(d["start"]), datetime.fromisoformat(d["end"]),
+                      tuple(Stretch(datetime.fromisoformat(x["start"]), datetime.fromisoformat(x["end"]),
+                                    _state(x["state"]), x.get("reason"), x["label"], float(x["seconds"]))
+                            for x in d["timeline"]))
+
+    def gauge(self, machine_id: str, signal: str, *, start: datetime, end: datetime, bucket: str = "5m") -> Gauge:
+        params = _window_params(start, end)
+        params["bucket"] = bucket
+        d = self._get(f"/api/v1/machines/{machine_id}/signals/{signal}", params)
+        return Gauge(d["machine"], d["signal"], d.get("unit"), d["bucket"], tuple(
+            GaugePoint(datetime.fromisoformat(p["start"]), datetime.fromisoformat(p["end"]), _opt_float(p.get("mean")),
+                       _opt_float(p.get("min")), _opt_float(p.get("max")), int(p["count"])) for p in d["points"]))

@@ -1,7 +1,12 @@
-"""Wall-board texts in Japanese and English."""
+"""Dashboard texts, units and date/time formats in Japanese and English.
+
+Names of the site, lines, machines and stop reasons come from the plant file through the API
+(``?lang=``); everything the dashboard itself writes is here.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 Lang = Literal["ja", "en"]
@@ -19,7 +24,57 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "last_data": {"ja": "表示は最終取得時点のデータです", "en": "showing the last data received"},
     "replay": {"ja": "再生", "en": "Replay"},
     "target_line": {"ja": "目標", "en": "Target"},
+    "expected": {"ja": "現時点の目標", "en": "Expected by now"},
+    "shift_target": {"ja": "シフト目標", "en": "Shift target"},
+    "of_target": {"ja": "計画 {expected} / シフト {shift}", "en": "plan {expected} / shift {shift}"},
+    "ahead_by": {"ja": "{n} 個 先行", "en": "ahead by {n}"},
+    "behind_by": {"ja": "{n} 個 遅れ", "en": "behind by {n}"},
+    "on_target": {"ja": "計画どおり", "en": "on target"},
+    "oee": {"ja": "OEE", "en": "OEE"},
+    "availability": {"ja": "稼働率", "en": "Availability"},
+    "performance": {"ja": "性能", "en": "Performance"},
+    "quality": {"ja": "良品率", "en": "Quality"},
+    "a_short": {"ja": "稼", "en": "A"},
+    "p_short": {"ja": "性", "en": "P"},
+    "q_short": {"ja": "質", "en": "Q"},
+    "since": {"ja": "{time} から", "en": "since {time}"},
+    "machines": {"ja": "設備", "en": "Machines"},
+    "board": {"ja": "全体", "en": "Board"},
+    "line_view": {"ja": "ライン詳細", "en": "Line view"},
+    "machine_view": {"ja": "設備詳細", "en": "Machine view"},
+    "throughput_per": {"ja": "良品数（{bucket}ごと）と目標", "en": "Good per {bucket} vs target"},
+    "cumulative": {"ja": "累計実績と計画", "en": "Cumulative actual vs plan"},
+    "actual": {"ja": "実績", "en": "Actual"},
+    "plan": {"ja": "計画", "en": "Plan"},
+    "state_timeline": {"ja": "稼働状態", "en": "State timeline"},
+    "downtime_pareto": {"ja": "停止時間パレート（理由別）", "en": "Downtime Pareto by reason"},
+    "oee_by_hour": {"ja": "時間別OEE", "en": "OEE by hour"},
+    "gauge_history": {"ja": "{name} の推移", "en": "{name} history"},
+    "mean": {"ja": "平均", "en": "Mean"},
+    "min_max": {"ja": "最小〜最大", "en": "Min–max"},
+    "minutes": {"ja": "分", "en": "min"},
+    "pieces": {"ja": "個", "en": "pcs"},
+    "cumulative_share": {"ja": "累積比率", "en": "Cumulative share"},
+    "no_downtime": {"ja": "停止なし", "en": "No downtime"},
+    "no_gauges": {"ja": "この設備にはアナログ信号がありません", "en": "This machine has no gauges"},
+    "unknown_line": {"ja": "ライン {id} はありません", "en": "No line {id}"},
+    "unknown_machine": {"ja": "設備 {id} はありません", "en": "No machine {id}"},
+    "window": {"ja": "表示期間", "en": "Window"},
+    "hour_bucket": {"ja": "1時間", "en": "hour"},
+    "bucket_15m": {"ja": "15分", "en": "15 min"},
+    "no_data": {"ja": "データなし", "en": "no data"},
 }
+
+STATE_NAMES: dict[str, dict[Lang, str]] = {
+    "running": {"ja": "稼働", "en": "Running"},
+    "idle": {"ja": "待機", "en": "Idle"},
+    "down": {"ja": "故障停止", "en": "Down"},
+    "changeover": {"ja": "段取り", "en": "Changeover"},
+    "planned": {"ja": "計画停止", "en": "Planned stop"},
+    "offline": {"ja": "通信なし", "en": "Offline"},
+}
+
+_WEEKDAYS_JA = "月火水木金土日"
 
 
 def t(key: str, lang: Lang, **kw: object) -> str:
@@ -29,3 +84,47 @@ def t(key: str, lang: Lang, **kw: object) -> str:
 def both(key: str) -> str:
     """Both languages, for when the board does not know its language yet."""
     return f"{TEXTS[key]['ja']} / {TEXTS[key]['en']}"
+
+
+def state_name(state: str, lang: Lang) -> str:
+    return STATE_NAMES.get(state, {}).get(lang, state)
+
+
+def fmt_int(v: float | None) -> str:
+    """A count, rounded, with thousands separators (the same in both languages); '—' for none."""
+    return "—" if v is None else f"{round(v):,}"
+
+
+def fmt_pct(v: float | None) -> str:
+    """A ratio as a percentage with one decimal; '—' when there is no data (never 100 %)."""
+    return "—" if v is None else f"{v * 100:.1f}%"
+
+
+def fmt_duration(seconds: float, lang: Lang) -> str:
+    """How long a state has lasted: ``16分50秒`` / ``16m 50s``, from an hour on ``2時間05分`` / ``2h 05m``
+    (never ``16:50``, which a reader across the room takes for a clock time)."""
+    s = max(int(seconds), 0)
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    if lang == "ja":
+        return f"{h}時間{m:02d}分" if h else f"{m}分{sec:02d}秒"
+    return f"{h}h {m:02d}m" if h else f"{m}m {sec:02d}s"
+
+
+def fmt_time(d: datetime) -> str:
+    return f"{d:%H:%M}"
+
+
+def fmt_datetime(d: datetime, lang: Lang) -> str:
+    """The header clock: ``2026年11月27日(金) 10:30:00`` or ``Fri 27 Nov 2026 10:30:00`` (``d`` in plant time)."""
+    if lang == "ja":
+        return f"{d.year}年{d.month}月{d.day}日({_WEEKDAYS_JA[d.weekday()]}) {d:%H:%M:%S}"
+    return f"{d:%a} {d.day} {d:%b %Y %H:%M:%S}"
+
+
+def fmt_difference(difference: float, lang: Lang) -> str:
+    """``behind by 41`` / ``41 個 遅れ``: the shift's actual against the target by now, rounded."""
+    n = round(difference)
+    if n == 0:
+        return t("on_target", lang)
+    return t("ahead_by" if n > 0 else "behind_by", lang, n=f"{abs(n):,}")

@@ -1,4 +1,4 @@
-"""Regenerate the README's wall-board screenshots from the demo.
+"""Regenerate the README's dashboard screenshots from the demo.
 
     .venv/bin/python scripts/screenshots.py [--out docs]
 
@@ -9,7 +9,9 @@ stops the demo with Ctrl-C and waits for it to exit. Writes:
 
 - ``wallboard-ja.png``: the wall board in Japanese;
 - ``wallboard-en.png``: the wall board in English;
-- ``wallboard-kiosk-line.png``: a wall screen's single-line view (``?kiosk=1&rotate=30&lines=..``).
+- ``wallboard-kiosk-line.png``: a wall screen's single-line view (``?kiosk=1&rotate=30&lines=..``);
+- ``line-ja.png``, ``line-en.png``: the line view (``/line/<id>``) in each language;
+- ``machine-ja.png``, ``machine-en.png``: the machine view (``/machine/<id>``) in each language.
 """
 
 from __future__ import annotations
@@ -39,8 +41,17 @@ PAGE_DEADLINE_S = 60.0
 BOARD_READY = """
 const tiles = Array.from(document.querySelectorAll('.tile'));
 const banner = document.getElementById('banner');
+const good = t => Number((t.querySelector('.value.good') || {}).textContent?.replace(/,/g, '') || 0);
 return tiles.length > 0 && banner !== null && banner.offsetParent === null
-  && tiles.every(t => Number(t.dataset.good) > 0 && t.querySelector('.chart .main-svg .bars') !== null);
+  && tiles.every(t => good(t) > 0 && t.querySelector('.chart .main-svg .bars') !== null);
+"""
+# a line or machine view is ready when its head shows and every chart is drawn, and no banner shows
+VIEW_READY = """
+const banner = document.getElementById('banner');
+const head = document.querySelector('.linehead, .machinehead');
+const charts = Array.from(document.querySelectorAll('.charts .chart'));
+return head !== null && charts.length > 0 && banner !== null && banner.offsetParent === null
+  && charts.every(c => c.querySelector('.main-svg') !== null);
 """
 
 
@@ -89,14 +100,14 @@ def chromium() -> webdriver.Chrome:
     return driver
 
 
-def shoot(driver: webdriver.Chrome, url: str, out: Path) -> None:
+def shoot(driver: webdriver.Chrome, url: str, out: Path, ready: str = BOARD_READY) -> None:
     driver.get(url)
-    WebDriverWait(driver, PAGE_DEADLINE_S, poll_frequency=0.5).until(lambda d: d.execute_script(BOARD_READY))
-    # let the next refresh land too, so the picture is a settled board, not the first paint
+    WebDriverWait(driver, PAGE_DEADLINE_S, poll_frequency=0.5).until(lambda d: d.execute_script(ready))
+    # let the next refresh land too, so the picture is a settled page, not the first paint
     tick = driver.execute_script("return document.getElementById('header-clock').textContent")
     WebDriverWait(driver, PAGE_DEADLINE_S, poll_frequency=0.5).until(
         lambda d: d.execute_script("return document.getElementById('header-clock').textContent") != tick
-        and d.execute_script(BOARD_READY))
+        and d.execute_script(ready))
     out.write_bytes(driver.get_screenshot_as_png())
     print(f"screenshots: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} "
           f"({out.stat().st_size // 1024} KB)", flush=True)
@@ -117,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where the PNGs go (default: docs/)")
     ap.add_argument("--kiosk-line", default="blade-1", help="the line of the kiosk single-line view")
+    ap.add_argument("--line", default="blade-1", help="the line of the line view")
+    ap.add_argument("--machine", default="cnc-1", help="the machine of the machine view")
     args = ap.parse_args(argv)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -140,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                 shoot(driver, f"{board}/?lang=en", out / "wallboard-en.png")
                 shoot(driver, f"{board}/?kiosk=1&rotate=30&lang=ja&lines={args.kiosk_line}",
                       out / "wallboard-kiosk-line.png")
+                for lang in ("ja", "en"):
+                    shoot(driver, f"{board}/line/{args.line}?lang={lang}", out / f"line-{lang}.png", VIEW_READY)
+                    shoot(driver, f"{board}/machine/{args.machine}?lang={lang}", out / f"machine-{lang}.png",
+                          VIEW_READY)
             finally:
                 driver.quit()
         except BaseException:

@@ -53,9 +53,10 @@ def api_server(plant: Plant, db: Path) -> Iterator[ApiServer]:
 
 
 @contextmanager
-def dashboard_server(api_url: str, refresh_ms: int = 1000) -> Iterator[str]:
+def dashboard_server(api_url: str, refresh_ms: int = 1000, reload_after_s: float | None = None) -> Iterator[str]:
     port = free_port()
-    server = make_server("127.0.0.1", port, create_dashboard(api_url, refresh_ms=refresh_ms).server, threaded=True)
+    app = create_dashboard(api_url, refresh_ms=refresh_ms, reload_after_s=reload_after_s)
+    server = make_server("127.0.0.1", port, app.server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name=f"dash-{port}", daemon=True)
     thread.start()
     try:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from dashboard.app import Board, Window
 from dashboard.client import ApiClient, ApiUnreachable, LineInfo
+from dashboard.data import Board, Window
 
 
 def slow(request: httpx.Request) -> httpx.Response:
@@ -42,8 +42,9 @@ def test_an_hour_with_a_break_is_judged_against_the_api_target() -> None:
     from datetime import UTC, datetime, timedelta
     from zoneinfo import ZoneInfo
 
-    from dashboard.app import GREEN, RED, _figure
     from dashboard.client import Point, Throughput
+    from dashboard.data import GREEN, RED
+    from dashboard.figures import tile_figure
 
     start = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
     line = LineInfo("blade-1", "Blade", 110.0, ())
@@ -52,7 +53,7 @@ def test_an_hour_with_a_break_is_judged_against_the_api_target() -> None:
     def color(target: float | None) -> str:
         p = Point(start, start + timedelta(hours=1), 55, 0, target)
         tp = Throughput("blade-1", "1h", 3600, start, start + timedelta(hours=1), None, (p,), 55, 0)
-        fig = _figure(tp, line, w, ZoneInfo("Asia/Tokyo"), "en")
+        fig = tile_figure(tp, line, w, ZoneInfo("Asia/Tokyo"), "en")
         return str(fig["data"][0]["marker"]["color"][0])
 
     assert color(55.0) == GREEN
