@@ -250,7 +250,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             token = Path(args.token_file).read_text(encoding="utf-8").strip()
         except OSError as e:
             raise BadInput(f"--token-file {args.token_file}: {e.strerror}") from None
-    run_dashboard(args.api, host=args.host, port=args.port, token=token)
+    if args.refresh_ms < 500:
+        raise BadInput(f"--refresh-ms must be at least 500, got {args.refresh_ms}")
+    run_dashboard(args.api, host=args.host, port=args.port, refresh_ms=args.refresh_ms, token=token)
     return EXIT_OK
 
 
@@ -385,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8050)
     d.add_argument("--token-file", default=None, help="file holding an API token (sent as Bearer)")
+    d.add_argument("--refresh-ms", type=int, default=5000, metavar="MS",
+                   help="refresh interval of every page (default 5000; each refresh is budgeted a third of it)")
     d.set_defaults(func=cmd_dashboard)
 
     de = sub.add_parser("demo", help="simulated plant + collector + embedded store + API + dashboard in one command")

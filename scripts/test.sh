@@ -3,7 +3,8 @@
 # and what .ci/run calls):
 #   Debian: influxdb, mosquitto, chromium, chromium-driver, fonts-noto-cjk (python3-venv on stock Debian)
 #   Python: a venv in .venv with the project and its test extras
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/core -x`.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/core -x`; MIERUKA_TEST_WORKERS=0 runs
+# in one process (default: 2 workers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,4 +40,5 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-exec .venv/bin/python -m pytest "$@"
+# two workers (pytest-xdist): most end-to-end tests wait on wall-clock windows, not on the CPU
+exec .venv/bin/python -m pytest -n "${MIERUKA_TEST_WORKERS:-2}" "$@"
