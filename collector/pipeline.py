@@ -399,7 +399,19 @@ class Collector:
             facts, self._unspooled = self._unspooled, []
             acks, self._acks = self._acks, []
             state = self._state()
-            await self._append(facts, state)
+            try:
+                await self._append(facts, state)
+            except _GiveUp:
+                # stopping, and the spool stayed full ("block") with the store down: MQTT messages
+                # behind these facts were never acknowledged, so the broker delivers them again;
+                # OPC UA counters carry the lost increments into the first reading after a restart
+                lost = len(facts) + len(self._unspooled)
+                self.stats.facts_dropped += lost
+                self._unspooled = []
+                self._sync_pending()
+                log.error("spool still full %.0fs after stop: %d facts not spooled (unacknowledged MQTT messages "
+                          "are delivered again at the next start)", self.drain_timeout_s, lost)
+                break
             if self.dead_letters is not None:
                 flush = getattr(self.dead_letters, "flush", None)
                 if flush is not None:
@@ -427,6 +439,8 @@ class Collector:
             try:
                 await asyncio.to_thread(self.spool.append, facts, state)
             except SpoolFull:
+                if self._closing and time.monotonic() >= self._give_up_at:
+                    raise _GiveUp from None
                 if not self._spool_full_logged:
                     self._spool_full_logged = True
                     st = self.spool.stats

@@ -341,6 +341,27 @@ async def test_a_full_spool_under_block_stops_taking_samples_and_loses_nothing(h
         assert checker.early() == []
 
 
+async def test_stop_with_a_full_spool_and_the_store_down_returns_and_keeps_the_spool(
+        hour: Hour, tmp_path: Path) -> None:
+    """A collector told to stop while "block" holds it (spool full, store down) must not hang:
+    it gives up after the drain timeout, counts what it could not spool, keeps what it did."""
+    async with open_sqlite(tmp_path / "facts.db") as real:
+        store = SwitchableStore(real, down=True)
+        with open_spool(tmp_path / "spool", max_bytes=24_000, when_full="block") as spool:
+            collector = make_collector(hour.plant, store, spool, FakeSource(FAKE, hour.samples),
+                                       max_unspooled=200, drain_timeout_s=0.5)
+            stop = asyncio.Event()
+            task = asyncio.create_task(collector.run(stop))
+            await wait_for(collector, "the spool full", lambda: spool.stats.full_events >= 3)
+            spooled = spool.stats.facts
+            stop.set()
+            async with asyncio.timeout(WITHIN_S):
+                await task
+            assert collector.stats.facts_dropped > 0  # not spooled: counted
+            assert spool.stats.facts == spooled > 0  # what was spooled waits for the next start
+            assert durable_facts(tmp_path / "spool") == spooled
+
+
 async def test_a_full_spool_under_drop_oldest_drops_the_oldest_counts_them_and_keeps_the_newest(
         hour: Hour, tmp_path: Path) -> None:
     n = len(hour.samples)
