@@ -26,9 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,13 +36,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.browser import start_chromium  # noqa: E402
+from tests.support.procs import interrupt, wait_http  # noqa: E402
+from tests.support.services import free_port  # noqa: E402
+
 DEMO_PLANT = ROOT / "deploy" / "plants" / "demo.yaml"
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- dashboard-soak:begin -->", "<!-- dashboard-soak:end -->"
@@ -74,12 +75,6 @@ return {banner: b !== null && b.offsetParent !== null, tiles: document.querySele
 """
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def round_the_clock(src: Path, dst: Path) -> None:
     """The demo plant with two 12-hour shifts every day and no holidays: a shift always runs."""
     plant: dict[str, Any] = yaml.safe_load(src.read_text(encoding="utf-8"))
@@ -102,44 +97,6 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], deadline_s: float = START_DEADLINE_S) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {deadline_s:.0f} s")
-
-
-def chromium() -> webdriver.Chrome:
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={WIDTH},{HEIGHT}", "--lang=ja"):
-        opts.add_argument(arg)
-    # an explicit driver path keeps selenium-manager from fetching anything
-    service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    driver = webdriver.Chrome(options=opts, service=service)
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
-    return driver
 
 
 def first_render_s(driver: webdriver.Chrome, url: str) -> float:
@@ -217,12 +174,12 @@ def soak(args: argparse.Namespace) -> Result:
         try:
             procs.append(start([sys.executable, "-m", "mieruka.cli", "api", "--plant", str(plant), "--store",
                                 f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(api_port)], tmp / "api.log"))
-            wait_http(f"{api_url}/healthz", procs[-1])
+            wait_http(f"{api_url}/healthz", START_DEADLINE_S, procs[-1])
             procs.append(start([sys.executable, "-m", "mieruka.cli", "dashboard", "--api", api_url,
                                 "--host", "127.0.0.1", "--port", str(dash_port), "--refresh-ms", str(args.refresh_ms)],
                                tmp / "dash.log"))
-            wait_http(f"{dash_url}/", procs[-1])
-            driver = chromium()
+            wait_http(f"{dash_url}/", START_DEADLINE_S, procs[-1])
+            driver = start_chromium(WIDTH, HEIGHT, exact_viewport=True)
             url = f"{dash_url}{args.path}"
             first_render_s(driver, url)  # the first ever load warms the server's caches: not counted
             renders = [first_render_s(driver, url) for _ in range(args.loads)]
@@ -262,7 +219,7 @@ def soak(args: argparse.Namespace) -> Result:
             if driver is not None:
                 driver.quit()
             for p in reversed(procs):
-                stop(p)
+                interrupt(p)
 
 
 def report(res: Result, took_s: float, cmd: str) -> str:

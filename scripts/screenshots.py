@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,10 +27,14 @@ from pathlib import Path
 
 import httpx
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.browser import start_chromium  # noqa: E402
+from tests.support.services import free_port  # noqa: E402
+
 WIDTH, HEIGHT = 1920, 1080
 START_DEADLINE_S = 180.0
 PAGE_DEADLINE_S = 60.0
@@ -53,12 +55,6 @@ const charts = Array.from(document.querySelectorAll('.charts .chart'));
 return head !== null && charts.length > 0 && banner !== null && banner.offsetParent === null
   && charts.every(c => c.querySelector('.main-svg') !== null);
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, deadline_s: float, proc: subprocess.Popen[bytes], cond: object) -> None:
@@ -83,21 +79,6 @@ def all_lines_counting(api: str) -> bool:
         if r.status_code != 200 or int(r.json()["total_good"]) <= 0:
             return False
     return bool(lines)
-
-
-def chromium() -> webdriver.Chrome:
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={WIDTH},{HEIGHT}", "--hide-scrollbars", "--lang=ja"):
-        opts.add_argument(arg)
-    # an explicit driver path keeps selenium-manager from fetching anything
-    service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    driver = webdriver.Chrome(options=opts, service=service)
-    # --window-size counts the browser's own frame: pin the page's viewport to exactly WIDTH x HEIGHT
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
-    return driver
 
 
 def shoot(driver: webdriver.Chrome, url: str, out: Path, ready: str = BOARD_READY) -> None:
@@ -147,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_for("the API answered /healthz", START_DEADLINE_S, proc,
                      lambda: httpx.get(f"{api}/healthz", timeout=2).status_code == 200)
             wait_for("every line counted good parts", START_DEADLINE_S, proc, lambda: all_lines_counting(api))
-            driver = chromium()
+            driver = start_chromium(WIDTH, HEIGHT, exact_viewport=True, hide_scrollbars=True)
             try:
                 shoot(driver, f"{board}/?lang=ja", out / "wallboard-ja.png")
                 shoot(driver, f"{board}/?lang=en", out / "wallboard-en.png")
