@@ -14,7 +14,8 @@ Tasks (all in one ``asyncio.TaskGroup``, all named):
   ``Normalizer.source_offline`` / ``source_online`` (the source's machines are ``offline`` in
   the store for the outage), :class:`~collector.sources.AckPoint` waits for the next commit.
 - ``committer``: every ``commit_interval_s`` (group commit) appends the facts made since the last
-  commit to the spool **together with the normalizer state** in one transaction, flushes the
+  commit to the spool **together with what changed in the normalizer state** (rows by key:
+  counter baselines, last fact times, last states) in one transaction, flushes the
   dead-letter file, and only then acknowledges the MQTT messages those facts came from. After a
   crash the saved state matches the spooled facts exactly, and whatever was not acknowledged is
   re-delivered by the broker; OPC UA counters are cumulative, so the first reading after a
@@ -58,13 +59,14 @@ from collector.sources import (
 )
 from collector.spool import SpoolFull, SpoolStats
 from core.model import Fact, Sample
-from core.normalize import NormalizeError, Normalizer
+from core.normalize import NormalizeError, Normalizer, entries_from_snapshot, snapshot_from_entries
 from core.plant import Plant
 from core.store.base import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+META_KEY = "collector"  # the collector's own state entry (version, OPC UA start times) among the normalizer's
 
 
 @dataclass
@@ -98,13 +100,14 @@ class SpoolLike(Protocol):
     @property
     def stats(self) -> SpoolStats: ...
 
-    def append(self, facts: Sequence[Fact], state: dict[str, Any] | None = None) -> int | None: ...
+    def append(self, facts: Sequence[Fact], state: dict[str, Any] | None = None,
+               entries: dict[str, Any] | None = None) -> int | None: ...
 
     def peek(self, max_facts: int) -> list[tuple[int, list[Fact]]]: ...
 
     def confirm(self, upto_seq: int) -> None: ...
 
-    def load_state(self) -> dict[str, Any] | None: ...
+    def load_entries(self) -> dict[str, Any]: ...
 
 
 class MemorySpool:
@@ -115,7 +118,7 @@ class MemorySpool:
     def __init__(self) -> None:
         self._batches: deque[tuple[int, list[Fact], datetime]] = deque()
         self._seq = 0
-        self._state: dict[str, Any] | None = None
+        self._entries: dict[str, Any] = {}
         self._stats = SpoolStats(facts=0, batches=0, bytes=0, max_bytes=0, oldest_spooled_at=None)
 
     @property
@@ -123,9 +126,9 @@ class MemorySpool:
         self._stats.oldest_spooled_at = self._batches[0][2] if self._batches else None
         return self._stats
 
-    def append(self, facts: Sequence[Fact], state: dict[str, Any] | None = None) -> int | None:
-        if state is not None:
-            self._state = state
+    def append(self, facts: Sequence[Fact], state: dict[str, Any] | None = None,
+               entries: dict[str, Any] | None = None) -> int | None:
+        self._entries.update(entries or {})
         if not facts:
             return None
         self._seq += 1
@@ -152,8 +155,8 @@ class MemorySpool:
             self._stats.batches -= 1
             self._stats.confirmed_facts += len(facts)
 
-    def load_state(self) -> dict[str, Any] | None:
-        return self._state
+    def load_entries(self) -> dict[str, Any]:
+        return dict(self._entries)
 
 
 class _GiveUp(Exception):
@@ -251,11 +254,13 @@ class Collector:
         self.on_write = on_write
         self.normalizer = Normalizer(plant)
         self._start_times: dict[str, datetime] = {}
-        saved = self.spool.load_state() if normalizer_state is None else None
-        if saved is not None:
+        self._full_state_due = False  # the next commit saves the whole state, not just its changes
+        saved = self.spool.load_entries() if normalizer_state is None else {}
+        if saved:
             self._restore(saved)
         elif normalizer_state is not None:
             self.normalizer.restore(normalizer_state)
+            self._full_state_due = True
         self.sources: dict[str, SampleSource] = {
             s.source_id: s for s in (sources if sources is not None else build_sources(
                 plant, lines, client_id=client_id, start_times=self._start_times, dead_letters=dead_letters))}
@@ -278,17 +283,27 @@ class Collector:
         self._sync_pending()
 
     def _restore(self, saved: dict[str, Any]) -> None:
-        if saved.get("version") != STATE_VERSION or "normalizer" not in saved:
-            raise ValueError(f"the spool holds collector state of another version ({saved.get('version')!r}); "
+        entries = dict(saved)
+        meta = entries.pop(META_KEY, None)
+        if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION:
+            found = meta.get("version") if isinstance(meta, dict) else None
+            raise ValueError(f"the spool holds collector state of another version ({found!r}); "
                              "drain it with the collector that wrote it, or move the spool directory away")
-        self.normalizer.restore(saved["normalizer"])
-        for sid, t in (saved.get("start_times") or {}).items():
+        self.normalizer.restore(snapshot_from_entries(entries))
+        for sid, t in (meta.get("start_times") or {}).items():
             self._start_times[sid] = datetime.fromisoformat(t)
         log.info("collector: continuing from saved state (%d facts waiting in the spool)", self.spool.stats.facts)
 
-    def _state(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "normalizer": self.normalizer.snapshot(),
-                "start_times": {sid: t.isoformat() for sid, t in sorted(self._start_times.items())}}
+    def _state_entries(self) -> dict[str, Any]:
+        """What changed in the state since the last commit (everything, the first time after an
+        explicit ``normalizer_state``), with the collector's own small record."""
+        entries = self.normalizer.changes()
+        if self._full_state_due:
+            entries = entries_from_snapshot(self.normalizer.snapshot())
+            self._full_state_due = False
+        entries[META_KEY] = {"version": STATE_VERSION,
+                             "start_times": {sid: t.isoformat() for sid, t in sorted(self._start_times.items())}}
+        return entries
 
     def _sync_pending(self) -> None:
         self.stats.pending = len(self._unspooled) + self.spool.stats.facts
@@ -398,7 +413,7 @@ class Collector:
             # facts, acks and state taken at one instant (no await in between): consistent
             facts, self._unspooled = self._unspooled, []
             acks, self._acks = self._acks, []
-            state = self._state()
+            state = self._state_entries()
             try:
                 await self._append(facts, state)
             except _GiveUp:
@@ -433,11 +448,11 @@ class Collector:
         self._committed_all = True
         self._spooled.set()
 
-    async def _append(self, facts: list[Fact], state: dict[str, Any]) -> None:
+    async def _append(self, facts: list[Fact], entries: dict[str, Any]) -> None:
         backoff = Backoff(0.05, 1.0)
         while True:
             try:
-                await asyncio.to_thread(self.spool.append, facts, state)
+                await asyncio.to_thread(self.spool.append, facts, None, entries)
             except SpoolFull:
                 if self._closing and time.monotonic() >= self._give_up_at:
                     raise _GiveUp from None

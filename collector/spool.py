@@ -16,8 +16,11 @@ as a mieruka spool, ``user_version`` is the schema version):
   the Python type of a value (``1`` stays int, ``1.0`` stays float, ``"1"`` stays str; NaN and
   infinities round-trip too). ``nbytes`` is the payload's length in bytes, ``spooled_at_ns`` the
   wall time of the append (UTC epoch ns).
-- ``state(id = 1, json, saved_at_ns)``: the last normalizer state (:meth:`Normalizer.snapshot`).
-  :meth:`Spool.append` writes a batch and the state that produced it in **one transaction**, so
+- ``state_entries(key, json)``: the collector's state as rows by key (counter baselines, last
+  fact times, last states, ...): an append replaces the rows it names, so a commit writes what
+  changed since the last one, not the whole state (:meth:`Spool.load_entries`).
+- ``state(id = 1, json, saved_at_ns)``: a whole state as one JSON object (:meth:`Spool.save_state`).
+  :meth:`Spool.append` writes a batch and the state (or entries) that produced it in **one transaction**, so
   after any crash the saved state matches exactly the facts in the spool (or already confirmed).
 
 **Durability.** WAL journal. A method returns only after its transaction committed. With
@@ -101,6 +104,10 @@ CREATE TABLE batches (
     nbytes INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE state_entries (
+    key TEXT PRIMARY KEY,
+    json TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     json TEXT NOT NULL,
@@ -245,6 +252,9 @@ class Spool:
                 if version != SCHEMA_VERSION:
                     raise SpoolError(f"spool file {self.path} has schema version {version}; this collector "
                                      f"reads version {SCHEMA_VERSION}")
+                # spools made before the entries table existed (same schema version otherwise)
+                db.execute("CREATE TABLE IF NOT EXISTS state_entries (key TEXT PRIMARY KEY, json TEXT NOT NULL) "
+                           "WITHOUT ROWID")
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SpoolError(f"spool file {self.path}: cannot use WAL journal mode (got {mode})")
@@ -299,13 +309,16 @@ class Spool:
             raise SpoolError(f"spool {self.path} is closed")
 
     # ---- writing ---------------------------------------------------------------------------------
-    def append(self, facts: Sequence[Fact], state: dict[str, Any] | None = None) -> int | None:
-        """Spool ``facts`` as one batch and, if given, ``state`` as the saved normalizer state, in one
+    def append(self, facts: Sequence[Fact], state: dict[str, Any] | None = None,
+               entries: dict[str, Any] | None = None) -> int | None:
+        """Spool ``facts`` as one batch and, if given, ``state`` as the saved normalizer state and
+        ``entries`` as state entries (each key's row replaced: see :meth:`load_entries`), in one
         transaction, committed when this returns. Returns the batch's seq (None when ``facts`` is
         empty: then only ``state`` is saved). Raises :class:`SpoolFull` (nothing written) when the
         spool is full under "block"; under "drop-oldest" evicts the oldest batches to fit."""
         payload = encode(facts) if facts else b""
         state_json = None if state is None else json.dumps(state, separators=(",", ":"))
+        entry_rows = [(k, json.dumps(v, separators=(",", ":"))) for k, v in (entries or {}).items()]
         nbytes = len(payload)
         with self._lock:
             self._check_open()
@@ -334,6 +347,8 @@ class Spool:
                     if state_json is not None:
                         db.execute("INSERT OR REPLACE INTO state (id, json, saved_at_ns) VALUES (1, ?, ?)",
                                    (state_json, now_ns))
+                    if entry_rows:
+                        db.executemany("INSERT OR REPLACE INTO state_entries (key, json) VALUES (?, ?)", entry_rows)
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
@@ -466,6 +481,19 @@ class Spool:
         free, page = (self._db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("freelist_count", "page_size"))
         if free * page > _VACUUM_FREE_BYTES:
             self._db.executescript("PRAGMA incremental_vacuum;")  # execute() would free just one page
+
+    def load_entries(self) -> dict[str, Any]:
+        """Every saved state entry, ``{key: value}``, each the last value appended for its key."""
+        with self._lock:
+            self._check_open()
+            try:
+                rows = self._db.execute("SELECT key, json FROM state_entries").fetchall()
+            except sqlite3.Error as e:
+                raise SpoolError(f"spool {self.path}: cannot read the saved state: {e}") from e
+        try:
+            return {str(k): json.loads(v) for k, v in rows}
+        except ValueError as e:
+            raise SpoolError(f"spool {self.path}: the saved state is corrupt: {e}") from e
 
     def load_state(self) -> dict[str, Any] | None:
         """The last saved normalizer state, or None if none was saved."""

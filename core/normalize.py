@@ -98,6 +98,50 @@ class _MachineState:
     resume_ns: int | None = None  # source back after an outage: the next state fact is not earlier
 
 
+def _counter_entry(c: _Counter) -> dict[str, Any]:
+    return {"last": c.last, "restarted": c.restarted, "src_ns": c.src_ns}
+
+
+def _machine_entry(ms: _MachineState) -> dict[str, Any]:
+    last = None
+    if ms.last is not None:
+        last = {"state": ms.last.state, "reason": ms.last.reason, "src_ns": ms.last.src_ns,
+                "time_ns": ms.last.time_ns, "by_reason": ms.last.by_reason}
+    return {"reason": ms.reason, "last_state": last, "product": ms.product, "resume_ns": ms.resume_ns}
+
+
+def snapshot_from_entries(entries: dict[str, Any]) -> dict[str, Any]:
+    """A :meth:`Normalizer.snapshot` from the entries :meth:`Normalizer.changes` returned over
+    time (later values replacing earlier ones per key). ``ValueError`` for a key it cannot read."""
+    counters: dict[str, dict[str, Any]] = {}
+    times: dict[str, dict[str, int]] = {}
+    machines: dict[str, Any] = {}
+    for key, value in entries.items():
+        kind, _, rest = key.partition("/")
+        if kind == "m" and rest:
+            machines[rest] = value
+            continue
+        m, _, sig = rest.partition("/")
+        if not (m and sig) or kind not in ("c", "t"):
+            raise ValueError(f"not a normalizer state entry: {key!r}")
+        (counters if kind == "c" else times).setdefault(m, {})[sig] = value
+    return {"version": SNAPSHOT_VERSION, "counters": counters, "times": times, "machines": machines}
+
+
+def entries_from_snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The entries (as :meth:`Normalizer.changes` names them) of a whole :meth:`Normalizer.snapshot`."""
+    out: dict[str, Any] = {}
+    for m, sigs in snapshot.get("counters", {}).items():
+        for sig, v in sigs.items():
+            out[f"c/{m}/{sig}"] = v
+    for m, sigs in snapshot.get("times", {}).items():
+        for sig, v in sigs.items():
+            out[f"t/{m}/{sig}"] = v
+    for m, v in snapshot.get("machines", {}).items():
+        out[f"m/{m}"] = v
+    return out
+
+
 def _int_like(value: object) -> int | None:
     """An int from an int, an integral float or a numeric string; None when it is none of those."""
     if isinstance(value, bool):
@@ -132,6 +176,7 @@ class Normalizer:
         self._counters: dict[tuple[str, str], _Counter] = {}
         self._times: dict[tuple[str, str], int] = {}
         self._mstate: dict[str, _MachineState] = {}
+        self._dirty: set[str] = set()  # entry keys changed since the last changes() (see there)
 
     # ---- public -------------------------------------------------------------------------
     def feed(self, sample: Sample) -> list[Fact]:
@@ -167,6 +212,7 @@ class Normalizer:
             for name, sig in m.signals.items():
                 if name in COUNTER_SIGNALS and not sig.retentive:
                     self._counters.setdefault((m.id, name), _Counter()).restarted = True
+                    self._dirty.add(f"c/{m.id}/{name}")
 
     def source_offline(self, source_id: str, since: datetime) -> list[Fact]:
         """``source_id`` became unreachable at ``since``: its machines (those with a ``state``
@@ -178,6 +224,7 @@ class Normalizer:
             if STATE_SIGNAL not in m.signals:
                 continue
             ms = self._mstate.setdefault(m.id, _MachineState())
+            self._dirty.add(f"m/{m.id}")
             ms.resume_ns = None
             if ms.last is not None and ms.last.state == OFFLINE:
                 continue
@@ -195,23 +242,43 @@ class Normalizer:
             ms = self._mstate.get(m.id)
             if ms is not None and ms.last is not None and ms.last.state == OFFLINE:
                 ms.resume_ns = at_ns
+                self._dirty.add(f"m/{m.id}")
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state: counter baselines, last fact times, last states, reasons and products."""
         counters: dict[str, dict[str, Any]] = {}
         for (m, s), c in sorted(self._counters.items()):
-            counters.setdefault(m, {})[s] = {"last": c.last, "restarted": c.restarted, "src_ns": c.src_ns}
+            counters.setdefault(m, {})[s] = _counter_entry(c)
         times: dict[str, dict[str, int]] = {}
         for (m, s), t in sorted(self._times.items()):
             times.setdefault(m, {})[s] = t
-        machines: dict[str, Any] = {}
-        for m, ms in sorted(self._mstate.items()):
-            last = None
-            if ms.last is not None:
-                last = {"state": ms.last.state, "reason": ms.last.reason, "src_ns": ms.last.src_ns,
-                        "time_ns": ms.last.time_ns, "by_reason": ms.last.by_reason}
-            machines[m] = {"reason": ms.reason, "last_state": last, "product": ms.product, "resume_ns": ms.resume_ns}
+        machines = {m: _machine_entry(ms) for m, ms in sorted(self._mstate.items())}
         return {"version": SNAPSHOT_VERSION, "counters": counters, "times": times, "machines": machines}
+
+    def changes(self) -> dict[str, Any]:
+        """The state entries changed since the last call, as ``{key: JSON-able value}``: keys
+        ``c/<machine>/<signal>`` (a counter), ``t/<machine>/<signal>`` (the last fact time of a
+        signal), ``m/<machine>`` (state, reason, product). Kept as rows by key (replacing older
+        values), they add up to the whole state: :func:`snapshot_from_entries` turns them into a
+        :meth:`snapshot`. A collector saves these with every spool commit, so what it writes
+        grows with what changed, not with the size of the plant."""
+        out: dict[str, Any] = {}
+        for key in sorted(self._dirty):
+            kind, _, rest = key.partition("/")
+            if kind == "m":
+                ms = self._mstate.get(rest)
+                if ms is not None:
+                    out[key] = _machine_entry(ms)
+                continue
+            m, _, sig = rest.partition("/")
+            if kind == "c":
+                c = self._counters.get((m, sig))
+                if c is not None:
+                    out[key] = _counter_entry(c)
+            elif (m, sig) in self._times:
+                out[key] = self._times[(m, sig)]
+        self._dirty.clear()
+        return out
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`snapshot`; entries for machines no longer in the plant are dropped.
@@ -251,6 +318,7 @@ class Normalizer:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed normalizer snapshot: {e!r}") from None
         self._counters, self._times, self._mstate = counters, times, mstate
+        self._dirty.clear()
 
     # ---- helpers ------------------------------------------------------------------------
     def _known(self, machine: str, signal: str) -> bool:
@@ -261,6 +329,7 @@ class Normalizer:
         prev = self._times.get((machine, signal))
         t = src_ns if prev is None or src_ns > prev else prev + 1
         self._times[(machine, signal)] = t
+        self._dirty.add(f"t/{machine}/{signal}")
         return t
 
     def _counter(self, line: str, machine: str, name: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
@@ -269,6 +338,7 @@ class Normalizer:
         if new is None or new < 0 or new >= 1 << bits:
             raise NormalizeError("bad_value", f"{machine}.{name}: {value!r} is not a {bits}-bit counter value")
         c = self._counters.setdefault((machine, name), _Counter())
+        self._dirty.add(f"c/{machine}/{name}")
         if (c.src_ns is not None and src_ns < c.src_ns and not c.restarted and c.last is not None
                 and not 0 < (new - c.last) % (1 << bits) <= sig.max_step):
             # an older value than the one we have that does not count on from it: a QoS 1
@@ -300,6 +370,7 @@ class Normalizer:
             known = ", ".join(f"{k}: {v}" for k, v in sorted((sig.map or {}).items()))
             raise NormalizeError("unmapped_state", f"{machine}.state: code {code} is not in the map ({known})")
         ms = self._mstate.setdefault(machine, _MachineState())
+        self._dirty.add(f"m/{machine}")
         reason = None if state == "running" else ms.reason
         last = ms.last
         if last is not None and last.state == OFFLINE and state != OFFLINE:
@@ -325,6 +396,7 @@ class Normalizer:
                 raise NormalizeError("bad_value", f"{machine}.reason: {value!r} is not a reason code")
             code = code or None
         ms = self._mstate.setdefault(machine, _MachineState())
+        self._dirty.add(f"m/{machine}")
         ms.reason = code
         last = ms.last
         if last is None or last.state == OFFLINE:
@@ -350,6 +422,7 @@ class Normalizer:
         else:
             code = str(value).strip()
         ms = self._mstate.setdefault(machine, _MachineState())
+        self._dirty.add(f"m/{machine}")
         if ms.product == code:
             return []
         ms.product = code

@@ -145,6 +145,23 @@ def test_state_is_saved_with_the_batch_and_loaded_after_reopen(tmp_path: Path) -
         assert spool.load_state() == {"version": 1, "x": [1, 2.5, "3"]}
 
 
+def test_state_entries_are_replaced_by_key_with_their_batch_and_kept_across_reopen(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=10_000) as spool:
+        assert spool.load_entries() == {}
+        put(spool, counts(3))
+        spool.append(counts(2), entries={"c/m1/good": {"last": 41}, "t/m1/good": 7, "m/m1": {"reason": None}})
+        spool.append(counts(1), entries={"c/m1/good": {"last": 44}})  # only what changed
+        assert spool.load_entries() == {"c/m1/good": {"last": 44}, "t/m1/good": 7, "m/m1": {"reason": None}}
+    # a batch that does not fit ("block") writes nothing: not its entries either
+    with Spool(tmp_path, max_bytes=1) as spool:
+        with pytest.raises(SpoolFull):
+            spool.append(counts(5), entries={"c/m1/good": {"last": 99}})
+        assert spool.load_entries()["c/m1/good"] == {"last": 44}
+        assert spool.append([], entries={"t/m1/good": 8}) is None  # entries alone always fit
+    with Spool(tmp_path) as spool:
+        assert spool.load_entries() == {"c/m1/good": {"last": 44}, "t/m1/good": 8, "m/m1": {"reason": None}}
+
+
 _CHILD = """
 import sys, time
 from collector.spool import Spool

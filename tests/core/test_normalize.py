@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.model import Fact, Sample, to_ns
-from core.normalize import NormalizeError, Normalizer
+from core.normalize import NormalizeError, Normalizer, entries_from_snapshot, snapshot_from_entries
 from core.plant import Plant, parse_plant
 
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
@@ -381,6 +381,36 @@ def test_snapshot_restore_mid_stream_gives_the_same_facts(samples: list[Sample],
     second = Normalizer(plant)
     second.restore(saved)
     assert head + run(second, samples[cut:]) == whole
+
+
+@given(sample_stream(), st.data())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_changes_add_up_to_the_snapshot_and_restore_like_it(samples: list[Sample], data: st.DataObject) -> None:
+    """What a collector saves with each commit (the changed entries, replacing older rows by key)
+    always adds up to the whole snapshot: no change goes unrecorded, outages and restarts included."""
+    plant = make_plant(16, 1000)
+    n = Normalizer(plant)
+    saved: dict[str, Any] = {}
+    events = data.draw(st.lists(st.tuples(st.integers(0, len(samples)),
+                                          st.sampled_from(["offline", "online", "restarted"])), max_size=4))
+    for i, smp in enumerate([*samples, None]):
+        for at_i, what in events:
+            if at_i == i:
+                if what == "offline":
+                    n.source_offline("plc-1", at(i))
+                elif what == "online":
+                    n.source_online("plc-1", at(i))
+                else:
+                    n.source_restarted("plc-1")
+        if smp is not None:
+            n.feed(smp)
+        saved.update(json.loads(json.dumps(n.changes())))  # only JSON survives
+        assert snapshot_from_entries(saved) == n.snapshot()
+    assert n.changes() == {}  # nothing changed since
+    again = Normalizer(plant)
+    again.restore(snapshot_from_entries(saved))
+    assert again.snapshot() == n.snapshot()
+    assert entries_from_snapshot(n.snapshot()) == saved
 
 
 @given(sample_stream())
