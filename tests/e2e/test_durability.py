@@ -44,7 +44,7 @@ from mieruka.status import StatusError, fetch_metrics
 from tests.e2e.plants import fast_plant
 from tests.support.influxd import Influxd, influxd
 from tests.support.ledger import line_totals, ms, read_ledger
-from tests.support.procs import collector_running, interrupt, mieruka, wait_until
+from tests.support.procs import collector_running, counting_everywhere, interrupt, mieruka, wait_until
 from tests.support.services import Mosquitto, free_port, mosquitto
 
 FLUSH_S = 0.5
@@ -178,9 +178,9 @@ async def every_machine_stored(store: Store, plant: Plant, *alive: subprocess.Po
         for p in alive:
             done = p.done() if isinstance(p, asyncio.Task) else p.poll() is not None
             assert not done, (p, [f.read_text(errors="replace")[-3000:] for f in logs if f.exists()])
-        return set(await store.last_times(machines)) == set(machines)
+        return await counting_everywhere(store, machines)
 
-    await wait_until(stored, 60, "a fact from every machine in the store")
+    await wait_until(stored, 60, "a count from every machine in the store")
 
 
 async def wait_for(cond: Callable[[], bool], deadline_s: float, what: str) -> None:

@@ -20,6 +20,7 @@ from tests.support.services import free_port, stop
 
 if TYPE_CHECKING:
     from collector.pipeline import Collector
+    from core.store.base import Store
 
 
 def mieruka(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
@@ -94,3 +95,12 @@ async def collector_running(collector: Collector, *, stop_within_s: float = 60.0
         stop_.set()
         async with asyncio.timeout(stop_within_s):
             await task
+
+
+async def counting_everywhere(store: Store, machines: list[str]) -> bool:
+    """Every machine has a count in the store: its counter baseline (the collector's first reading)
+    lies behind us, so a window chosen from now on counts every part made in it. Any fact is not
+    enough: a source not reachable yet makes ``offline`` facts before its first reading."""
+    now, day = time.time_ns(), 86_400 * 10**9
+    buckets = await store.count_buckets(machines, ["good", "scrap"], now - day, now + day, 2 * day)
+    return {b.machine for b in buckets if b.total > 0} >= set(machines)
