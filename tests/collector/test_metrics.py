@@ -13,26 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.metrics import CollectorMetrics
+from collector.pipeline import CollectorStats
 from collector.sources import SourceStats
-
-
-@dataclass
-class FakeStats:
-    samples_in: int = 0
-    facts_out: int = 0
-    facts_written: int = 0
-    pending: int = 0
-    batches_written: int = 0
-    write_failures: int = 0
-    facts_rejected: int = 0
-    facts_dropped: int = 0
-    restarts: int = 0
-    dead_letters: Counter[str] = field(default_factory=Counter)
-    last_flush: datetime | None = None
-    facts_by_source: Counter[str] = field(default_factory=Counter)
-    store_up: bool = True
-    acks: int = 0
-    offline_facts: int = 0
 
 
 @dataclass
@@ -71,7 +53,7 @@ class FakeSource:
 
 @dataclass
 class FakeCollector:
-    stats: FakeStats | OldStats = field(default_factory=FakeStats)
+    stats: CollectorStats | OldStats = field(default_factory=CollectorStats)
     sources: dict[str, FakeSource] = field(default_factory=dict)
     spool: FakeSpool | None = None
 
@@ -82,7 +64,7 @@ def troubled_collector() -> FakeCollector:
     broker = SourceStats(connected=False, connects=4, connect_failures=7, losses=3, messages=500, samples=480,
                          restarts=1, errors=Counter({"not_json": 5, "wrong_type": 2}))
     return FakeCollector(
-        stats=FakeStats(samples_in=1680, facts_out=900, facts_written=12345, pending=1500, write_failures=17,
+        stats=CollectorStats(samples_in=1680, facts_out=900, facts_written=12345, pending=1500, write_failures=17,
                         facts_rejected=3, facts_dropped=0, dead_letters=Counter({"not_json": 5, "unmapped_state": 1}),
                         last_flush=datetime.now(UTC) - timedelta(minutes=5), store_up=False, acks=470,
                         facts_by_source=Counter({"plc-1": 600, "broker": 300}), offline_facts=2),
@@ -154,7 +136,7 @@ def test_scrape_reads_the_stats_of_the_moment(served: tuple[CollectorMetrics, Fa
     assert value(m, "mieruka_mqtt_acks_total") == 470
 
     # read at scrape time: later changes show in the next scrape
-    assert isinstance(fake.stats, FakeStats) and fake.spool is not None
+    assert isinstance(fake.stats, CollectorStats) and fake.spool is not None
     fake.stats.facts_written += 1500
     fake.stats.store_up = True
     fake.stats.dead_letters["bad_time"] += 1
