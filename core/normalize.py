@@ -23,6 +23,14 @@ Rules (see the design handbook, "Normalize"):
 - **Product**: ``value`` = the product code (str), emitted when it changes.
 - **Gauges** (any other signal): ``value`` = float, ``unit`` from the plant file.
 - Samples of quality ``bad`` make no fact and change no baseline.
+- **Source times** must be sane: not before 2000-01-01 and not more than ``max_clock_ahead_s``
+  (default one hour) ahead of the collector's clock. Any other sample is refused (``bad_time``)
+  before it is stamped, so one PLC with a wrong clock can never move a signal's later facts to
+  its future (keys are kept increasing per signal, see below). A saved state holding a time
+  beyond that bound (from a version without this check) is dropped on restore for the same reason.
+- **Counter steps** must fit the stores' signed 64-bit integers: an increment of 2**63 or more is
+  no production (a 64-bit counter that jumped or was reset to a huge value); the counter is
+  re-baselined on it and the sample refused (``implausible_step``).
 - **Outages**: :meth:`Normalizer.source_offline` makes the machines of an unreachable source
   ``offline`` (one state fact each at the moment of loss); :meth:`Normalizer.source_online`
   records when it came back, and the first state after that is stamped no earlier than the
@@ -39,7 +47,10 @@ this across a collector restart.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -51,19 +62,25 @@ from core.model import (
     STATE_SIGNAL,
     Fact,
     Sample,
+    from_ns,
     to_ns,
 )
 from core.plant import Machine, Plant, Signal
 
+log = logging.getLogger(__name__)
+
 SNAPSHOT_VERSION = 1
 OFFLINE = "offline"
+MIN_SOURCE_NS = 946_684_800 * 1_000_000_000  # 2000-01-01T00:00:00Z: no plant data is older
+DEFAULT_MAX_CLOCK_AHEAD_S = 3600.0
+MAX_INCREMENT = (1 << 63) - 1  # what a signed 64-bit integer (both stores) holds
 
 
 class NormalizeError(Exception):
     """A sample that cannot become a fact.
 
     ``kind`` is one of ``unknown_machine``, ``unknown_signal``, ``bad_value``, ``bad_time``,
-    ``unmapped_state``; ``message`` says which machine, signal and value.
+    ``unmapped_state``, ``implausible_step``; ``message`` says which machine, signal and value.
     """
 
     def __init__(self, kind: str, message: str) -> None:
@@ -142,6 +159,13 @@ def entries_from_snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _iso(ns: int) -> str:
+    try:
+        return from_ns(ns).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return f"{ns} ns since the epoch"
+
+
 def _int_like(value: object) -> int | None:
     """An int from an int, an integral float or a numeric string; None when it is none of those."""
     if isinstance(value, bool):
@@ -167,11 +191,18 @@ def _int_like(value: object) -> int | None:
 class Normalizer:
     """Turns :class:`~core.model.Sample` s into :class:`~core.model.Fact` s for one plant.
 
-    Not thread-safe; one instance per collector pipeline.
+    ``clock`` (epoch ns, default :func:`time.time_ns`) is what "now" is for the source-time
+    check, ``max_clock_ahead_s`` how far ahead of it a source time may be. Not thread-safe; one
+    instance per collector pipeline.
     """
 
-    def __init__(self, plant: Plant) -> None:
+    def __init__(self, plant: Plant, *, clock: Callable[[], int] = time.time_ns,
+                 max_clock_ahead_s: float = DEFAULT_MAX_CLOCK_AHEAD_S) -> None:
+        if not (max_clock_ahead_s >= 0 and math.isfinite(max_clock_ahead_s)):
+            raise ValueError(f"max_clock_ahead_s must be a finite number >= 0, not {max_clock_ahead_s!r}")
         self._plant = plant
+        self._clock = clock
+        self._ahead_ns = int(max_clock_ahead_s * 1_000_000_000)
         self._machines: dict[str, tuple[str, Machine]] = {m.id: (ln.id, m) for ln, m in plant.machines()}
         self._counters: dict[tuple[str, str], _Counter] = {}
         self._times: dict[tuple[str, str], int] = {}
@@ -195,6 +226,9 @@ class Normalizer:
             src_ns = to_ns(sample.time)
         except (ValueError, TypeError, AttributeError) as e:
             raise NormalizeError("bad_time", f"{machine.id}.{sample.signal}: {e}") from None
+        problem = self.time_problem(src_ns)
+        if problem is not None:
+            raise NormalizeError("bad_time", f"{machine.id}.{sample.signal}: source time {problem}")
         name = sample.signal
         if name in COUNTER_SIGNALS:
             return self._counter(line, machine.id, name, sig, sample.value, src_ns)
@@ -205,6 +239,16 @@ class Normalizer:
         if name == PRODUCT_SIGNAL:
             return self._product(line, machine.id, sample.value, src_ns)
         return self._gauge(line, machine.id, name, sig, sample.value, src_ns)
+
+    def time_problem(self, src_ns: int) -> str | None:
+        """Why a source time (epoch ns) is not sane now, or None when it is."""
+        if src_ns < MIN_SOURCE_NS:
+            return f"{_iso(src_ns)} is before 2000-01-01"
+        latest = self._clock() + self._ahead_ns
+        if src_ns > latest:
+            return (f"{_iso(src_ns)} is more than {self._ahead_ns / 1e9:g}s ahead of the collector's clock "
+                    f"({_iso(latest - self._ahead_ns)})")
+        return None
 
     def source_restarted(self, source_id: str) -> None:
         """The PLC behind ``source_id`` restarted: its non-retentive counters now count from 0."""
@@ -317,8 +361,38 @@ class Normalizer:
                                           None if resume is None else int(resume))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed normalizer snapshot: {e!r}") from None
+        dropped = self._drop_future(counters, times, mstate)
         self._counters, self._times, self._mstate = counters, times, mstate
         self._dirty.clear()
+        self._dirty.update(dropped)  # saved again without them with the next commit
+
+    def _drop_future(self, counters: dict[tuple[str, str], _Counter], times: dict[tuple[str, str], int],
+                     mstate: dict[str, _MachineState]) -> set[str]:
+        """Forget the times of a saved state that lie beyond what :meth:`time_problem` accepts now
+        (saved by a version that took any source time): kept, they would stamp every later fact
+        of their signal after them. Returns the entry keys it changed."""
+        latest = self._clock() + self._ahead_ns
+        changed: set[str] = set()
+        for (m, s), t in list(times.items()):
+            if t > latest:
+                del times[(m, s)]
+                changed.add(f"t/{m}/{s}")
+        for (m, s), c in counters.items():
+            if c.src_ns is not None and c.src_ns > latest:
+                c.src_ns = None
+                changed.add(f"c/{m}/{s}")
+        for m, ms in mstate.items():
+            if ms.last is not None and max(ms.last.src_ns, ms.last.time_ns) > latest:
+                ms.last = None  # the next state sample makes a fact, as after a fresh start
+                changed.add(f"m/{m}")
+            if ms.resume_ns is not None and ms.resume_ns > latest:
+                ms.resume_ns = None
+                changed.add(f"m/{m}")
+        if changed:
+            log.warning("saved normalizer state held %d entries with times beyond %s (a bad clock seen by an "
+                        "older version); they are forgotten so later facts keep their own times",
+                        len(changed), _iso(latest))
+        return changed
 
     # ---- helpers ------------------------------------------------------------------------
     def _known(self, machine: str, signal: str) -> bool:
@@ -359,7 +433,19 @@ class Normalizer:
             inc = wrapped if wrapped <= sig.max_step else new
         if inc == 0:
             return []
+        problem = self._implausible(inc)
+        if problem is not None:
+            # the new value is the baseline now (set above): the counts after it are right again
+            raise NormalizeError("implausible_step", f"{machine}.{name}: {old} -> {new} {problem}; "
+                                 "taken as the new baseline, no parts counted")
         return [Fact("count", self._stamp(machine, name, src_ns), line, machine, name, inc)]
+
+    @staticmethod
+    def _implausible(inc: int) -> str | None:
+        """Why an increment cannot be production, or None. (One place for further bounds.)"""
+        if inc > MAX_INCREMENT:
+            return f"is a step of {inc}, more than a signed 64-bit integer holds"
+        return None
 
     def _state(self, line: str, machine: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
         code = _int_like(value)

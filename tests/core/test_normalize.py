@@ -507,3 +507,80 @@ def test_a_state_changed_during_the_outage_keeps_a_time_after_recovery_and_the_o
     # a machine never seen before goes offline too (no data = offline)
     fresh = Normalizer(make_plant())
     assert [f.value for f in fresh.source_offline("plc-2", at(5))] == ["offline"]
+
+
+# ---- hostile input: bad clocks and impossible steps ------------------------------------------------
+
+
+def clock_at(seconds: float) -> Any:
+    return lambda: ns(seconds)
+
+
+def plant64() -> Plant:
+    return make_plant(bits=64)
+
+
+@pytest.mark.parametrize("when", [datetime(9999, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC),
+                                  datetime(1999, 12, 31, 23, 59, tzinfo=UTC), datetime(1970, 1, 1, tzinfo=UTC)])
+def test_insane_source_times_are_bad_time_and_never_move_later_facts(when: datetime) -> None:
+    n = Normalizer(make_plant(), clock=clock_at(100))
+    assert n.feed(s("m1", "good", 10, 1)) == []
+    with pytest.raises(NormalizeError) as e:
+        n.feed(Sample("m1", "good", 11, when))
+    assert e.value.kind == "bad_time"
+    for signal, value in (("temp", 1.5), ("state", 1), ("product", "A")):
+        with pytest.raises(NormalizeError):
+            n.feed(Sample("m1", signal, value, when))
+    # the next valid readings are stored at their own times; the refused one changed no baseline
+    assert [(f.time_ns, f.value) for f in n.feed(s("m1", "good", 12, 2))] == [(ns(2), 2)]
+    assert [f.time_ns for f in n.feed(s("m1", "temp", 1.0, 3))] == [ns(3)]
+    assert [f.time_ns for f in n.feed(s("m1", "state", 1, 4))] == [ns(4)]
+
+
+def test_the_clock_margin_is_configurable() -> None:
+    n = Normalizer(make_plant(), clock=clock_at(0), max_clock_ahead_s=60)
+    assert [f.time_ns for f in n.feed(s("m1", "temp", 1.0, 59))] == [ns(59)]
+    with pytest.raises(NormalizeError, match="ahead of the collector's clock"):
+        n.feed(s("m1", "temp", 2.0, 61))
+    with pytest.raises(ValueError):
+        Normalizer(make_plant(), max_clock_ahead_s=-1)
+
+
+def test_an_increment_beyond_int64_rebaselines_the_counter() -> None:
+    n = Normalizer(plant64(), clock=clock_at(100))
+    n.feed(s("m1", "good", 5, 1))
+    with pytest.raises(NormalizeError) as e:
+        n.feed(s("m1", "good", (1 << 64) - 1, 2))  # a step of 2**64 - 6
+    assert e.value.kind == "implausible_step"
+    # the huge value is the baseline now: a wrap of the 64-bit counter from it is a small step again
+    assert incs(n.feed(s("m1", "good", 4, 3))) == [5]
+    n.feed(s("m1", "good", 0, 4))  # reset to 0: no parts
+    assert incs(n.feed(s("m1", "good", (1 << 63) - 1, 5))) == [(1 << 63) - 1]  # still fits the stores
+    n.feed(s("m1", "good", 0, 6))
+    with pytest.raises(NormalizeError) as e:
+        n.feed(s("m1", "good", 1 << 63, 7))
+    assert e.value.kind == "implausible_step"
+    assert incs(n.feed(s("m1", "good", (1 << 63) + 3, 8))) == [3]
+    with pytest.raises(NormalizeError) as e:
+        n.feed(s("m1", "good", 1 << 64, 9))
+    assert e.value.kind == "bad_value"
+
+
+def test_a_saved_state_from_the_future_does_not_push_later_facts() -> None:
+    old = Normalizer(make_plant(), clock=lambda: to_ns(datetime(2300, 1, 1, tzinfo=UTC)))
+    old.feed(s("m1", "good", 1, 1))
+    far = datetime(2200, 1, 1, tzinfo=UTC)
+    old.feed(Sample("m1", "good", 3, far))  # an older version took any time: last fact at 2200
+    old.feed(Sample("m1", "state", 1, far))
+    old.feed(Sample("m1", "temp", 1.0, far))
+    saved = json.loads(json.dumps(old.snapshot()))
+    n = Normalizer(make_plant(), clock=clock_at(100))
+    n.restore(saved)
+    assert [(f.time_ns, f.value) for f in n.feed(s("m1", "good", 5, 10))] == [(ns(10), 2)]
+    assert [f.time_ns for f in n.feed(s("m1", "temp", 2.0, 11))] == [ns(11)]
+    assert [(f.time_ns, f.value) for f in n.feed(s("m1", "state", 2, 12))] == [(ns(12), "idle")]
+    # what was forgotten is saved again with the next commit
+    restored = Normalizer(make_plant(), clock=clock_at(100))
+    restored.restore(saved)
+    changed = restored.changes()
+    assert changed["c/m1/good"]["src_ns"] is None and "m/m1" in changed
