@@ -6,11 +6,13 @@ checked against the plant file (``core.plant.ID_RE``) before, and backends check
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from core.model import Fact
+from core.plant import ID_RE
 
 
 class StoreError(Exception):
@@ -19,6 +21,67 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached now; the caller may retry later."""
+
+
+class FactRefused(StoreError):
+    """The store cannot hold (some of) the facts written: the data, not the connection or the
+    credentials, is the problem, and writing the same facts again fails the same way. The other
+    facts of the write may or may not have been stored (writes are idempotent by key)."""
+
+
+# What both stores hold: signed 64-bit integers, and InfluxDB's timestamps (int64 ns, its
+# documented range ends one short of each int64 limit: 1677-09-21 .. 2262-04-11).
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+MIN_TIME_NS, MAX_TIME_NS = INT64_MIN + 2, INT64_MAX - 1
+FACT_KINDS = frozenset({"count", "state", "gauge", "product"})
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _text(v: object) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: neither store can encode them
+        return False
+    return True
+
+
+def fact_problem(f: Fact) -> str | None:
+    """Why a fact cannot be held by every store, or None. Both backends refuse such a fact with
+    :class:`FactRefused`, and the importer checks rows with it before it writes anything."""
+    if f.kind not in FACT_KINDS:
+        return f"unknown fact kind {f.kind!r}"
+    for what, v in (("line", f.line), ("machine", f.machine), ("signal", f.signal)):
+        if not isinstance(v, str) or not ID_RE.fullmatch(v):
+            return f"{what} {v!r} is not an identifier"
+    if not _int(f.time_ns) or not MIN_TIME_NS <= f.time_ns <= MAX_TIME_NS:
+        return f"time {f.time_ns!r} ns is outside what the stores hold (int64 ns: 1677 .. 2262)"
+    if f.reason is not None and (not _int(f.reason) or not INT64_MIN <= f.reason <= INT64_MAX):
+        return f"reason {f.reason!r} is not a 64-bit integer"
+    if f.unit is not None and not _text(f.unit):
+        return f"unit {f.unit!r} is not storable text"
+    value = f.value
+    if f.kind == "count":
+        if not isinstance(value, int) or isinstance(value, bool) or not INT64_MIN <= value <= INT64_MAX:
+            return f"count increment {value!r} is not a 64-bit integer"
+    elif f.kind == "gauge":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+            return f"gauge value {value!r} is not a finite number"
+    elif not _text(value):
+        return f"{f.kind} value {value!r} is not storable text"
+    return None
+
+
+def check_facts(facts: Sequence[Fact]) -> None:
+    """Raise :class:`FactRefused` naming the first fact no store can hold."""
+    for f in facts:
+        problem = fact_problem(f)
+        if problem is not None:
+            raise FactRefused(f"fact {f.kind}/{f.machine}/{f.signal} at {f.time_ns!r}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,16 @@ import aiohttp
 
 from core.model import Fact
 from core.store import DATABASE_RE, check_bucket, check_ids
-from core.store.base import CountBucket, GaugeBucket, ProductChange, StateChange, StoreError, StoreUnavailable
+from core.store.base import (
+    CountBucket,
+    FactRefused,
+    GaugeBucket,
+    ProductChange,
+    StateChange,
+    StoreError,
+    StoreUnavailable,
+    check_facts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +243,17 @@ class InfluxStore:
         return out
 
     async def write(self, facts: Sequence[Fact]) -> None:
+        check_facts(facts)  # a point InfluxDB refuses would fail its whole request (400, partial write)
         lines = self.lines(facts)
         params = {"db": self.database, "precision": "ns"}
         for i in range(0, len(lines), self._batch_lines):
             body = "\n".join(lines[i:i + self._batch_lines]).encode()
-            await self._request("POST", "/write", params, data=body)
+            try:
+                await self._request("POST", "/write", params, data=body)
+            except InfluxHttpError as e:
+                if e.status == 400:  # unparsable point, field type conflict, partial write: the data
+                    raise FactRefused(str(e)) from e
+                raise
 
     # ---- reads --------------------------------------------------------------------------
     async def count_buckets(

@@ -21,7 +21,16 @@ from typing import Any, TypeVar
 
 from core.model import Fact
 from core.store import check_bucket, check_ids
-from core.store.base import CountBucket, GaugeBucket, ProductChange, StateChange, StoreError, StoreUnavailable
+from core.store.base import (
+    CountBucket,
+    FactRefused,
+    GaugeBucket,
+    ProductChange,
+    StateChange,
+    StoreError,
+    StoreUnavailable,
+    check_facts,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,6 +140,8 @@ class SqliteStore:
         msg = str(e)
         if isinstance(e, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg or "unable to open" in msg):
             return StoreUnavailable(f"SQLite store {self.path} is busy or unreachable: {msg}")
+        if isinstance(e, sqlite3.IntegrityError | sqlite3.DataError):
+            return FactRefused(f"SQLite store {self.path} refused a fact: {msg}")
         return StoreError(f"SQLite store {self.path}: {msg}")
 
     async def _run(self, write: bool, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -160,6 +171,7 @@ class SqliteStore:
 
     # ---- writes -------------------------------------------------------------------------
     async def write(self, facts: Sequence[Fact]) -> None:
+        check_facts(facts)  # what SQLite would take but InfluxDB would not is refused here too
         counts: list[tuple[object, ...]] = []
         states: list[tuple[object, ...]] = []
         gauges: list[tuple[object, ...]] = []
@@ -201,7 +213,12 @@ class SqliteStore:
                 raise
             conn.execute("COMMIT")
 
-        await self._run(True, _write)
+        try:
+            await self._run(True, _write)
+        except (OverflowError, ValueError, TypeError) as e:
+            # the sqlite3 module refuses a Python value before SQLite sees it (e.g. an int beyond
+            # int64): the data is the problem, and the transaction was rolled back
+            raise FactRefused(f"SQLite store {self.path} cannot hold a fact of this batch: {e}") from e
 
     # ---- reads --------------------------------------------------------------------------
     async def count_buckets(

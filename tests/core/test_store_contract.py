@@ -32,6 +32,7 @@ from core.store import (
     StoreUnavailable,
     open_store,
 )
+from core.store.base import MAX_TIME_NS, FactRefused, fact_problem
 from core.store.influx import InfluxStore
 from core.store.sqlite import SqliteStore
 from tests.support.influxd import Influxd
@@ -663,3 +664,32 @@ async def test_influx_batches_writes_and_maps_errors(monkeypatch: pytest.MonkeyP
             assert not isinstance(e.value, StoreUnavailable) and "field type conflict" in str(e.value)
         finally:
             await st.close()
+
+
+# ---- facts no store can hold: refused as data (FactRefused), never OverflowError/ValueError ----------
+
+
+@pytest.mark.parametrize("bad", [
+    Fact("count", (1 << 63) - 1, "l1", "m1", "good", 1),  # past 2262-04-11
+    Fact("count", 253_402_214_400 * 10**9, "l1", "m1", "good", 1),  # year 9999
+    Fact("count", T, "l1", "m1", "good", 1 << 63),  # beyond int64
+    Fact("count", T, "l1", "m1", "good", 1.5),
+    Fact("gauge", T, "l1", "m1", "temp", float("nan")),
+    Fact("state", T, "l1", "m1", "state", "running", reason=1 << 64),
+    Fact("product", T, "l1", "m1", "product", "bad\ud800"),  # a lone surrogate
+])
+async def test_a_fact_the_stores_cannot_hold_is_refused_and_nothing_of_its_batch_crashes(
+        store: Store, bad: Fact) -> None:
+    assert fact_problem(bad) is not None
+    with pytest.raises(FactRefused):
+        await store.write([count(T + S, 3), bad])
+    await store.write([count(T + 2 * S, 4)])  # the store goes on
+    got = sums(await store.count_buckets(["m1"], ["good"], T, T + 60 * S, 60 * S))
+    assert got.get((T, "m1", "good"), 0) in (4, 7)  # the good fact of the refused batch: maybe, never twice
+
+
+def test_fact_problem_accepts_what_the_stores_hold() -> None:
+    for f in (count(T, (1 << 63) - 1), Fact("gauge", T, "l1", "m1", "t", 1),
+              Fact("state", 0, "l1", "m1", "state", "idle", 7),
+              Fact("product", MAX_TIME_NS, "l1", "m1", "product", "P-1")):
+        assert fact_problem(f) is None, f
