@@ -8,7 +8,10 @@ Two passes, so a bad file stores nothing:
 
 1. every row is parsed and checked against the plant (known machine and signal, a value of the
    right type for the signal, a state code in the map, time not going backwards for its signal)
-   and dry-run through a throwaway normalizer; bad rows are collected with their line numbers;
+   and dry-run through a throwaway normalizer with the collector's checks (source time from 2000
+   to ``max_clock_ahead_s`` past now, counter steps that fit 64 bits), and every fact it makes
+   through the stores' own fact check: a row that would fail at write time fails here, before
+   anything is written. Bad rows are collected with their line numbers;
 2. if there are bad rows and not ``skip_bad``, :class:`ImportRejected` is raised and nothing is
    written; otherwise the good rows go through a fresh :class:`~core.normalize.Normalizer` and
    ``store.write`` in batches.
@@ -23,16 +26,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from collector.sources import BadValue, coerce_value, signal_kind
 from core.model import Fact, Sample
-from core.normalize import NormalizeError, Normalizer
+from core.normalize import DEFAULT_MAX_CLOCK_AHEAD_S, NormalizeError, Normalizer
 from core.plant import Plant
-from core.store.base import Store
+from core.store.base import Store, fact_problem
 
 HEADER = ("time", "machine", "signal", "value")
 SOURCE = "import"
@@ -61,35 +65,44 @@ class ImportFileError(ValueError):
 
 
 async def import_samples(
-    plant: Plant, store: Store, path: Path, *, skip_bad: bool = False, batch_size: int = 5000
+    plant: Plant, store: Store, path: Path, *, skip_bad: bool = False, batch_size: int = 5000,
+    max_clock_ahead_s: float = DEFAULT_MAX_CLOCK_AHEAD_S, clock: Callable[[], int] = time.time_ns,
 ) -> ImportReport:
     """Validate then import ``path``; see the module docstring. Raises :class:`ImportRejected`
     (nothing stored) or :class:`ImportFileError`."""
     path = Path(path)
     report = ImportReport()
     bad: set[int] = set()
-    check = _Checker(plant)
+    fed: set[int] = set()  # bad rows the dry run fed to its normalizer (they may have moved a baseline)
+    # one "now" for both passes, so they judge every row alike
+    now = clock()
+    check = _Checker(plant, lambda: now, max_clock_ahead_s)
     for line_no, sample, error in _rows(path, plant):
         report.rows += 1
         if error is None:
             assert sample is not None
-            error = check(sample)
+            error, was_fed = check(sample)
+            if error is not None and was_fed:
+                fed.add(line_no)
         if error is not None:
             report.skipped.append((line_no, error))
             bad.add(line_no)
     if report.skipped and not skip_bad:
         raise ImportRejected(report)
 
-    normalizer = Normalizer(plant)
+    normalizer = Normalizer(plant, clock=lambda: now, max_clock_ahead_s=max_clock_ahead_s)
     batch: list[Fact] = []
     for line_no, sample, _ in _rows(path, plant):
-        if line_no in bad or sample is None:
+        if sample is None or (line_no in bad and line_no not in fed):
             continue
         try:
             facts = normalizer.feed(sample)
-        except NormalizeError as e:  # cannot happen after the dry run; keep the report honest if it does
-            report.skipped.append((line_no, e.message))
+        except Exception as e:
+            if line_no not in bad:  # cannot happen after the dry run; keep the report honest if it does
+                report.skipped.append((line_no, str(e)))
             continue
+        if line_no in bad:
+            continue  # fed as in the dry run (same baselines), but its facts are not stored
         report.imported += 1
         batch.extend(facts)
         if len(batch) >= batch_size:
@@ -104,25 +117,33 @@ async def import_samples(
 
 
 class _Checker:
-    """Pass-1 checks that need history: time order per signal, and a dry-run normalizer."""
+    """Pass-1 checks that need history: time order per signal, a dry-run normalizer, and the
+    stores' check of every fact it makes."""
 
-    def __init__(self, plant: Plant) -> None:
-        self._dry = Normalizer(plant)
+    def __init__(self, plant: Plant, clock: Callable[[], int], max_clock_ahead_s: float) -> None:
+        self._dry = Normalizer(plant, clock=clock, max_clock_ahead_s=max_clock_ahead_s)
         self._last: dict[tuple[str, str], datetime] = {}
 
-    def __call__(self, s: Sample) -> str | None:
+    def __call__(self, s: Sample) -> tuple[str | None, bool]:
+        """(why the row is bad or None, whether it went through the dry-run normalizer)."""
         key = (s.machine, s.signal)
         prev = self._last.get(key)
         if prev is not None and s.time < prev:
             # counters become increments in row order: rows out of order would count garbage
             return (f"time {s.time.isoformat()} goes back before {prev.isoformat()} "
-                    f"of the previous {s.machine}.{s.signal} row")
+                    f"of the previous {s.machine}.{s.signal} row"), False
         try:
-            self._dry.feed(s)
+            facts = self._dry.feed(s)
         except NormalizeError as e:
-            return e.message
+            return e.message, True
+        except Exception as e:  # a row nobody foresaw is a bad row, not a traceback
+            return f"{s.machine}.{s.signal}: cannot be normalized: {type(e).__name__}: {e}", True
+        for f in facts:
+            problem = fact_problem(f)
+            if problem is not None:
+                return f"{s.machine}.{s.signal}: no store can hold its fact: {problem}", True
         self._last[key] = s.time
-        return None
+        return None, False
 
 
 def _rows(path: Path, plant: Plant) -> Iterator[tuple[int, Sample | None, str | None]]:

@@ -38,10 +38,10 @@ Store and facts
   unavailable (each retry counts).
 - ``mieruka_store_write_seconds`` (histogram, label ``result``: ``ok`` or ``error``): time of
   each store write attempt.
-- ``mieruka_facts_rejected_total``: facts in batches the store refused outright (dropped).
+- ``mieruka_facts_rejected_total``: facts the store refused (it cannot hold them); each is set
+  aside in the spool's quarantine, not lost (see ``mieruka_spool_quarantined_facts``).
 - ``mieruka_facts_dropped_total`` (label ``reason``): facts given up, by why: ``spool_full``
-  (the spool's ``dropped_facts``), ``store_rejected`` (the same facts as
-  ``mieruka_facts_rejected_total``), ``shutdown`` (the collector's ``facts_dropped``: pending
+  (the spool's ``dropped_facts``), ``shutdown`` (the collector's ``facts_dropped``: pending
   facts left unwritten at stop).
 - ``mieruka_offline_facts_total``: ``offline`` state facts the collector made because a source
   was unreachable.
@@ -54,6 +54,8 @@ Spool (only when the collector has one)
 - ``mieruka_spool_bytes``: bytes the spool takes on disk.
 - ``mieruka_spool_max_bytes``: the spool's size limit.
 - ``mieruka_spool_oldest_age_seconds``: age of the oldest spooled fact; 0 when empty.
+- ``mieruka_spool_quarantined_facts``: facts the store refused, kept in the spool's quarantine
+  until ``mieruka spool retry-quarantine`` queues them again.
 
 Input and acknowledgements
 
@@ -167,12 +169,11 @@ class _StatsCollector(_PromCollector):
                                   "Store write attempts that failed because the store was unavailable.",
                                   value=_num(stats, "write_failures"))
         yield CounterMetricFamily("mieruka_facts_rejected_total",
-                                  "Facts in batches the store refused outright (dropped).",
+                                  "Facts the store refused, set aside in the spool's quarantine.",
                                   value=_num(stats, "facts_rejected"))
         spool = getattr(c, "spool", None)
         dropped = CounterMetricFamily("mieruka_facts_dropped_total", "Facts given up, by reason.", labels=["reason"])
         dropped.add_metric(["spool_full"], _num(spool.stats, "dropped_facts") if spool is not None else 0.0)
-        dropped.add_metric(["store_rejected"], _num(stats, "facts_rejected"))
         dropped.add_metric(["shutdown"], _num(stats, "facts_dropped"))
         yield dropped
         yield CounterMetricFamily("mieruka_offline_facts_total",
@@ -193,6 +194,9 @@ class _StatsCollector(_PromCollector):
         age = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest is not None else 0.0
         yield GaugeMetricFamily("mieruka_spool_oldest_age_seconds",
                                 "Age of the oldest spooled fact in seconds; 0 when the spool is empty.", value=age)
+        yield GaugeMetricFamily("mieruka_spool_quarantined_facts",
+                                "Facts the store refused, kept in the spool's quarantine.",
+                                value=_num(s, "quarantined"))
 
 
 class CollectorMetrics:

@@ -59,9 +59,15 @@ from collector.sources import (
 )
 from collector.spool import SpoolFull, SpoolStats
 from core.model import Fact, Sample
-from core.normalize import NormalizeError, Normalizer, entries_from_snapshot, snapshot_from_entries
+from core.normalize import (
+    DEFAULT_MAX_CLOCK_AHEAD_S,
+    NormalizeError,
+    Normalizer,
+    entries_from_snapshot,
+    snapshot_from_entries,
+)
 from core.plant import Plant
-from core.store.base import Store, StoreError, StoreUnavailable
+from core.store.base import FactRefused, Store, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +89,7 @@ class CollectorStats:
     batches_written: int = 0
     write_failures: int = 0  # store.write attempts that raised StoreUnavailable
     store_up: bool = True  # the last write attempt succeeded (or none failed yet)
-    facts_rejected: int = 0  # facts in batches the store refused outright (StoreError): dead-lettered
+    facts_rejected: int = 0  # facts the store refused (FactRefused): set aside in the spool's quarantine
     facts_dropped: int = 0  # facts lost: memory spool not drained at shutdown
     acks: int = 0  # upstream messages acknowledged after their facts were durable (all sources)
     commits: int = 0  # spool commits
@@ -105,7 +111,7 @@ class SpoolLike(Protocol):
 
     def peek(self, max_facts: int) -> list[tuple[int, list[Fact]]]: ...
 
-    def confirm(self, upto_seq: int) -> None: ...
+    def confirm(self, upto_seq: int, quarantine: Sequence[tuple[Fact, str]] = ()) -> None: ...
 
     def load_entries(self) -> dict[str, Any]: ...
 
@@ -119,6 +125,7 @@ class MemorySpool:
         self._batches: deque[tuple[int, list[Fact], datetime]] = deque()
         self._seq = 0
         self._entries: dict[str, Any] = {}
+        self.quarantine: list[tuple[Fact, str]] = []  # refused by the store; gone with the process
         self._stats = SpoolStats(facts=0, batches=0, bytes=0, max_bytes=0, oldest_spooled_at=None)
 
     @property
@@ -148,7 +155,10 @@ class MemorySpool:
             n += len(facts)
         return out
 
-    def confirm(self, upto_seq: int) -> None:
+    def confirm(self, upto_seq: int, quarantine: Sequence[tuple[Fact, str]] = ()) -> None:
+        self.quarantine.extend(quarantine)
+        self._stats.quarantined += len(quarantine)
+        self._stats.quarantined_total += len(quarantine)
         while self._batches and self._batches[0][0] <= upto_seq:
             _, facts, _ = self._batches.popleft()
             self._stats.facts -= len(facts)
@@ -215,7 +225,8 @@ class Collector:
     The normalizer continues from the state saved in the spool (or ``normalizer_state``, a
     :meth:`Normalizer.snapshot`, when given). ``sources`` replaces the sources built from the
     plant (a test seam). ``dead_letters`` receives refused input with its reason and raw bytes.
-    ``on_write(seconds, ok)`` is called after every store write attempt (metrics)."""
+    ``on_write(seconds, ok)`` is called after every store write attempt (metrics). Source times
+    more than ``max_clock_ahead_s`` ahead of ``clock`` (epoch ns) are refused (``bad_time``)."""
 
     def __init__(
         self,
@@ -236,6 +247,8 @@ class Collector:
         sources: Sequence[SampleSource] | None = None,
         dead_letters: DeadLetterSink | None = None,
         on_write: Callable[[float, bool], None] | None = None,
+        max_clock_ahead_s: float = DEFAULT_MAX_CLOCK_AHEAD_S,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -252,7 +265,7 @@ class Collector:
         self.drain_timeout_s = drain_timeout_s
         self.dead_letters = dead_letters
         self.on_write = on_write
-        self.normalizer = Normalizer(plant)
+        self.normalizer = Normalizer(plant, clock=clock, max_clock_ahead_s=max_clock_ahead_s)
         self._start_times: dict[str, datetime] = {}
         self._full_state_due = False  # the next commit saves the whole state, not just its changes
         saved = self.spool.load_entries() if normalizer_state is None else {}
@@ -380,13 +393,20 @@ class Collector:
         self.stats.samples_in += 1
         try:
             facts = feed(sample)
-        except NormalizeError as e:
+        except Exception as e:
+            # one sample nobody foresaw (or a bug it triggers) costs that sample, never the collector:
+            # the broker would re-deliver it to every restart
+            if isinstance(e, NormalizeError):
+                kind, message = e.kind, e.message
+            else:
+                kind, message = "normalize_failed", f"{sample.machine}.{sample.signal}: {type(e).__name__}: {e}"
+                log.debug("normalizer failed on %r", sample, exc_info=True)
             if self.dead_letters is not None:
-                self.dead_letters.record(e.kind, e.message, source=sample.source,
+                self.dead_letters.record(kind, message, source=sample.source,
                                          raw=f"{sample.machine},{sample.signal},{sample.value!r},"
                                              f"{sample.time.isoformat()}")
             else:
-                self._dead(e.kind, "dropping sample from %s: %s", sample.source or "?", e.message)
+                self._dead(kind, "dropping sample from %s: %s", sample.source or "?", message)
         else:
             if facts:
                 self._enqueue(sample.source, facts)
@@ -503,11 +523,12 @@ class Collector:
                 head = await asyncio.to_thread(self.spool.peek, 1)
                 return bool(head) and head[0][0] <= first_seq
 
+            refused: list[tuple[Fact, str]] = []
             try:
                 # one spool batch (a group commit) may hold more than batch_size facts
                 written = True
                 for i in range(0, len(facts), self.batch_size):
-                    if not await self._write(facts[i:i + self.batch_size], still_spooled):
+                    if not await self._write_isolating(facts[i:i + self.batch_size], refused, still_spooled):
                         written = False
                         break
                 if not written:
@@ -524,9 +545,33 @@ class Collector:
                               self.drain_timeout_s, left)
                 self._progress.set()
                 return
-            await asyncio.to_thread(self.spool.confirm, batches[-1][0])
+            await asyncio.to_thread(self.spool.confirm, batches[-1][0], refused)
+            if refused:
+                self.stats.facts_rejected += len(refused)
+                log.error("store refused %d facts (first: %s); they are in the spool's quarantine (%d there now), "
+                          "the others are written", len(refused), refused[0][1], self.spool.stats.quarantined)
             self._sync_pending()
             self._progress.set()
+
+    async def _write_isolating(self, batch: list[Fact], refused: list[tuple[Fact, str]],
+                               still_wanted: Callable[[], Awaitable[bool]] | None) -> bool:
+        """Write ``batch``; when the store refuses it (:class:`FactRefused`), halve it until the
+        refused facts are alone and add those to ``refused``. Writes are idempotent by key, so
+        writing again the half that had been fine costs a request, never a double count. False
+        as :meth:`_write`."""
+        parts = [batch]
+        while parts:
+            part = parts.pop()
+            try:
+                if not await self._write(part, still_wanted):
+                    return False
+            except FactRefused as e:
+                if len(part) == 1:
+                    refused.append((part[0], str(e)))
+                else:
+                    mid = len(part) // 2
+                    parts += [part[mid:], part[:mid]]  # first half first
+        return True
 
     async def _write(self, batch: list[Fact], still_wanted: Callable[[], Awaitable[bool]] | None = None) -> bool:
         """Write ``batch``, retrying while the store is unavailable; False if ``still_wanted``
@@ -536,33 +581,31 @@ class Collector:
             t0 = time.perf_counter()
             try:
                 await self.store.write(batch)
-            except StoreUnavailable as e:
+            except FactRefused:
+                if self.on_write is not None:
+                    self.on_write(time.perf_counter() - t0, False)
+                raise
+            except StoreError as e:
+                # unavailable, or another failure that is not about these facts (credentials, a
+                # missing database, a broken file): retrying is all we can do, and nothing is lost
                 if self.on_write is not None:
                     self.on_write(time.perf_counter() - t0, False)
                 self.stats.write_failures += 1
                 self._progress.set()
                 if self.stats.store_up:
                     self.stats.store_up = False
-                    log.warning("store unavailable (%s); %d facts wait in the spool, retrying", e, self.stats.pending)
+                    if isinstance(e, StoreUnavailable):
+                        log.warning("store unavailable (%s); %d facts wait in the spool, retrying", e,
+                                    self.stats.pending)
+                    else:
+                        log.error("store failed the write (%s); %d facts wait in the spool, retrying", e,
+                                  self.stats.pending)
                 if self._closing and time.monotonic() >= self._give_up_at:
                     raise _GiveUp from e
                 await asyncio.sleep(backoff.next())
                 if still_wanted is not None and not await still_wanted():
                     return False
                 continue
-            except StoreError as e:
-                # not a connectivity problem: retrying the same batch would fail forever
-                if self.on_write is not None:
-                    self.on_write(time.perf_counter() - t0, False)
-                self.stats.facts_rejected += len(batch)
-                log.error("store refused a batch of %d facts: %s; they go to the dead letters", len(batch), e)
-                if self.dead_letters is not None:
-                    from collector.spool import encode
-
-                    self.dead_letters.record("store_rejected", str(e), raw=encode(batch))
-                else:
-                    self.stats.dead_letters["store_rejected"] += 1
-                return True
             if self.on_write is not None:
                 self.on_write(time.perf_counter() - t0, True)
             if not self.stats.store_up:

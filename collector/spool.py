@@ -20,6 +20,11 @@ as a mieruka spool, ``user_version`` is the schema version):
   fact times, last states, ...): an append replaces the rows it names, so a commit writes what
   changed since the last one, not the whole state (:meth:`Spool.load_entries`).
 - ``state(id = 1, json, saved_at_ns)``: a whole state as one JSON object (:meth:`Spool.save_state`).
+- ``quarantine(id, quarantined_at_ns, reason, payload)``: facts the store refused (one row each,
+  ``payload`` as in ``batches``), set aside by :meth:`Spool.confirm` in the same transaction
+  that deletes their batches, so they never block the facts behind them and are never lost;
+  :meth:`Spool.requeue_quarantine` moves them back into the queue (``mieruka spool
+  retry-quarantine``, run while the collector is stopped).
   :meth:`Spool.append` writes a batch and the state (or entries) that produced it in **one transaction**, so
   after any crash the saved state matches exactly the facts in the spool (or already confirmed).
 
@@ -114,6 +119,13 @@ CREATE TABLE state (
     saved_at_ns INTEGER NOT NULL
 );
 """
+# added after schema version 1 shipped: created on open when missing (same schema version)
+_QUARANTINE = """CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    quarantined_at_ns INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    payload BLOB NOT NULL
+)"""
 
 
 class SpoolError(Exception):
@@ -138,6 +150,8 @@ class SpoolStats:
     dropped_facts: int = 0  # since open, by the drop-oldest policy
     dropped_batches: int = 0
     full_events: int = 0  # times append() found the spool full (either policy)
+    quarantined: int = 0  # facts in the quarantine now (refused by the store)
+    quarantined_total: int = 0  # facts quarantined since open
 
 
 def encode(facts: Sequence[Fact]) -> bytes:
@@ -255,6 +269,7 @@ class Spool:
                 # spools made before the entries table existed (same schema version otherwise)
                 db.execute("CREATE TABLE IF NOT EXISTS state_entries (key TEXT PRIMARY KEY, json TEXT NOT NULL) "
                            "WITHOUT ROWID")
+            db.execute(_QUARANTINE)
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SpoolError(f"spool file {self.path}: cannot use WAL journal mode (got {mode})")
@@ -275,11 +290,12 @@ class Spool:
             batches, facts, nbytes = self._db.execute(
                 "SELECT count(*), coalesce(sum(facts), 0), coalesce(sum(nbytes), 0) FROM batches").fetchone()
             oldest = self._oldest()
+            quarantined = self._db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
         except sqlite3.Error as e:
             raise SpoolError(f"{self.path} is not a usable mieruka spool (corrupt: {e}); move it away or "
                              "choose another spool directory") from e
         return SpoolStats(facts=int(facts), batches=int(batches), bytes=int(nbytes), max_bytes=self.max_bytes,
-                          oldest_spooled_at=oldest)
+                          oldest_spooled_at=oldest, quarantined=int(quarantined))
 
     def _oldest(self) -> datetime | None:
         row = self._db.execute("SELECT spooled_at_ns FROM batches ORDER BY seq LIMIT 1").fetchone()
@@ -446,8 +462,11 @@ class Spool:
                 raise SpoolError(f"spool {self.path}: peek failed: {e}") from e
         return out
 
-    def confirm(self, upto_seq: int) -> None:
-        """The store confirmed every batch up to and including ``upto_seq``: delete them."""
+    def confirm(self, upto_seq: int, quarantine: Sequence[tuple[Fact, str]] = ()) -> None:
+        """The store confirmed every batch up to and including ``upto_seq``: delete them; the facts
+        of ``quarantine`` (fact, why the store refused it), which are among them, go to the
+        quarantine in the same transaction."""
+        rows = [(time.time_ns(), reason, encode([f])) for f, reason in quarantine]
         with self._lock:
             self._check_open()
             st = self._stats
@@ -460,6 +479,9 @@ class Spool:
                         "WHERE seq <= ?", (upto_seq,)).fetchone()
                     if batches:
                         db.execute("DELETE FROM batches WHERE seq <= ?", (upto_seq,))
+                    if batches and rows:
+                        db.executemany("INSERT INTO quarantine (quarantined_at_ns, reason, payload) VALUES (?, ?, ?)",
+                                       rows)
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
@@ -467,6 +489,9 @@ class Spool:
                     raise
                 if not batches:
                     return
+                if rows:
+                    st.quarantined += len(rows)
+                    st.quarantined_total += len(rows)
                 st.facts -= facts
                 st.batches -= batches
                 st.bytes -= nbytes
@@ -476,6 +501,58 @@ class Spool:
                     self._maybe_vacuum()
             except sqlite3.Error as e:
                 raise SpoolError(f"spool {self.path}: confirm failed: {e}") from e
+
+    def quarantined(self, limit: int | None = None) -> list[tuple[int, datetime, str, Fact]]:
+        """The quarantined facts, oldest first, as ``(id, when, reason, fact)``."""
+        with self._lock:
+            self._check_open()
+            try:
+                rows = self._db.execute("SELECT id, quarantined_at_ns, reason, payload FROM quarantine ORDER BY id "
+                                        "LIMIT ?", (-1 if limit is None else limit,)).fetchall()
+            except sqlite3.Error as e:
+                raise SpoolError(f"spool {self.path}: cannot read the quarantine: {e}") from e
+        try:
+            return [(int(i), from_ns(int(t)), str(r), decode(p)[0]) for i, t, r, p in rows]
+        except (ValueError, TypeError, IndexError) as e:
+            raise SpoolError(f"spool {self.path}: the quarantine is corrupt: {e}") from e
+
+    def requeue_quarantine(self) -> int:
+        """Move every quarantined fact back into the queue (one new batch, in one transaction), for
+        the store to try again; returns how many. Meant for a spool no collector runs on (the
+        directory lock makes sure of that)."""
+        with self._lock:
+            self._check_open()
+            db = self._db
+            try:
+                rows = db.execute("SELECT id, payload FROM quarantine ORDER BY id").fetchall()
+                if not rows:
+                    return 0
+                facts = [f for _, p in rows for f in decode(p)]
+                payload = encode(facts)
+                now_ns = time.time_ns()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute("INSERT INTO batches (spooled_at_ns, facts, nbytes, payload) VALUES (?, ?, ?, ?)",
+                               (now_ns, len(facts), len(payload), payload))
+                    db.execute("DELETE FROM quarantine WHERE id <= ?", (rows[-1][0],))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.rollback()
+                    raise
+            except (ValueError, TypeError) as e:
+                raise SpoolError(f"spool {self.path}: the quarantine is corrupt: {e}") from e
+            except sqlite3.Error as e:
+                raise SpoolError(f"spool {self.path}: cannot requeue the quarantine: {e}") from e
+            st = self._stats
+            if st.batches == 0:
+                st.oldest_spooled_at = from_ns(now_ns)
+            st.facts += len(facts)
+            st.batches += 1
+            st.bytes += len(payload)
+            st.quarantined = 0
+            log.info("spool %s: %d quarantined facts queued again for the store", self.path, len(facts))
+            return len(facts)
 
     def _maybe_vacuum(self) -> None:
         free, page = (self._db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("freelist_count", "page_size"))

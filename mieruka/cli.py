@@ -135,6 +135,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         raise BadInput(f"{args.plant}: {e}") from None
     if args.spool_max_mb <= 0:
         raise BadInput(f"--spool-max-mb must be positive, got {args.spool_max_mb}")
+    _check_clock_ahead(args.max_clock_ahead_s)
     store = _open_store_url(args.store)
     spool_dir = Path(args.spool_dir)
     dead_path = Path(args.dead_letters) if args.dead_letters else spool_dir / "dead-letters.jsonl"
@@ -151,7 +152,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         metrics: CollectorMetrics | None = None
         try:
             collector = Collector(plant, store, spool=spool, lines=lines, client_id=args.client_id,
-                                  dead_letters=dead, batch_size=args.batch_size, flush_interval_s=args.flush_interval)
+                                  dead_letters=dead, batch_size=args.batch_size, flush_interval_s=args.flush_interval,
+                                  max_clock_ahead_s=args.max_clock_ahead_s)
             if args.metrics_port is not None:
                 metrics = CollectorMetrics(collector)
                 collector.on_write = metrics.observe_write
@@ -180,6 +182,44 @@ def cmd_collect(args: argparse.Namespace) -> int:
         spool.close()
 
 
+def _check_clock_ahead(seconds: float) -> None:
+    if not (seconds >= 0 and seconds != float("inf")):
+        raise BadInput(f"--max-clock-ahead-s must be a number of seconds >= 0, got {seconds}")
+
+
+def cmd_spool_retry_quarantine(args: argparse.Namespace) -> int:
+    from collector.spool import Spool, SpoolError
+
+    spool_dir = Path(args.spool_dir)
+    if not (spool_dir / "spool.sqlite3").exists():
+        raise BadInput(f"--spool-dir {spool_dir}: no spool there")
+    try:
+        with Spool(spool_dir) as spool:  # takes the directory lock: refused while a collector runs on it
+            n = spool.requeue_quarantine()
+    except SpoolError as e:
+        raise BadInput(f"--spool-dir: {e}") from None
+    print(f"{n} quarantined facts queued again; the next mieruka collect on {spool_dir} writes them "
+          "(facts the store refuses again go back to the quarantine)")
+    return EXIT_OK
+
+
+def cmd_spool_show_quarantine(args: argparse.Namespace) -> int:
+    from collector.spool import Spool, SpoolError
+
+    spool_dir = Path(args.spool_dir)
+    if not (spool_dir / "spool.sqlite3").exists():
+        raise BadInput(f"--spool-dir {spool_dir}: no spool there")
+    try:
+        with Spool(spool_dir) as spool:
+            rows = spool.quarantined()
+    except SpoolError as e:
+        raise BadInput(f"--spool-dir: {e}") from None
+    for _, when, reason, f in rows:
+        print(f"{when.isoformat(timespec='seconds')}  {f.key}  value={f.value!r}  {reason}")
+    print(f"{len(rows)} quarantined facts")
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from mieruka.status import DEFAULT_METRICS_URL, run_status
 
@@ -203,11 +243,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     path = Path(args.samples)
     if not path.exists():
         raise BadInput(f"{path}: no such file")
+    _check_clock_ahead(args.max_clock_ahead_s)
 
     async def main() -> int:
         await store.open()
         try:
-            report = await import_samples(plant, store, path, skip_bad=args.skip_bad)
+            report = await import_samples(plant, store, path, skip_bad=args.skip_bad,
+                                          max_clock_ahead_s=args.max_clock_ahead_s)
         except ImportFileError as e:
             print(f"{path}: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -361,7 +403,20 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--batch-size", type=int, default=5000, help="facts per store write (default 5000)")
     co.add_argument("--flush-interval", type=float, default=1.0, metavar="S",
                     help="write at least this often when facts wait (default 1 s)")
+    co.add_argument("--max-clock-ahead-s", type=float, default=3600.0, metavar="S",
+                    help="refuse source times more than S seconds ahead of this computer's clock, as dead letters "
+                         "of kind bad_time (default 3600); times before 2000 are always refused")
     co.set_defaults(func=cmd_collect)
+
+    sp = sub.add_parser("spool", help="look after a collector's spool (while that collector is stopped)")
+    spsub = sp.add_subparsers(dest="spool_command", required=True)
+    rq = spsub.add_parser("retry-quarantine", help="queue the facts the store refused again, for the next "
+                                                   "mieruka collect to write")
+    rq.add_argument("--spool-dir", required=True, metavar="DIR")
+    rq.set_defaults(func=cmd_spool_retry_quarantine)
+    sq = spsub.add_parser("show-quarantine", help="list the facts the store refused, with its reasons")
+    sq.add_argument("--spool-dir", required=True, metavar="DIR")
+    sq.set_defaults(func=cmd_spool_show_quarantine)
 
     st = sub.add_parser("status", help="what a running collector is doing, from its metrics")
     st.add_argument("--metrics", default=None, metavar="URL",
@@ -372,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--plant", required=True)
     im.add_argument("--store", required=True)
     im.add_argument("--skip-bad", action="store_true", help="import the good rows even if some are bad")
+    im.add_argument("--max-clock-ahead-s", type=float, default=3600.0, metavar="S",
+                    help="rows more than S seconds ahead of this computer's clock are bad (default 3600)")
     im.add_argument("samples")
     im.set_defaults(func=cmd_import)
 

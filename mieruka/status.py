@@ -198,6 +198,10 @@ def render_status(text: str, *, now: datetime | None = None) -> str:
     rejected_only = snap.get("mieruka_facts_rejected_total")
     if rejected_only and "store_rejected" not in snap.dropped:
         lines.append(("rejected", f"{_n(rejected_only)} facts refused by the store"))
+    quarantined = snap.get("mieruka_spool_quarantined_facts")
+    if quarantined:
+        lines.append(("quarantine", f"{_n(quarantined)} facts the store refused; after fixing the cause, stop the "
+                                    "collector and run mieruka spool retry-quarantine --spool-dir DIR"))
     failures = snap.get("mieruka_store_write_failures_total")
     if failures:
         lines.append(("write retries", _n(failures)))

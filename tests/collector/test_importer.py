@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from collector.importer import ImportFileError, ImportRejected, import_samples
+from core.model import Sample
+from core.normalize import NormalizeError, Normalizer
 from core.plant import Plant
 from core.store.sqlite import SqliteStore
 from tests.collector.conftest import FlakyStore, build_plant
@@ -132,3 +136,73 @@ async def test_unreadable_files(tmp_path: Path, sqlite_store: SqliteStore) -> No
                          "cnc,good,2026-11-27T08:00:01Z,4\n", encoding="utf-8")
     report = await import_samples(plant(), sqlite_store, reordered)
     assert report.imported == 2 and await good_total(sqlite_store) == {"cnc.good": 3}
+
+
+def plant64() -> Plant:
+    return build_plant({"plc": {"opcua": {"endpoint": "opc.tcp://127.0.0.1:4840"}}}, [
+        ("blade", "cnc", {"source": "plc", "signals": {
+            "good": {"node": "ns=2;s=good", "counter_bits": 64},
+            "spindle_temp": {"node": "ns=2;s=temp"},
+        }}),
+    ])
+
+
+def many_rows(n: int) -> list[str]:
+    return [f"2026-11-27T08:{i // 60:02d}:{i % 60:02d}+09:00,cnc,good,{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize(("row", "word"), [
+    ("9999-01-01T00:00:00+00:00,cnc,good,5000", "ahead of the collector's clock"),
+    ("2200-01-01T00:00:00+00:00,cnc,spindle_temp,1.0", "ahead of the collector's clock"),
+    ("1999-12-31T23:00:00+00:00,cnc,spindle_temp,1.0", "before 2000"),
+    (f"2026-11-27T09:00:00+09:00,cnc,good,{(1 << 64) - 1}", "64-bit"),
+])
+async def test_a_row_that_would_fail_at_write_time_fails_validation_and_nothing_is_stored(
+        tmp_path: Path, sqlite_store: SqliteStore, row: str, word: str) -> None:
+    rows = many_rows(1000)
+    rows.insert(700, row)  # line 702: after the header and 700 good rows
+    path = write_csv(tmp_path / "samples.csv", rows)
+    store = FlakyStore(sqlite_store)
+    with pytest.raises(ImportRejected) as caught:
+        await import_samples(plant64(), store, path, batch_size=100)
+    assert [n for n, _ in caught.value.report.skipped] == [702]
+    assert word in caught.value.report.skipped[0][1]
+    assert store.attempts == 0
+    assert await sqlite_store.last_times(["cnc"]) == {}
+    # --skip-bad: the other rows go in, counted as a live collector counts them (a re-baselined
+    # counter counts on from its new baseline: the validation pass and the import agree on it)
+    report = await import_samples(plant64(), store, path, skip_bad=True, batch_size=100)
+    assert report.imported == 1000 and [n for n, _ in report.skipped] == [702]
+    live = Normalizer(plant64())
+    expected = 0
+    for r in rows:
+        t, m, sig, v = r.split(",")
+        with contextlib.suppress(NormalizeError):
+            expected += sum(int(f.value) for f in live.feed(Sample(m, sig, int(v) if sig == "good" else float(v),
+                                                                   datetime.fromisoformat(t)))
+                            if f.kind == "count")
+    assert (await good_total(sqlite_store))["cnc.good"] == expected
+    if "64-bit" not in word:
+        assert expected == 999
+
+
+def test_mieruka_import_exits_2_with_the_line_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.plant import dump_plant
+    from mieruka.cli import main
+
+    plant_file = tmp_path / "plant.yaml"
+    plant_file.write_text(dump_plant(plant64()), encoding="utf-8")
+    rows = many_rows(500)
+    rows.insert(300, "9999-12-31T00:00:00+00:00,cnc,good,400")
+    path = write_csv(tmp_path / "samples.csv", rows)
+    db = tmp_path / "store.db"
+    assert main(["import", "--plant", str(plant_file), "--store", f"sqlite:///{db}", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:302:" in err and "nothing imported" in err and "Traceback" not in err
+    import sqlite3
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM counts").fetchone() == (0,)
+    # the margin is an option: a day ahead is fine with --max-clock-ahead-s 2e9 (but 9999 is never storable)
+    assert main(["import", "--plant", str(plant_file), "--store", f"sqlite:///{db}", "--max-clock-ahead-s",
+                 "1e12", str(path)]) == 2
+    assert "no store can hold" in capsys.readouterr().err

@@ -39,6 +39,7 @@ class FakeSpoolStats:
     oldest_spooled_at: datetime | None = None
     dropped_facts: int = 0
     full_events: int = 0
+    quarantined: int = 0
 
 
 @dataclass
@@ -71,7 +72,7 @@ def troubled_collector() -> FakeCollector:
         sources={"plc-1": FakeSource(plc), "broker": FakeSource(broker)},
         spool=FakeSpool(FakeSpoolStats(facts=1500, batches=3, bytes=32 << 20, max_bytes=64 << 20,
                                        oldest_spooled_at=datetime.now(UTC) - timedelta(minutes=5),
-                                       dropped_facts=11, full_events=1)),
+                                       dropped_facts=11, full_events=1, quarantined=3)),
     )
 
 
@@ -120,7 +121,7 @@ def test_scrape_reads_the_stats_of_the_moment(served: tuple[CollectorMetrics, Fa
     assert value(m, "mieruka_store_write_failures_total") == 17
     assert value(m, "mieruka_facts_rejected_total") == 3
     assert value(m, "mieruka_facts_dropped_total", reason="spool_full") == 11
-    assert value(m, "mieruka_facts_dropped_total", reason="store_rejected") == 3
+    assert ("mieruka_facts_dropped_total", frozenset({("reason", "store_rejected")})) not in m  # kept, not dropped
     assert value(m, "mieruka_facts_dropped_total", reason="shutdown") == 0
     assert value(m, "mieruka_offline_facts_total") == 2
     assert fake.stats.last_flush is not None
@@ -130,6 +131,7 @@ def test_scrape_reads_the_stats_of_the_moment(served: tuple[CollectorMetrics, Fa
     assert value(m, "mieruka_spool_bytes") == 32 << 20
     assert value(m, "mieruka_spool_max_bytes") == 64 << 20
     assert value(m, "mieruka_spool_oldest_age_seconds") == pytest.approx(300, abs=30)
+    assert value(m, "mieruka_spool_quarantined_facts") == 3
     # input
     assert value(m, "mieruka_dead_letters_total", kind="not_json") == 5
     assert value(m, "mieruka_dead_letters_total", kind="unmapped_state") == 1

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
+import logging
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -28,7 +30,7 @@ from collector.spool import FILE_NAME, Spool, WhenFull
 from core.model import Fact, Sample, from_ns, to_ns
 from core.normalize import Normalizer
 from core.plant import Plant, load_plant
-from core.store.base import StoreUnavailable
+from core.store.base import FactRefused, StoreUnavailable
 from core.store.sqlite import SqliteStore
 from simulators.fastforward import run_fast_forward
 from tests.conftest import DEMO_PLANT
@@ -520,3 +522,88 @@ async def test_source_offline_makes_its_machines_offline_in_the_store(hour: Hour
         assert got[m] == [(t0, "running"), (t_lost, "offline"), (t_back, "running")], m
     for m in mqtt:
         assert got[m] == [(t0, "running")], m
+
+
+# ---- a fact the store refuses: quarantined, the rest written, retried later ------------------------
+
+
+class RefusingStore(SwitchableStore):
+    """A real SQLite store that refuses (FactRefused, nothing written) every write holding a fact
+    whose key is in ``refuse``: the seam for "the store cannot hold this one fact"."""
+
+    def __init__(self, inner: SqliteStore, refuse: set[str]) -> None:
+        super().__init__(inner)
+        self.refuse = refuse
+        self.refusals = 0
+
+    async def write(self, facts: Sequence[Fact]) -> None:
+        bad = [f.key for f in facts if f.key in self.refuse]
+        if bad:
+            self.refusals += 1
+            raise FactRefused(f"test: cannot hold {bad[0]}")
+        await super().write(facts)
+
+
+async def test_a_refused_fact_is_quarantined_the_facts_behind_it_are_written_and_a_retry_writes_it(
+        hour: Hour, tmp_path: Path) -> None:
+    ref = reference_facts(hour.plant, hour.samples)
+    counts_ = [f for f in ref if f.kind == "count"]
+    victims = [counts_[40], next(f for f in ref if f.kind == "state")]
+    async with open_sqlite(tmp_path / "facts.db") as real:
+        store = RefusingStore(real, {f.key for f in victims})
+        with open_spool(tmp_path / "spool") as spool:
+            collector = make_collector(hour.plant, store, spool, FakeSource(FAKE, hour.samples), batch_size=500)
+            async with collector_running(collector):
+                await wait_for(collector, "every fact written or quarantined",
+                               lambda: collector.stats.samples_in == len(hour.samples)
+                               and collector.stats.pending == 0)
+            assert collector.stats.facts_rejected == 2 and spool.stats.quarantined == 2
+            assert collector.stats.facts_written == len(ref) - 2
+            assert sorted(f.key for _, _, _, f in spool.quarantined()) == sorted(f.key for f in victims)
+            assert all("test: cannot hold" in r for _, _, r, _ in spool.quarantined())
+            # bisection isolated them: a handful of refused writes, not one per fact
+            assert store.refusals <= 2 * 2 * 10
+        expected = hour.expected()
+        expected[f"{victims[0].machine}.{victims[0].signal}"] -= int(victims[0].value)
+        assert await store_totals(real, hour.machines) == {k: v for k, v in expected.items() if v}
+
+        # the cause is fixed: retry (as `mieruka spool retry-quarantine` does) and start again
+        store.refuse.clear()
+        with open_spool(tmp_path / "spool") as spool:
+            assert spool.requeue_quarantine() == 2
+        with open_spool(tmp_path / "spool") as spool:
+            collector = make_collector(hour.plant, store, spool, FakeSource(FAKE))
+            async with collector_running(collector):
+                await wait_for(collector, "the requeued facts written", lambda: collector.stats.facts_written == 2)
+            assert spool.stats.facts == 0 and spool.stats.quarantined == 0
+        assert await store_totals(real, hour.machines) == hour.expected()
+        states = await real.state_changes([victims[1].machine], *ALL_NS)
+        assert victims[1].time_ns in {c.time_ns for c in states}
+
+
+async def test_any_exception_from_the_normalizer_makes_a_dead_letter_not_a_dead_collector(
+        hour: Hour, tmp_path: Path) -> None:
+    from collector.deadletter import DeadLetters
+
+    poison = hour.samples[100]
+
+    class Brittle(Normalizer):
+        def feed(self, sample: Sample) -> list[Fact]:
+            if sample is poison:
+                raise RecursionError("maximum recursion depth exceeded")
+            return super().feed(sample)
+
+    async with open_sqlite(tmp_path / "facts.db") as real:
+        with open_spool(tmp_path / "spool") as spool, DeadLetters(tmp_path / "dead.jsonl",
+                                                                  logging.getLogger("test")) as dead:
+            collector = make_collector(hour.plant, SwitchableStore(real), spool, FakeSource(FAKE, hour.samples),
+                                       dead_letters=dead)
+            collector.normalizer = Brittle(hour.plant)
+            async with collector_running(collector) as run:
+                await wait_for(collector, "every sample taken", lambda: collector.stats.samples_in == len(hour.samples)
+                               and collector.stats.pending == 0)
+                assert not run.task.done()
+            assert collector.stats.dead_letters["normalize_failed"] == 1
+        letter = json.loads((tmp_path / "dead.jsonl").read_text(encoding="utf-8"))
+        assert letter["kind"] == "normalize_failed" and "RecursionError" in letter["reason"]
+        assert letter["payload"].startswith(f"{poison.machine},{poison.signal},")

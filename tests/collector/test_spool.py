@@ -419,3 +419,63 @@ def test_drained_spool_gives_free_pages_back(tmp_path: Path, monkeypatch: pytest
         spool.confirm(seqs(spool)[-1])
     assert (tmp_path / FILE_NAME).stat().st_size < 1 << 20
 
+
+
+# ---- quarantine: facts the store refused, kept, counted, queued again on request ---------------------
+
+
+def test_confirm_quarantines_refused_facts_in_the_same_transaction_and_requeue_moves_them_back(
+        tmp_path: Path) -> None:
+    facts = counts(6)
+    refused = [(facts[2], "store: too far in the future"), (facts[4], "store: too big")]
+    with Spool(tmp_path) as spool:
+        seq = put(spool, facts)
+        put(spool, counts(2, base=100))
+        spool.confirm(seq, refused)
+        assert spool.stats.quarantined == 2 and spool.stats.quarantined_total == 2
+        assert spool.stats.facts == 2 and seqs(spool) == [seq + 1]
+        # confirming nothing again quarantines nothing twice
+        spool.confirm(seq, refused)
+        assert spool.stats.quarantined == 2
+    with Spool(tmp_path) as spool:  # durable, and counted after reopen
+        assert spool.stats.quarantined == 2
+        got = spool.quarantined()
+        assert [(f, r) for _, _, r, f in got] == [(f, r) for f, r in refused]
+        assert spool.requeue_quarantine() == 2
+        assert spool.stats.quarantined == 0 and spool.quarantined() == []
+        assert [fs for _, fs in all_batches(spool)][-1] == [facts[2], facts[4]]
+        assert spool.stats.facts == 4
+        assert spool.requeue_quarantine() == 0
+    with Spool(tmp_path) as spool:
+        assert spool.stats.quarantined == 0 and spool.stats.facts == 4
+
+
+def test_a_spool_made_before_the_quarantine_gets_one(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        put(spool, counts(1))
+    db = sqlite3.connect(tmp_path / FILE_NAME)
+    db.execute("DROP TABLE quarantine")
+    db.commit()
+    db.close()
+    with Spool(tmp_path) as spool:
+        seq = seqs(spool)[0]
+        spool.confirm(seq, [(counts(1)[0], "refused")])
+        assert spool.stats.quarantined == 1
+
+
+def test_mieruka_spool_retry_quarantine_is_refused_while_a_collector_holds_the_spool(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mieruka.cli import main
+
+    with Spool(tmp_path) as spool:
+        spool.confirm(put(spool, counts(3)), [(counts(3)[1], "refused")])
+        assert main(["spool", "retry-quarantine", "--spool-dir", str(tmp_path)]) == 2
+        assert "in use by another collector" in capsys.readouterr().err
+    assert main(["spool", "show-quarantine", "--spool-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "refused" in out and "1 quarantined facts" in out
+    assert main(["spool", "retry-quarantine", "--spool-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("1 quarantined facts queued again")
+    with Spool(tmp_path) as spool:
+        assert spool.stats.quarantined == 0 and [fs for _, fs in all_batches(spool)] == [[counts(3)[1]]]
+    assert main(["spool", "retry-quarantine", "--spool-dir", str(tmp_path / "nothing")]) == 2

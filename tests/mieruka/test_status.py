@@ -47,7 +47,10 @@ def test_render_a_troubled_collector(troubled: tuple[FakeCollector, str]) -> Non
     assert row(text, "pending")[1] == "1,500 facts"
     spool = row(text, "spool")[1]
     assert spool.startswith("1,500 facts · 32.0 MiB of 64.0 MiB (50%) · oldest 5 min")
-    assert row(text, "dropped")[1] == "11 spool full, 3 store rejected"
+    assert row(text, "dropped")[1] == "11 spool full"
+    assert row(text, "rejected")[1] == "3 facts refused by the store"
+    assert row(text, "quarantine")[1].startswith("3 facts the store refused; after fixing the cause, stop the "
+                                                 "collector and run mieruka spool retry-quarantine")
     assert row(text, "write retries")[1] == "17"
     assert row(text, "MQTT acks")[1] == "470"
 
