@@ -127,6 +127,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from collector.deadletter import DeadLetters
     from collector.metrics import CollectorMetrics
     from collector.pipeline import Collector, build_sources
+    from collector.sources import SourceFailed
     from collector.spool import Spool, SpoolError
 
     try:
@@ -164,9 +165,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
                     return EXIT_FAIL
                 log.info("metrics on http://%s:%d/metrics", args.metrics_host, port)
             await store.open()
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(collector.run(stop), name="collector")
-                tg.create_task(_stop_after(stop, args.duration), name="duration")
+            failed: list[BaseException] = []
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(collector.run(stop), name="collector")
+                    tg.create_task(_stop_after(stop, args.duration), name="duration")
+            except* SourceFailed as group:
+                failed.extend(group.exceptions)
+            if failed:
+                # facts made so far are in the durable spool; unacknowledged messages are re-delivered
+                for err in failed:
+                    log.error("collector stopped: %s", err)
+                return EXIT_FAIL
         finally:
             await store.close()
             if metrics is not None:

@@ -38,6 +38,7 @@ __all__ = [
     "DeadLetterSink",
     "SampleSource",
     "SignalKind",
+    "SourceFailed",
     "SourceItem",
     "SourceOffline",
     "SourceOnline",
@@ -46,6 +47,12 @@ __all__ = [
     "coerce_value",
     "signal_kind",
 ]
+
+
+class SourceFailed(Exception):
+    """A source that cannot go on by itself (e.g. the broker refused its subscription, or its
+    protocol thread died): raised from ``__anext__`` with the reason, so the collector stops
+    with an error instead of sitting connected to nothing."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,13 @@ yields one sample. Malformed payloads are counted per kind in ``stats.errors`` (
 ``bad_time``), logged once per kind, and skipped; the source goes on.
 
 Reconnection is paho's (``reconnect_delay_set`` caps it); every (re)connect subscribes again.
+A source that cannot work fails loudly instead of sitting connected to nothing: a topic filter
+that is not a valid MQTT filter is refused when the source is made (``ValueError``); a
+subscription the broker refuses, an exception in one of our paho callbacks, or paho's network
+thread ending while the source is open make ``__anext__`` raise
+:class:`~collector.sources.SourceFailed` with the reason (``mieruka collect`` then exits 1). A
+payload that makes parsing raise anything (JSON nested too deeply, ...) is a dead letter
+(``not_json`` or ``parse_failed``), never an exception out of the source.
 With a client id (argument or ``client_id`` in the plant) the session is persistent
 (``clean_session=False``), so the broker queues QoS 1/2 messages while we are away; without
 one, paho picks a random id and the session is clean.
@@ -63,6 +70,7 @@ from collector.sources import (
     BadValue,
     DeadLetterSink,
     OncePerKind,
+    SourceFailed,
     SourceItem,
     SourceOffline,
     SourceOnline,
@@ -75,6 +83,7 @@ from core.plant import MqttBroker, Signal
 log = logging.getLogger(__name__)
 
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+_ALIVE_CHECK_S = 1.0  # how often a waiting source checks that paho's network thread still runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +120,9 @@ class MqttSource:
         for machine, name, sig in signals:
             if not sig.topic or not sig.field:
                 raise ValueError(f"{machine}.{name}: an MQTT signal needs 'topic' and 'field'")
+            problem = topic_filter_problem(sig.topic)
+            if problem is not None:
+                raise ValueError(f"{machine}.{name}: topic {sig.topic!r} is not a valid MQTT topic filter: {problem}")
             self._routes.setdefault(sig.topic, []).append(_Route(machine, name, sig, sig.field))
         # plant files name concrete topics; wildcards are allowed but matched the slow way
         self._wild = [(t, r) for t, r in self._routes.items() if "+" in t or "#" in t]
@@ -134,6 +146,8 @@ class MqttSource:
         self._sub_mid: int | None = None
         self._connect_failing = False
         self._closed = False
+        self._failure: str | None = None  # why the source cannot go on (see SourceFailed)
+        self._thread: threading.Thread | None = None  # paho's network thread
         self._once = OncePerKind(log, self.stats.errors)
 
     @property
@@ -152,16 +166,19 @@ class MqttSource:
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password)
         client.reconnect_delay_set(*self._reconnect)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
+        # an exception escaping a callback ends paho's network thread: each one is guarded
+        client.on_connect = self._guarded(self._on_connect)
+        client.on_connect_fail = self._guarded(self._on_connect_fail)
+        client.on_disconnect = self._guarded(self._on_disconnect)
+        client.on_subscribe = self._guarded(self._on_subscribe)
+        client.on_message = self._guarded(self._on_message)
         self._client = client
         # connect_async + loop_start: a broker that is down at start is retried by paho's thread
         # (retry_first_connection) instead of failing the collector
         client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive_s)
         client.loop_start()
+        # paho forgets its thread when the thread ends, however it ends: keep our own handle
+        self._thread = getattr(client, "_thread", None)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -186,18 +203,45 @@ class MqttSource:
                 continue
             if self._closed:
                 raise StopAsyncIteration
+            self._check_alive()
             self._mail.clear()
             with self._wake_lock:
                 if self._inbox:  # appended since the check above: no wake-up will come for it
                     continue
                 self._wake_pending = False  # from now on, the next message wakes us
-            await self._mail.wait()
+            # woken by mail, by a failure, or after a second to see that paho's thread still runs
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_ALIVE_CHECK_S):
+                    await self._mail.wait()
             # then let a burst gather while this thread leaves the GIL to paho's
             await asyncio.sleep(self._gather_s)
         item = self._pending.popleft()
         if isinstance(item, Sample):
             self.stats.samples += 1
         return item
+
+    def _check_alive(self) -> None:
+        thread = self._thread
+        if self._failure is None and thread is not None and not thread.is_alive() and not self._closed:
+            self._failure = "paho's network thread ended"
+        if self._failure is not None:
+            log.error("%s: %s; the source stops", self.source_id, self._failure)
+            raise SourceFailed(f"{self.source_id}: {self._failure}")
+
+    def _fail(self, reason: str) -> None:
+        """Paho's thread: the source cannot go on; ``__anext__`` raises (first reason kept)."""
+        if self._failure is None:
+            self._failure = reason
+        self._to_loop(self._mail.set)
+
+    def _guarded(self, callback: Any) -> Any:
+        def call(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as e:
+                log.exception("%s: %s failed", self.source_id, getattr(callback, "__name__", "a paho callback"))
+                self._fail(f"{getattr(callback, '__name__', 'a paho callback')} raised {type(e).__name__}: {e}")
+        return call
 
     def _take_inbox(self) -> None:
         """Parse up to 1 000 inbox entries into ``_pending`` (bounded: samples out sooner), with an
@@ -214,7 +258,13 @@ class MqttSource:
                 continue
             topic, payload, received, mid, qos, gen = entry
             self.stats.messages += 1
-            self._pending.extend(self.parse(topic, payload, received))
+            try:
+                self._pending.extend(self.parse(topic, payload, received))
+            except Exception as e:
+                # one message nobody foresaw costs that message (kept as a dead letter and acked
+                # like any other: a re-delivery would fail the same way), never the collector
+                self._problem("parse_failed", topic, payload, "%s: cannot read the payload on %s: %s: %s",
+                              self.source_id, topic, type(e).__name__, e)
             if qos > 0:
                 if gen != generation and acks:
                     self._pending.append(AckPoint(self.source_id, (generation, acks)))
@@ -254,6 +304,10 @@ class MqttSource:
         except (ValueError, UnicodeDecodeError):
             self._problem("not_json", topic, payload, "%s: payload on %s is not JSON: %s", self.source_id, topic,
                           _excerpt(payload))
+            return []
+        except RecursionError:
+            self._problem("not_json", topic, payload, "%s: payload on %s is JSON nested too deeply to read: %s",
+                          self.source_id, topic, _excerpt(payload))
             return []
         if not isinstance(obj, dict):
             self._problem("not_object", topic, payload, "%s: payload on %s is not a JSON object: %s",
@@ -370,9 +424,12 @@ class MqttSource:
                       properties: Any) -> None:
         if mid != self._sub_mid:
             return
-        for topic, rc in zip(self._routes, reason_codes, strict=False):
-            if rc.is_failure:
-                log.error("%s: broker refused the subscription to %s: %s", self.source_id, topic, rc)
+        refused = [f"{topic} ({rc})" for topic, rc in zip(self._routes, reason_codes, strict=False) if rc.is_failure]
+        if refused:
+            # the signals of these topics would never arrive: better no collector than a quiet one
+            self._fail(f"the broker {self.broker.host}:{self.broker.port} refused the subscription to "
+                       f"{', '.join(refused)}")
+            return
         self._to_loop(self._ready.set)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
@@ -430,6 +487,23 @@ def parse_time(raw: object, unit: str) -> datetime:
     if not 0 <= ns < 253_402_300_800 * 1_000_000_000:  # year 10000
         raise ValueError(f"epoch {raw!r} {unit} is out of range")
     return from_ns(ns)
+
+
+def topic_filter_problem(topic: str) -> str | None:
+    """Why ``topic`` is not a valid MQTT topic filter (MQTT 3.1.1, 4.7), or None."""
+    if not topic:
+        return "it is empty"
+    if "\x00" in topic:
+        return "it holds a NUL character"
+    if len(topic.encode("utf-8", "surrogatepass")) > 65535:
+        return "it is longer than 65535 bytes"
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "'#' must be a whole level and the last one"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level"
+    return None
 
 
 def _excerpt(payload: bytes | bytearray, n: int = 120) -> str:

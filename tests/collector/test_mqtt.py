@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from collector.sources import SourceOffline
-from collector.sources.mqtt import MqttSource, parse_time
+from collector.sources import SourceFailed, SourceOffline
+from collector.sources.mqtt import MqttSource, parse_time, topic_filter_problem
 from core.model import Sample
 from core.plant import MqttBroker, Signal
 from tests.collector.conftest import Publisher, eventually, running, take, take_samples
@@ -134,3 +136,104 @@ def test_parse_time_units() -> None:
                       (-5, "s"), (10**30, "ns")]:
         with pytest.raises(ValueError):
             parse_time(raw, unit)
+
+
+# ---- hostile input and a source that cannot work ---------------------------------------------------
+
+
+async def test_deeply_nested_json_is_a_dead_letter_and_the_source_goes_on(
+        mosquitto_broker: Mosquitto, publisher: Publisher, prefix: str, tmp_path: Path) -> None:
+    from collector.deadletter import DeadLetters
+
+    topic = f"{prefix}/m1/counts"
+    signals = [("m1", "good", sig(topic, "good", time_field="ts", time_unit="ms", counter_bits=32))]
+    with DeadLetters(tmp_path / "dead.jsonl", logging.getLogger("test")) as dead:
+        src = MqttSource("broker", MqttBroker(port=mosquitto_broker.port, qos=1), signals, dead_letters=dead)
+        async with running(src) as got:
+            await publisher.publish(topic, b"[" * 1000)
+            await publisher.publish(topic, b'{"a":' * 5000)
+            await publisher.publish(topic, {"ts": 1_700_000_000_000, "good": 7})
+            [ok] = await take_samples(got, 1)
+            await eventually(lambda: src.stats.messages == 3)
+    assert ok.value == 7
+    assert src.stats.errors == {"not_json": 2}
+    letters = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert [d["payload"] for d in letters] == ["[" * 1000, '{"a":' * 5000]
+    assert all("nested too deeply" in d["reason"] for d in letters)
+
+
+def test_an_invalid_topic_filter_is_refused_when_the_source_is_made() -> None:
+    for bad in ("a/#/b", "a/b#", "a/+b/c", "x\x00y"):
+        with pytest.raises(ValueError, match="topic filter"):
+            MqttSource("broker", MqttBroker(port=1883), [("m1", "good", Signal.model_construct(
+                topic=bad, field="good", counter_bits=16))])
+    assert topic_filter_problem("a/+/b/#") is None and topic_filter_problem("#") is None
+
+
+async def test_a_subscription_the_broker_refuses_fails_the_source_loudly(
+        tmp_path: Path, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Mosquitto's dynamic-security plugin (Debian's package ships it): anonymous clients may
+    # subscribe to allowed/# only; the broker answers any other SUBSCRIBE with a failure (0x80)
+    dynsec = tmp_path / "dynsec.json"
+    dynsec.write_text(json.dumps({
+        "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True, "subscribe": False,
+                             "unsubscribe": True},
+        "clients": [],
+        "roles": [{"rolename": "reader", "acls": [{"acltype": "subscribePattern", "topic": "allowed/#",
+                                                   "allow": True}]}],
+        "groups": [{"groupname": "anon", "roles": [{"rolename": "reader"}], "clients": []}],
+        "anonymousGroup": "anon"}), encoding="utf-8")
+    plugin = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+    with mosquitto(tmp_path / "broker", extra_conf=f"plugin {plugin}\nplugin_opt_config_file {dynsec}\n") as broker:
+        src = MqttSource("broker", MqttBroker(port=broker.port, qos=1),
+                         [("m1", "good", sig("allowed/x", "good", counter_bits=16)),
+                          ("m1", "scrap", sig(f"{prefix}/denied", "scrap", counter_bits=16))])
+        with caplog.at_level("ERROR", logger="collector.sources.mqtt"):
+            async with src:
+                with pytest.raises(SourceFailed, match=f"refused the subscription to {prefix}/denied"):
+                    async with asyncio.timeout(10):
+                        async for _ in src:
+                            pass
+    assert any("refused the subscription" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_exception_in_a_callback_fails_the_source_instead_of_killing_pahos_thread_quietly(
+        mosquitto_broker: Mosquitto, publisher: Publisher, prefix: str) -> None:
+    topic = f"{prefix}/m1/counts"
+    src = MqttSource("broker", MqttBroker(port=mosquitto_broker.port, qos=1),
+                     [("m1", "good", sig(topic, "good", counter_bits=32))])
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("callback bug")
+
+    src._on_message = boom  # type: ignore[method-assign]  # our own callback, guarded at __aenter__
+    async with src:
+        async with asyncio.timeout(10):
+            await src.wait_ready()
+        await publisher.publish(topic, {"good": 1})
+        with pytest.raises(SourceFailed, match="RuntimeError: callback bug"):
+            async with asyncio.timeout(10):
+                async for _ in src:
+                    pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death we provoke
+async def test_pahos_thread_dying_fails_the_source(mosquitto_broker: Mosquitto, publisher: Publisher,
+                                                   prefix: str) -> None:
+    topic = f"{prefix}/m1/counts"
+    src = MqttSource("broker", MqttBroker(port=mosquitto_broker.port, qos=1),
+                     [("m1", "good", sig(topic, "good", counter_bits=32))])
+    async with src:
+        async with asyncio.timeout(10):
+            await src.wait_ready()
+
+        def unguarded(*args: object) -> None:
+            raise RuntimeError("escapes into paho")
+
+        assert src._client is not None
+        src._client.on_message = unguarded  # what an unguarded callback did: paho re-raises, its thread ends
+        await publisher.publish(topic, {"good": 1})
+        with pytest.raises(SourceFailed, match="network thread ended"):
+            async with asyncio.timeout(10):
+                async for _ in src:
+                    pass

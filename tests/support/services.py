@@ -56,6 +56,7 @@ class Mosquitto:
     port: int
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    extra_conf: str = ""  # more mosquitto.conf lines (e.g. an acl_file)
 
     @property
     def host(self) -> str:
@@ -76,6 +77,7 @@ class Mosquitto:
             "max_queued_messages 1000000\n"
             "max_inflight_messages 100\n"
             "log_dest stderr\n"
+            + self.extra_conf
         )
         with open(self.data_dir / "mosquitto.log", "ab") as log:
             self.proc = subprocess.Popen([which("mosquitto", "/usr/sbin/mosquitto"), "-c", str(conf)],
@@ -89,9 +91,9 @@ class Mosquitto:
 
 
 @contextlib.contextmanager
-def mosquitto(data_dir: Path) -> Iterator[Mosquitto]:
+def mosquitto(data_dir: Path, extra_conf: str = "") -> Iterator[Mosquitto]:
     data_dir.mkdir(parents=True, exist_ok=True)
-    m = Mosquitto(free_port(), data_dir)
+    m = Mosquitto(free_port(), data_dir, extra_conf=extra_conf)
     m.start()
     try:
         yield m
