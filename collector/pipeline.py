@@ -201,7 +201,7 @@ def build_sources(plant: Plant, lines: Collection[str] | None = None, *, client_
         if spec.opcua is not None:
             out.append(OpcUaSource(source_id, spec.opcua, [
                 (m.id, name, sig.node, sig) for m in machines for name, sig in m.signals.items() if sig.node],
-                start_time=(start_times or {}).get(source_id)))
+                start_time=(start_times or {}).get(source_id), dead_letters=dead_letters))
         elif spec.mqtt is not None:
             if spec.mqtt.payload != "json":
                 raise ValueError(f"source '{source_id}' sends {spec.mqtt.payload} payloads, which the collector "

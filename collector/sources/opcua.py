@@ -40,6 +40,7 @@ from asyncua.ua.object_ids import ObjectIds
 from collector.sources import (
     Backoff,
     BadValue,
+    DeadLetterSink,
     OncePerKind,
     SourceItem,
     SourceOffline,
@@ -105,8 +106,10 @@ class OpcUaSource:
         backoff_max_s: float = 30.0,
         stable_after_s: float = 10.0,
         start_time: datetime | None = None,
+        dead_letters: DeadLetterSink | None = None,
     ) -> None:
         self.source_id = source_id
+        self._dead_letters = dead_letters
         self.endpoint = endpoint
         self.stats = SourceStats()
         self._signals: list[tuple[str, str, str, Signal | None]] = []
@@ -321,6 +324,22 @@ class OpcUaSource:
     # ---- notifications (called by asyncua; enqueue only) -----------------------------------
     def _on_datachange(self, data: DataChangeNotif) -> None:
         self.stats.messages += 1
+        try:
+            self._take_datachange(data)
+        except Exception as e:
+            # one notification nobody foresaw costs that reading, never the subscription
+            item = getattr(data, "monitored_item", None)
+            target = self._handles.get(getattr(item, "ClientHandle", -1))
+            what = f"{target[0]}.{target[1]}" if target is not None else "?"
+            reason = f"{self.source_id}: cannot read a notification of {what}: {type(e).__name__}: {e}"
+            if self._dead_letters is not None:
+                self.stats.errors["bad_notification"] += 1
+                self._dead_letters.record("bad_notification", reason, source=self.source_id,
+                                          raw=repr(getattr(item, "Value", None)))
+            else:
+                self._problem("bad_notification", "%s", reason)
+
+    def _take_datachange(self, data: DataChangeNotif) -> None:
         item = data.monitored_item
         target = self._handles.get(item.ClientHandle)
         if target is None:

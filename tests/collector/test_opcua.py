@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from asyncua import ua
 from asyncua.ua.status_codes import StatusCodes
 
+from collector.deadletter import DeadLetters
 from collector.sources import SourceItem, SourceOffline, SourceOnline, SourceRestarted
 from collector.sources.opcua import OpcUaSource
 from core.model import Sample
@@ -117,3 +122,31 @@ async def test_unreachable_server_is_retried_without_ending_the_iteration(prefix
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_year_9999_source_time_and_a_failing_notification_leave_the_subscription_running(
+        opc_server: OpcServer, prefix: str, tmp_path: Path) -> None:
+    node = await opc_server.add(f"{prefix}.Good", ua.VariantType.UInt32, 1)
+    with DeadLetters(tmp_path / "dead.jsonl", logging.getLogger("test")) as dead:
+        src = OpcUaSource("plc", OpcUaEndpoint(endpoint=opc_server.url), [("m1", "good", node)], dead_letters=dead)
+        take_datachange = src._take_datachange
+
+        def brittle(data: Any) -> None:
+            if data.monitored_item.Value.Value.Value == 3:
+                raise RecursionError("maximum recursion depth exceeded")
+            take_datachange(data)
+
+        src._take_datachange = brittle  # type: ignore[method-assign]  # our own seam
+        async with running(src) as got:
+            await take(got, 1)
+            t = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
+            await opc_server.write(f"{prefix}.Good", 2, source_time=datetime(9999, 12, 31, tzinfo=UTC))
+            await opc_server.write(f"{prefix}.Good", 3, source_time=t)
+            await opc_server.write(f"{prefix}.Good", 4, source_time=t + timedelta(seconds=1))
+            far, after = await take(got, 2)
+    # the source hands the bad clock on as it is (the normalizer refuses it: bad_time)
+    assert isinstance(far, Sample) and far.value == 2 and far.time.year == 9999
+    assert isinstance(after, Sample) and after.value == 4 and after.time == t + timedelta(seconds=1)
+    assert src.stats.errors == {"bad_notification": 1}
+    [letter] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert letter["kind"] == "bad_notification" and "RecursionError" in letter["reason"] and "3" in letter["payload"]
