@@ -15,7 +15,7 @@ from collector.sources.mqtt import MqttSource, parse_time, topic_filter_problem
 from core.model import Sample
 from core.plant import MqttBroker, Signal
 from tests.collector.conftest import Publisher, eventually, running, take, take_samples
-from tests.support.services import Mosquitto, mosquitto
+from tests.support.services import Mosquitto, mosquitto, subscribe_only_to
 
 
 def sig(topic: str, field: str, **kw: object) -> Signal:
@@ -172,19 +172,8 @@ def test_an_invalid_topic_filter_is_refused_when_the_source_is_made() -> None:
 
 async def test_a_subscription_the_broker_refuses_fails_the_source_loudly(
         tmp_path: Path, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
-    # Mosquitto's dynamic-security plugin (Debian's package ships it): anonymous clients may
-    # subscribe to allowed/# only; the broker answers any other SUBSCRIBE with a failure (0x80)
-    dynsec = tmp_path / "dynsec.json"
-    dynsec.write_text(json.dumps({
-        "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True, "subscribe": False,
-                             "unsubscribe": True},
-        "clients": [],
-        "roles": [{"rolename": "reader", "acls": [{"acltype": "subscribePattern", "topic": "allowed/#",
-                                                   "allow": True}]}],
-        "groups": [{"groupname": "anon", "roles": [{"rolename": "reader"}], "clients": []}],
-        "anonymousGroup": "anon"}), encoding="utf-8")
-    plugin = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
-    with mosquitto(tmp_path / "broker", extra_conf=f"plugin {plugin}\nplugin_opt_config_file {dynsec}\n") as broker:
+    conf = subscribe_only_to(tmp_path / "broker", "allowed/#")
+    with mosquitto(tmp_path / "broker", extra_conf=conf) as broker:
         src = MqttSource("broker", MqttBroker(port=broker.port, qos=1),
                          [("m1", "good", sig("allowed/x", "good", counter_bits=16)),
                           ("m1", "scrap", sig(f"{prefix}/denied", "scrap", counter_bits=16))])

@@ -34,13 +34,13 @@ from collector.deadletter import DeadLetters
 from collector.pipeline import Collector
 from collector.spool import Spool
 from core.model import to_ns
-from core.plant import Plant, parse_plant
+from core.plant import Plant, dump_plant, parse_plant
 from core.store import open_store
 from core.store.base import MAX_TIME_NS, Store
 from tests.collector.conftest import OpcServer, Publisher
 from tests.support.influxd import Influxd
-from tests.support.procs import collector_running, wait_until
-from tests.support.services import Mosquitto
+from tests.support.procs import collector_running, mieruka, wait_until
+from tests.support.services import Mosquitto, mosquitto, stop, subscribe_only_to
 
 S = 1_000_000_000
 DEADLINE_S = 30.0
@@ -266,3 +266,29 @@ async def test_a_fact_the_real_store_cannot_hold_is_quarantined_and_a_retry_move
     finally:
         publisher.close()
         await store.close()
+
+
+def test_mieruka_collect_exits_1_with_the_reason_when_the_broker_refuses_its_subscription(
+        tmp_path: Path) -> None:
+    """Once the collector sat connected to nothing, exit 0; now it stops with the reason."""
+    conf = subscribe_only_to(tmp_path / "broker", "allowed/#")
+    with mosquitto(tmp_path / "broker", extra_conf=conf) as broker:
+        plant = parse_plant({
+            "site": {"id": "refused", "timezone": "Asia/Tokyo"},
+            "sources": {"broker": {"mqtt": {"host": "127.0.0.1", "port": broker.port, "qos": 1}}},
+            "lines": [{"id": "line-1", "machines": [{"id": "m1", "source": "broker", "signals": {
+                "good": {"topic": "allowed/m1", "field": "good", "counter_bits": 32},
+                "scrap": {"topic": "forbidden/m1", "field": "scrap", "counter_bits": 32}}}]}],
+        }, "<refused plant>")
+        plant_file = tmp_path / "plant.yaml"
+        plant_file.write_text(dump_plant(plant), encoding="utf-8")
+        log = tmp_path / "collect.log"
+        proc = mieruka("collect", "--plant", str(plant_file), "--store", f"sqlite:///{tmp_path}/facts.db",
+                       "--spool-dir", str(tmp_path / "spool"), "--duration", "60", log=log)
+        try:
+            code = proc.wait(timeout=DEADLINE_S)
+        finally:
+            stop(proc)
+    text = log.read_text(encoding="utf-8")
+    assert code == 1, text
+    assert "refused the subscription to forbidden/m1" in text and "Traceback" not in text

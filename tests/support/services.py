@@ -6,6 +6,7 @@ Each waits on a condition with a deadline (the port answering), never on a fixed
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -88,6 +89,25 @@ class Mosquitto:
         if self.proc is not None:
             stop(self.proc)
             self.proc = None
+
+
+DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"  # Debian's mosquitto ships it
+
+
+def subscribe_only_to(data_dir: Path, pattern: str) -> str:
+    """mosquitto.conf lines for its dynamic-security plugin letting anonymous clients subscribe
+    to ``pattern`` only: the broker answers any other SUBSCRIBE with a failure (0x80). (Plain
+    ``acl_file`` rules do not refuse a subscription in Mosquitto 2.0, they only filter delivery.)"""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "dynsec.json"
+    config.write_text(json.dumps({
+        "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True, "subscribe": False,
+                             "unsubscribe": True},
+        "clients": [],
+        "roles": [{"rolename": "reader", "acls": [{"acltype": "subscribePattern", "topic": pattern, "allow": True}]}],
+        "groups": [{"groupname": "anon", "roles": [{"rolename": "reader"}], "clients": []}],
+        "anonymousGroup": "anon"}), encoding="utf-8")
+    return f"plugin {DYNSEC_PLUGIN}\nplugin_opt_config_file {config}\n"
 
 
 @contextlib.contextmanager
