@@ -164,8 +164,10 @@ def soak(args: argparse.Namespace) -> Result:
              "--from", (now - timedelta(hours=3)).isoformat(),
              "--to", (now + timedelta(seconds=args.duration + args.warmup + 900)).isoformat(),
              "--samples", str(samples), "--truth", str(truth)], "fast-forward simulation")
+        # the samples run ahead of the clock on purpose (the board fills in as time passes)
+        ahead_s = args.duration + args.warmup + 900 + 60
         run([sys.executable, "-m", "mieruka.cli", "import", "--plant", str(plant), "--store", f"sqlite:///{db}",
-             str(samples)], "import")
+             "--max-clock-ahead-s", str(ahead_s), str(samples)], "import")
         print(f"soak: store ready in {time.monotonic() - t0:.1f} s", flush=True)
         api_port, dash_port = free_port(), free_port()
         api_url, dash_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{dash_port}"
