@@ -195,7 +195,7 @@ async def test_an_exception_in_a_callback_fails_the_source_instead_of_killing_pa
     def boom(*args: object) -> None:
         raise RuntimeError("callback bug")
 
-    src._on_message = boom  # type: ignore[method-assign]  # our own callback, guarded at __aenter__
+    src._on_message = boom  # type: ignore[method-assign,assignment]  # our own callback, guarded at __aenter__
     async with src:
         async with asyncio.timeout(10):
             await src.wait_ready()

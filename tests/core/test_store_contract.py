@@ -693,3 +693,25 @@ def test_fact_problem_accepts_what_the_stores_hold() -> None:
               Fact("state", 0, "l1", "m1", "state", "idle", 7),
               Fact("product", MAX_TIME_NS, "l1", "m1", "product", "P-1")):
         assert fact_problem(f) is None, f
+
+
+async def test_influx_answering_400_to_a_write_is_a_refusal_of_the_data(influxd_server: Influxd,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A point influxd itself refuses (here a field type conflict, as a partial write): FactRefused,
+    not an error the collector would retry for ever."""
+    monkeypatch.delenv("MIERUKA_INFLUX_TOKEN", raising=False)
+    store = open_store(influxd_server.url())
+    assert isinstance(store, InfluxStore)
+    await store.open()
+    try:
+        lines = store.lines
+        conflict = f"counts,line=line-1,machine=m1,signal=good inc=1.5 {T + S}"  # inc is an integer field
+        monkeypatch.setattr(store, "lines", lambda facts: [*lines(facts), conflict])
+        with pytest.raises(FactRefused, match="400"):
+            await store.write([count(T, 3)])
+        monkeypatch.setattr(store, "lines", lines)
+        await store.write([count(T + 2 * S, 4)])
+        got = sums(await store.count_buckets(["m1"], ["good"], T, T + 60 * S, 60 * S))
+        assert got[(T, "m1", "good")] in (4, 7)  # the store goes on (1.6 drops the whole conflicting batch)
+    finally:
+        await store.close()
