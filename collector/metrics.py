@@ -34,8 +34,8 @@ Store and facts
 - ``mieruka_facts_written_total``: facts the store confirmed.
 - ``mieruka_facts_pending``: facts made but not yet confirmed by the store.
 - ``mieruka_store_up``: 1 while the last store write succeeded (or none failed yet), else 0.
-- ``mieruka_store_write_failures_total``: write attempts that failed because the store was
-  unavailable (each retry counts).
+- ``mieruka_store_write_failures_total``: write attempts that failed and are retried: the store
+  was unavailable, or failed for another reason than the facts (each retry counts).
 - ``mieruka_store_write_seconds`` (histogram, label ``result``: ``ok`` or ``error``): time of
   each store write attempt.
 - ``mieruka_facts_rejected_total``: facts the store refused (it cannot hold them); each is set
@@ -166,7 +166,7 @@ class _StatsCollector(_PromCollector):
         yield GaugeMetricFamily("mieruka_store_up", "1 while the store accepts writes, else 0.",
                                 value=1.0 if up else 0.0)
         yield CounterMetricFamily("mieruka_store_write_failures_total",
-                                  "Store write attempts that failed because the store was unavailable.",
+                                  "Store write attempts that failed and are retried.",
                                   value=_num(stats, "write_failures"))
         yield CounterMetricFamily("mieruka_facts_rejected_total",
                                   "Facts the store refused, set aside in the spool's quarantine.",

@@ -24,7 +24,11 @@ Tasks (all in one ``asyncio.TaskGroup``, all named):
   the oldest waited ``flush_interval_s``), writes them to the store, and deletes them from the
   spool only once the store confirmed. A store outage leaves them in the spool and is retried with
   capped, jittered backoff; fact keys are replay-stable and store writes idempotent, so a batch
-  written twice (crash between write and confirm) is stored once.
+  written twice (crash between write and confirm) is stored once. A batch the store refuses
+  (:class:`~core.store.base.FactRefused`: it cannot hold some fact) is halved until the refused
+  facts are alone; those go to the spool's quarantine in the transaction that confirms the
+  batch, the rest is written, and nothing behind them waits. Any other store error is retried
+  like an outage.
 - ``stopper``: on ``stop``, closes the sources, commits what is left, lets the writer drain for
   up to ``drain_timeout_s``; what the store did not take stays in a durable spool for next time.
 
@@ -87,7 +91,7 @@ class CollectorStats:
     facts_written: int = 0  # facts the store confirmed
     pending: int = 0  # facts made but not yet confirmed by the store (unspooled + spooled)
     batches_written: int = 0
-    write_failures: int = 0  # store.write attempts that raised StoreUnavailable
+    write_failures: int = 0  # store.write attempts that failed and are retried (unavailable, or another error)
     store_up: bool = True  # the last write attempt succeeded (or none failed yet)
     facts_rejected: int = 0  # facts the store refused (FactRefused): set aside in the spool's quarantine
     facts_dropped: int = 0  # facts lost: memory spool not drained at shutdown
