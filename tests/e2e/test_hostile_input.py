@@ -202,15 +202,29 @@ async def test_hostile_mqtt_and_opcua_input_is_dead_lettered_and_every_valid_inc
         assert {d["source"] for d in kept if d["kind"] == "bad_time"} == {"broker", "plc"}
         assert any("9999" in d["reason"] for d in kept if d["source"] == "plc")
 
-        # a restart on the same spool and MQTT session: nothing re-delivered poisons it, the
-        # counters continue from their saved baselines, nothing is lost or counted twice
+        # while the collector is away its persistent session queues hostile and valid messages at
+        # the broker; the restart (same spool, same client id) takes them, dead-letters the hostile
+        # ones, and continues the counters from their saved baselines
+        await publisher.publish(topic, b"[" * 1000)
+        await publisher.publish(topic, {"ts": far["9999"], "good": 11})
+        await publisher.publish(topic, {"ts": ms(at(12)), "good": 12})
+        mq_expected.append((to_ns(at(12)), 2))
+        ua_expected.append((to_ns(at(24)), 4))
         async with collector_on(setup) as collector:
-            await publisher.publish(topic, {"ts": ms(at(12)), "good": 12})
             await opc.write(f"{prefix}.Good", 9, source_time=at(24))
-            await wait_stored(collector, store, "mq-1", window, [*mq_expected, (to_ns(at(12)), 2)])
-            await wait_stored(collector, store, "ua-1", window, [*ua_expected, (to_ns(at(24)), 4)])
-            assert dict(collector.stats.dead_letters) == {}
-        assert len(letters(setup.spool_dir)) == len(kept)
+            await wait_stored(collector, store, "mq-1", window, mq_expected)
+            await wait_stored(collector, store, "ua-1", window, ua_expected)
+            assert dict(collector.stats.dead_letters) == {"not_json": 1, "bad_time": 1}
+        # and they were acknowledged: the next start gets nothing again, loses nothing, invents nothing
+        async with collector_on(setup) as collector:
+            await publisher.publish(topic, {"ts": ms(at(13)), "good": 13})
+            mq_expected.append((to_ns(at(13)), 1))
+            await wait_stored(collector, store, "mq-1", window, mq_expected)
+            await wait_stored(collector, store, "ua-1", window, ua_expected)
+            assert dict(collector.stats.dead_letters) == {} and collector.stats.facts_rejected == 0
+        assert len(letters(setup.spool_dir)) == len(kept) + 2
+        for machine in ("mq-1", "ua-1"):
+            assert await store.count_buckets([machine], ["good"], window[1], MAX_TIME_NS, MAX_TIME_NS - window[1]) == []
     finally:
         publisher.close()
         await store.close()
