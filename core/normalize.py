@@ -319,8 +319,9 @@ class Normalizer:
                 c = self._counters.get((m, sig))
                 if c is not None:
                     out[key] = _counter_entry(c)
-            elif (m, sig) in self._times:
-                out[key] = self._times[(m, sig)]
+            else:
+                # None: forgotten (see _drop_future), so the saved row stops holding the old time
+                out[key] = self._times.get((m, sig))
         self._dirty.clear()
         return out
 
@@ -343,7 +344,7 @@ class Normalizer:
                                                     None if src is None else int(src))
             for m, sigs in state["times"].items():
                 for s, t in sigs.items():
-                    if self._known(m, s):
+                    if self._known(m, s) and t is not None:
                         times[(m, s)] = int(t)
             for m, d in state["machines"].items():
                 if m not in self._machines:

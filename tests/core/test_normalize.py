@@ -584,3 +584,10 @@ def test_a_saved_state_from_the_future_does_not_push_later_facts() -> None:
     restored.restore(saved)
     changed = restored.changes()
     assert changed["c/m1/good"]["src_ns"] is None and "m/m1" in changed
+    assert changed["t/m1/good"] is None and changed["t/m1/temp"] is None
+    # saved as rows by key, the forgetting sticks: the next start has nothing to forget
+    rows = {**entries_from_snapshot(saved), **changed}
+    again = Normalizer(make_plant(), clock=clock_at(100))
+    again.restore(snapshot_from_entries(rows))
+    assert again.changes() == {}
+    assert [f.time_ns for f in again.feed(s("m1", "temp", 2.0, 11))] == [ns(11)]
