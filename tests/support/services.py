@@ -6,6 +6,7 @@ Each waits on a condition with a deadline (the port answering), never on a fixed
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import pwd
@@ -91,7 +92,13 @@ class Mosquitto:
             self.proc = None
 
 
-DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"  # Debian's mosquitto ships it
+def dynsec_plugin() -> str:
+    """Mosquitto's dynamic-security plugin, which Debian's mosquitto package ships."""
+    found = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so") +
+                   glob.glob("/usr/lib/mosquitto_dynamic_security.so"))
+    if not found:
+        raise RuntimeError("mosquitto_dynamic_security.so not found; install Debian's mosquitto package")
+    return found[0]
 
 
 def subscribe_only_to(data_dir: Path, pattern: str) -> str:
@@ -107,7 +114,7 @@ def subscribe_only_to(data_dir: Path, pattern: str) -> str:
         "roles": [{"rolename": "reader", "acls": [{"acltype": "subscribePattern", "topic": pattern, "allow": True}]}],
         "groups": [{"groupname": "anon", "roles": [{"rolename": "reader"}], "clients": []}],
         "anonymousGroup": "anon"}), encoding="utf-8")
-    return f"plugin {DYNSEC_PLUGIN}\nplugin_opt_config_file {config}\n"
+    return f"plugin {dynsec_plugin()}\nplugin_opt_config_file {config}\n"
 
 
 @contextlib.contextmanager
