@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -31,12 +32,14 @@ import pytest
 from asyncua import ua
 
 from collector.deadletter import DeadLetters
+from collector.metrics import CollectorMetrics
 from collector.pipeline import Collector
 from collector.spool import Spool
 from core.model import to_ns
 from core.plant import Plant, dump_plant, parse_plant
 from core.store import open_store
 from core.store.base import MAX_TIME_NS, Store
+from mieruka.status import fetch_metrics, render_status
 from tests.collector.conftest import OpcServer, Publisher
 from tests.support.influxd import Influxd
 from tests.support.procs import collector_running, mieruka, wait_until
@@ -264,6 +267,15 @@ async def test_a_fact_the_real_store_cannot_hold_is_quarantined_and_a_retry_move
             await wait_stored(collector, store, "mq-1", window, expected)
             assert collector.stats.facts_rejected == 1 and collector.stats.store_up
             assert collector.stats.write_failures == 0
+            # visible where an operator looks: the metrics and `mieruka status`
+            metrics = CollectorMetrics(collector)
+            try:
+                port = metrics.serve(0)
+                text = await asyncio.to_thread(fetch_metrics, f"http://127.0.0.1:{port}/metrics")
+            finally:
+                metrics.close()
+            assert "mieruka_spool_quarantined_facts 1.0" in text
+            assert re.search(r"^quarantine +1 facts the store refused", render_status(text), re.MULTILINE)
         with Spool(setup.spool_dir) as spool:
             [(_, _, reason, fact)] = spool.quarantined()
             assert (fact.machine, fact.signal, fact.value, fact.time.year) == ("mq-1", "temp", 21.5, 2300)
