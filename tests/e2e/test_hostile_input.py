@@ -20,6 +20,9 @@ import asyncio
 import json
 import logging
 import re
+import signal
+import subprocess
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -28,8 +31,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from asyncua import ua
+from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.deadletter import DeadLetters
 from collector.metrics import CollectorMetrics
@@ -39,11 +44,11 @@ from core.model import to_ns
 from core.plant import Plant, dump_plant, parse_plant
 from core.store import open_store
 from core.store.base import MAX_TIME_NS, Store
-from mieruka.status import fetch_metrics, render_status
+from mieruka.status import StatusError, fetch_metrics, render_status
 from tests.collector.conftest import OpcServer, Publisher
 from tests.support.influxd import Influxd
-from tests.support.procs import collector_running, mieruka, wait_until
-from tests.support.services import Mosquitto, mosquitto, stop, subscribe_only_to
+from tests.support.procs import collector_running, interrupt, mieruka, wait_until
+from tests.support.services import Mosquitto, free_port, mosquitto, stop, subscribe_only_to
 
 S = 1_000_000_000
 DEADLINE_S = 30.0
@@ -318,3 +323,114 @@ def test_mieruka_collect_exits_1_with_the_reason_when_the_broker_refuses_its_sub
     text = log.read_text(encoding="utf-8")
     assert code == 1, text
     assert "refused the subscription to forbidden/m1" in text and "Traceback" not in text
+
+
+async def test_mieruka_collect_survives_hostile_messages_and_a_kill_9_with_them_queued(
+        mosquitto_broker: Mosquitto, store_url: str, tmp_path: Path) -> None:
+    """The review's reproduction as processes: once, one such message made `mieruka collect` exit 1
+    and every restart die again on the re-delivered message."""
+    prefix = f"p{uuid.uuid4().hex[:8]}"
+    topic = f"{prefix}/m1/counts"
+    plant = parse_plant({
+        "site": {"id": "hostile-proc", "timezone": "Asia/Tokyo"},
+        "sources": {"broker": {"mqtt": {"host": "127.0.0.1", "port": mosquitto_broker.port, "qos": 1}}},
+        "lines": [{"id": "line-1", "machines": [{"id": "m1", "source": "broker", "signals": {
+            "good": {"topic": topic, "field": "good", "counter_bits": 64, "time_field": "ts", "time_unit": "ms"}}}]}],
+    }, "<hostile process plant>")
+    plant_file = tmp_path / "plant.yaml"
+    plant_file.write_text(dump_plant(plant), encoding="utf-8")
+    t0 = whole_second(datetime.now(UTC)) - timedelta(seconds=60)
+    window = (to_ns(t0) - 3600 * S, to_ns(t0) + 3600 * S)
+
+    def ms(k: int) -> int:
+        return to_ns(t0 + timedelta(seconds=k)) // 1_000_000
+
+    y9999, y2200 = 253_402_214_400_000, 7_258_118_400_000
+    client_id = f"hostile-proc-{prefix}"
+
+    def collect(n: int) -> tuple[subprocess.Popen[bytes], str, Path]:
+        port, log = free_port(), tmp_path / f"collect-{n}.log"
+        proc = mieruka("collect", "--plant", str(plant_file), "--store", store_url, "--spool-dir",
+                       str(tmp_path / "spool"), "--client-id", client_id, "--flush-interval", "0.2",
+                       "--metrics-port", str(port), log=log)
+        return proc, f"http://127.0.0.1:{port}/metrics", log
+
+    async def subscribed(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        async def connected() -> bool:
+            assert proc.poll() is None, text_of(log)
+            try:
+                text = await asyncio.to_thread(fetch_metrics, url, 2.0)
+            except StatusError:
+                return False
+            return 'mieruka_source_connected{source="broker"} 1.0' in text
+        await wait_until(connected, DEADLINE_S, "the collector connected", poll_s=0.1)
+
+    store = open_store(store_url)
+    await store.open()
+    publisher = Publisher(mosquitto_broker)
+    expected: list[tuple[int, int]] = []
+
+    def stored(proc: subprocess.Popen[bytes], log: Path) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            assert proc.poll() is None, f"the collector exited with {proc.returncode}:\n{text_of(log)}"
+            return await counts_at(store, "m1", *window) == expected
+        return check
+    try:
+        persistent_session(mosquitto_broker, client_id, topic)
+        proc, url, log = collect(1)
+        try:
+            await subscribed(proc, url, log)
+            for payload in ({"ts": ms(0), "good": 0}, {"ts": ms(1), "good": 1}, b"[" * 1000,
+                            {"ts": y9999, "good": 2}, {"ts": ms(2), "good": 3}, {"ts": y2200, "good": 4},
+                            {"ts": ms(3), "good": 6}, {"ts": ms(4), "good": (1 << 64) - 1},
+                            {"ts": ms(5), "good": 9}):
+                await publisher.publish(topic, payload)
+            expected += [(to_ns(t0) + S * k, inc) for k, inc in ((1, 1), (2, 2), (3, 3), (5, 10))]
+            await wait_until(stored(proc, log), DEADLINE_S, "the valid increments stored")
+            assert proc.poll() is None, text_of(log)
+            # killed while nothing more is acknowledged; meanwhile the broker queues more of the same
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(10) == -signal.SIGKILL
+        finally:
+            stop(proc)
+        for payload in (b"[" * 1000, {"ts": y9999, "good": 10}, {"ts": ms(6), "good": 12}):
+            await publisher.publish(topic, payload)
+        expected.append((to_ns(t0) + S * 6, 3))
+        proc, url, log = collect(2)
+        try:
+            await wait_until(stored(proc, log), DEADLINE_S, "the increment queued while the collector was down stored")
+            await subscribed(proc, url, log)
+            text = await asyncio.to_thread(fetch_metrics, url, 2.0)
+            assert 'mieruka_dead_letters_total{kind="not_json"} 1.0' in text
+            assert 'mieruka_dead_letters_total{kind="bad_time"} 1.0' in text
+        finally:
+            code = interrupt(proc)
+        assert code == 0, text_of(log)
+        kinds = [d["kind"] for d in letters(tmp_path / "spool")]
+        assert sorted(kinds) == ["bad_time", "bad_time", "bad_time", "implausible_step", "not_json", "not_json"]
+        assert await counts_at(store, "m1", window[1], MAX_TIME_NS) == []
+    finally:
+        publisher.close()
+        await store.close()
+
+
+def text_of(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+def persistent_session(broker: Mosquitto, client_id: str, topic: str) -> None:
+    """Make the broker hold ``client_id``'s persistent session subscribed to ``topic`` (QoS 1), as
+    a collector's first connection would: whatever is published from now on waits for it, so the
+    test needs no guess about when the collector has subscribed."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                         protocol=mqtt.MQTTv311)
+    subscribed = threading.Event()
+    client.on_connect = lambda c, *args: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        assert subscribed.wait(10), "no SUBACK within 10 s"
+    finally:
+        client.disconnect()
+        client.loop_stop()
