@@ -517,9 +517,10 @@ class Spool:
             raise SpoolError(f"spool {self.path}: the quarantine is corrupt: {e}") from e
 
     def requeue_quarantine(self) -> int:
-        """Move every quarantined fact back into the queue (one new batch, in one transaction), for
-        the store to try again; returns how many. Meant for a spool no collector runs on (the
-        directory lock makes sure of that)."""
+        """Move every quarantined fact back into the queue (one new batch, in one transaction, not
+        held to ``max_bytes``: they were spooled once already), for the store to try again;
+        returns how many. Meant for a spool no collector runs on (the directory lock makes sure
+        of that)."""
         with self._lock:
             self._check_open()
             db = self._db

@@ -10,8 +10,10 @@ The hostile input, interleaved with valid readings of the same counters:
   moved to 2200), a step of 2**64 - 1 on a 64-bit counter (beyond the stores' int64);
 - OPC UA: a SourceTimestamp in year 9999.
 
-And a fact a store cannot hold that gets past the normalizer (its clock check turned off) is
-quarantined in the spool, the facts behind it are written, and a retry moves it back.
+And a fact a store cannot hold that gets past the normalizer (its clock check opened wide) is
+quarantined in the spool, the facts around it are written, and a retry moves it back. As
+processes: ``mieruka collect`` stays up through the hostile messages and a ``kill -9`` with more of
+them queued, and exits 1 with the broker's reason when its subscription is refused.
 """
 
 from __future__ import annotations
