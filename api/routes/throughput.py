@@ -9,12 +9,13 @@ from fastapi import APIRouter, HTTPException, Query
 from api.deps import AsOfDep, LineDep, PlantDep, StoreDep, parse_time
 from api.routes.shifts import shift_out
 from api.schemas import Point, Problem, Throughput
+from api.work import OffloadedRoute, check_span
 from core import figures
 from core.model import to_ns
 from core.oee import calendar_intervals
 from core.plant import Line, Plant
 
-router = APIRouter(prefix="/api/v1", tags=["figures"])
+router = APIRouter(prefix="/api/v1", tags=["figures"], route_class=OffloadedRoute)
 
 WINDOW_HELP = "give start and end (ISO-8601 with offset), or shift=current"
 NS_PER_H = 3_600_000_000_000
@@ -106,6 +107,8 @@ async def throughput(
             missing = " and ".join(n for n, v in (("start", start), ("end", end)) if v is None)
             raise HTTPException(422, f"{missing} missing; {WINDOW_HELP}")
         w_start, w_end = parse_time("start", start), parse_time("end", end)
+        if w_end > w_start:
+            check_span(w_start, w_end)
         shift_info = None
     result = await figures.line_throughput(store, plant, line.id, w_start, w_end, b)
     points, total_target = with_targets(line, plant, result)

@@ -12,17 +12,20 @@ import uvicorn
 from werkzeug.serving import make_server
 
 from api.app import create_app
+from api.auth import Auth
 from core.plant import Plant
 from core.store.sqlite import SqliteStore
 from dashboard.app import create_dashboard
 from tests.support.services import free_port, wait_port
+
+OPEN = Auth.open_reads()  # these tests are about figures, not tokens (tests/api/test_auth.py is)
 
 
 class ApiServer:
     def __init__(self, plant: Plant, db: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(plant, SqliteStore(db)), host="127.0.0.1", port=self.port,
+        config = uvicorn.Config(create_app(plant, SqliteStore(db), auth=OPEN), host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"api-{self.port}", daemon=True)
