@@ -23,7 +23,7 @@ from api.routes import figures as figure_routes
 from api.routes import health, plant_detail, shifts, status, throughput
 from api.routes import plant as plant_routes
 from api.settings import Settings
-from api.work import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_WORKERS, HomeLoopStore, TimeLimit, Workers
+from api.work import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_WORKERS, HomeLoopStore, TimeLimit, Workers, loop_bound
 from core.plant import Plant, load_plant
 from core.store.base import Store, StoreUnavailable
 
@@ -44,7 +44,8 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool.start()
-        app.state.store_here = HomeLoopStore(store, asyncio.get_running_loop())
+        if loop_bound(store):
+            app.state.store_here = HomeLoopStore(store, asyncio.get_running_loop())
         try:
             try:
                 await store.open()
@@ -70,7 +71,7 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
     )
     app.state.plant = plant
     app.state.store = store
-    app.state.store_here = store  # replaced by a HomeLoopStore once the lifespan runs
+    app.state.store_here = store  # a HomeLoopStore once the lifespan runs, if the store needs one
     app.state.store_open = False
     app.state.auth = auth
     app.state.workers = pool

@@ -6,8 +6,9 @@
   The server's own loop only accepts connections and sends answers, so ``/healthz`` is answered at
   once however heavy the figures asked for are (Python threads share the GIL, but the loop gets it
   back every few milliseconds).
-- :class:`HomeLoopStore`: the store's connections belong to the loop that opened it (aiohttp's
-  session for InfluxDB); store calls made on a worker are run on that home loop and awaited there.
+- :class:`HomeLoopStore`: where a store's connections belong to the loop that opened it (aiohttp's
+  session for InfluxDB), store calls made on a worker are run on that home loop and awaited there
+  (:func:`loop_bound`; SQLite is called from the worker directly).
 - :class:`TimeLimit`: ASGI middleware giving every request at most ``limit_s`` seconds; past it the
   request is cancelled and answered 503 in the one error shape. A cancelled figure stops at its
   next await (a store read); its worker is free again only once it has, so the number of
@@ -152,6 +153,16 @@ class Workers:
             # start() ran or is queued before this on the worker's loop, so tasks[0] exists by then
             loop.call_soon_threadsafe(lambda: tasks[0].cancel())
             raise
+
+
+def loop_bound(store: object) -> bool:
+    """Whether a store's connections belong to the loop that opened it, so that calls from a worker
+    must hop to that loop (InfluxDB's aiohttp session). SQLite's do not: each call runs in a thread
+    under the store's own locks, so a worker calls it directly and turns rows into objects on its own
+    loop, not on the server's."""
+    from core.store.sqlite import SqliteStore
+
+    return not isinstance(store, SqliteStore)
 
 
 class HomeLoopStore:
