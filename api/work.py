@@ -159,9 +159,12 @@ def loop_bound(store: object) -> bool:
     """Whether a store's connections belong to the loop that opened it, so that calls from a worker
     must hop to that loop (InfluxDB's aiohttp session). SQLite's do not: each call runs in a thread
     under the store's own locks, so a worker calls it directly and turns rows into objects on its own
-    loop, not on the server's."""
+    loop, not on the server's. A store may say so itself with a boolean ``loop_bound`` attribute."""
     from core.store.sqlite import SqliteStore
 
+    declared = getattr(store, "loop_bound", None)
+    if isinstance(declared, bool):
+        return declared
     return not isinstance(store, SqliteStore)
 
 
