@@ -22,7 +22,7 @@ from api.errors import TIMED_OUT, install_error_handlers, problem, problem_opena
 from api.routes import figures as figure_routes
 from api.routes import health, plant_detail, shifts, status, throughput
 from api.routes import plant as plant_routes
-from api.settings import Settings
+from api.settings import Settings, SettingsError
 from api.work import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_WORKERS, HomeLoopStore, TimeLimit, Workers, loop_bound
 from core.plant import Plant, load_plant
 from core.store.base import Store, StoreUnavailable
@@ -94,12 +94,30 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
     return app
 
 
-def create_app_from_settings(settings: Settings) -> FastAPI:
-    """The process edge: load the plant file (``PlantFileError`` names what is wrong) and pick the store."""
+def reader_store(url: str) -> Store:
+    """The store a URL names, for reading: a SQLite file must exist already (the collector or
+    ``mieruka import`` creates it), and it is opened without ever creating one. ``SettingsError``
+    for a bad URL or a missing file."""
     from core.store import open_store
+    from core.store.sqlite import SqliteStore
 
+    try:
+        store: Store = open_store(url)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+    if isinstance(store, SqliteStore):
+        if not store.path.is_file():
+            raise SettingsError(f"the SQLite store {store.path} does not exist; the collector ('mieruka collect') "
+                                "or 'mieruka import' creates it: check the path, or run one of them first")
+        store = SqliteStore(store.path, create=False)
+    return store
+
+
+def create_app_from_settings(settings: Settings) -> FastAPI:
+    """The process edge: load the plant file (``PlantFileError`` names what is wrong), the token file
+    and the store (``SettingsError`` says what to fix)."""
     plant = load_plant(settings.plant_file)
-    store: Store = open_store(settings.store_url)
+    store = reader_store(settings.store_url)
     return create_app(plant, store, auth=settings.auth(), retry_after_s=settings.retry_after_s,
                       request_timeout_s=settings.request_timeout_s, cors_origins=settings.cors_origins)
 

@@ -241,39 +241,29 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _reader_store(url: str) -> Store:
-    """The store the API reads: a SQLite file must exist already (the API never creates one)."""
-    from core.store.sqlite import SqliteStore
-
-    store = _open_store_url(url)
-    if isinstance(store, SqliteStore):
-        if not store.path.is_file():
-            raise BadInput(f"--store: the SQLite store {store.path} does not exist; the collector "
-                           "('mieruka collect') or 'mieruka import' creates it: check the path, or run one of "
-                           "them first")
-        store = SqliteStore(store.path, create=False)
-    return store
-
-
 def cmd_api(args: argparse.Namespace) -> int:
     import os
 
-    from api.settings import Settings, SettingsError, cors_from_env
+    from api.settings import Settings, SettingsError
     from api.tokens import TOKENS_ENV
 
     plant = _plant(args.plant)
     import uvicorn
 
-    from api.app import create_app
+    from api.app import create_app, reader_store
 
-    store = _reader_store(args.store)
+    try:
+        store = reader_store(args.store)
+        env = Settings.from_env({**os.environ, "MIERUKA_PLANT": args.plant})
+    except ValueError as e:
+        raise BadInput(f"--store: {e}" if isinstance(e, SettingsError) else str(e)) from None
     tokens = args.tokens or os.environ.get(TOKENS_ENV) or None
-    if args.request_timeout <= 0:
-        raise BadInput(f"--request-timeout must be positive, got {args.request_timeout}")
+    timeout_s = args.request_timeout if args.request_timeout is not None else env.request_timeout_s
+    if timeout_s <= 0:
+        raise BadInput(f"--request-timeout must be positive, got {timeout_s}")
     settings = Settings(Path(args.plant), args.store, tokens_file=Path(tokens) if tokens else None,
-                        anonymous_read=args.anonymous_read,
-                        cors_origins=tuple(args.cors_origin) or cors_from_env(os.environ),
-                        request_timeout_s=args.request_timeout)
+                        anonymous_read=args.anonymous_read, cors_origins=tuple(args.cors_origin) or env.cors_origins,
+                        request_timeout_s=timeout_s)
     try:
         auth = settings.auth()
     except SettingsError as e:
@@ -478,8 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser requests from this origin (repeatable; default: $MIERUKA_CORS_ORIGINS, "
                         "comma-separated; none)")
-    a.add_argument("--request-timeout", type=float, default=30.0, metavar="S",
-                   help="answer 503 to a request not done within S seconds (default 30)")
+    a.add_argument("--request-timeout", type=float, default=None, metavar="S",
+                   help="answer 503 to a request not done within S seconds (default: $MIERUKA_REQUEST_TIMEOUT_S, "
+                        "else 30)")
     a.set_defaults(func=cmd_api)
 
     tk = sub.add_parser("token", help="API tokens: create (printed once; only its hash is kept), list, revoke")

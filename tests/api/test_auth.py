@@ -266,6 +266,16 @@ def test_api_refuses_to_serve_other_hosts_without_tokens(db: Path, tmp_path: Pat
     assert code == 2 and "missing.json does not exist" in out, out
 
 
+def test_api_refuses_a_bad_request_timeout(db: Path) -> None:
+    code, out = run_api("--plant", str(DEMO_PLANT), "--store", f"sqlite:///{db}", "--anonymous-read",
+                        "--request-timeout", "0")
+    assert code == 2 and "--request-timeout must be positive" in out, out
+    env = {**os.environ, "MIERUKA_REQUEST_TIMEOUT_S": "soon"}
+    proc = subprocess.run([sys.executable, "-m", "mieruka.cli", "api", "--plant", str(DEMO_PLANT), "--store",
+                           f"sqlite:///{db}", "--anonymous-read"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and "MIERUKA_REQUEST_TIMEOUT_S must be a number" in proc.stderr, proc.stderr
+
+
 def test_api_refuses_a_sqlite_store_that_does_not_exist(tmp_path: Path) -> None:
     missing = tmp_path / "typo" / "mieruka.db"
     code, out = run_api("--plant", str(DEMO_PLANT), "--store", f"sqlite:///{missing}", "--anonymous-read")
