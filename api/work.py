@@ -63,10 +63,21 @@ class Workers:
         self._free: list[asyncio.AbstractEventLoop] = []
         self._slots: asyncio.Semaphore | None = None
         self._home: asyncio.AbstractEventLoop | None = None
+        self._waiting = 0
 
     @property
     def home(self) -> asyncio.AbstractEventLoop | None:
         return self._home
+
+    @property
+    def busy(self) -> int:
+        """Workers running a request now (a cancelled one counts until it has really stopped)."""
+        return len(self._loops) - len(self._free)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a free worker."""
+        return self._waiting
 
     def start(self) -> None:
         """Start the threads; call on the loop that will call :meth:`run` (the server's)."""
@@ -115,7 +126,11 @@ class Workers:
         slots, home = self._slots, self._home
         if slots is None or home is None:  # not started (an app without lifespan): run here
             return await make()
-        await slots.acquire()
+        self._waiting += 1
+        try:
+            await slots.acquire()
+        finally:
+            self._waiting -= 1
         loop = self._free.pop()
         finished: concurrent.futures.Future[T] = concurrent.futures.Future()
         tasks: list[asyncio.Task[T]] = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.auth import Auth
+from api.work import Workers
 from core.model import Fact
 from core.plant import Plant, load_plant
 from core.store import open_store
@@ -195,6 +196,29 @@ class AnyLoopStore(BlockingStore):
     """Like the SQLite store it wraps, callable from any loop: no hop to the server's loop."""
 
     loop_bound = False
+
+
+async def test_at_most_as_many_figures_run_at_once_as_there_are_workers(plant: Plant, small_db: Path) -> None:
+    store = BlockingStore(SqliteStore(small_db))
+    app = create_app(plant, store, auth=OPEN, workers=2)
+    pool: Workers = app.state.workers
+    async with serve(app) as c:
+        requests = [asyncio.create_task(c.get(f"{V1}/lines/blade-1/throughput", params=W)) for _ in range(5)]
+        await wait_for(lambda: store.reads == 2 and pool.waiting == 3, 10, "two reading, three waiting")
+        assert pool.busy == 2  # the three others have not begun
+        store.release.set()
+        answers = await asyncio.gather(*requests)
+    assert [a.status_code for a in answers] == [200] * 5
+    assert {a.json()["total_good"] for a in answers} == {35}
+    assert (pool.busy, pool.waiting) == (0, 0)
+
+
+async def wait_for(cond: Callable[[], bool], deadline_s: float, what: str) -> None:
+    end = time.monotonic() + deadline_s
+    while not cond():
+        if time.monotonic() > end:
+            raise TimeoutError(f"not within {deadline_s} s: {what}")
+        await asyncio.sleep(0.01)
 
 
 async def test_figures_run_on_worker_threads_not_the_servers_loop(plant: Plant, small_db: Path) -> None:
