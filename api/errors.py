@@ -119,6 +119,7 @@ _ERROR_DESCRIPTIONS: dict[str, str] = {
 # Query parameters that are instants: documented as date-time (the API's own parser also accepts a
 # '+' that a URL turned into a space, and a trailing Z).
 TIME_PARAMS = frozenset({"start", "end", "as_of"})
+DATE_PARAMS = frozenset({"date"})
 
 
 def problem_openapi(app: FastAPI, *, secured: Callable[[str], bool]) -> Callable[[], dict[str, Any]]:
@@ -140,7 +141,9 @@ def problem_openapi(app: FastAPI, *, secured: Callable[[str], bool]) -> Callable
             for op in ops.values():
                 for p in op.get("parameters", []):
                     if p.get("in") == "query" and p.get("name") in TIME_PARAMS:
-                        _date_time(p.setdefault("schema", {}))
+                        _string_format(p.setdefault("schema", {}), "date-time")
+                    elif p.get("in") == "query" and p.get("name") in DATE_PARAMS:
+                        _string_format(p.setdefault("schema", {}), "date")
                 responses: dict[str, Any] = op.setdefault("responses", {})
                 codes = ["500", "503"]
                 if op.get("parameters"):
@@ -159,12 +162,12 @@ def problem_openapi(app: FastAPI, *, secured: Callable[[str], bool]) -> Callable
     return openapi
 
 
-def _date_time(schema: dict[str, Any]) -> None:
-    """Mark the string branch of a (possibly nullable) parameter schema as date-time."""
+def _string_format(schema: dict[str, Any], fmt: str) -> None:
+    """Give the string branch of a (possibly nullable) parameter schema a ``format``."""
     branches = schema.get("anyOf")
     if isinstance(branches, list):
         for b in branches:
             if b.get("type") == "string":
-                b["format"] = "date-time"
+                b["format"] = fmt
     elif schema.get("type") == "string":
-        schema["format"] = "date-time"
+        schema["format"] = fmt
