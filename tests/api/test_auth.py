@@ -311,3 +311,22 @@ async def test_cors_origins_are_configurable_and_off_by_default(plant: Plant, db
         r = await c.get("/api/v1/lines", headers={"Origin": "http://elsewhere.example"})
         assert "access-control-allow-origin" not in r.headers
 
+
+
+async def test_settings_from_the_environment(db: Path, tmp_path: Path) -> None:
+    from api.app import create_app_from_settings, reader_store
+    from api.settings import Settings, SettingsError
+
+    tokens = tmp_path / "tokens.json"
+    token = create_token(tokens, "svc", "read")
+    settings = Settings.from_env({"MIERUKA_PLANT": str(DEMO_PLANT), "MIERUKA_STORE": f"sqlite:///{db}",
+                                  "MIERUKA_TOKENS": str(tokens), "MIERUKA_REQUEST_TIMEOUT_S": "12.5",
+                                  "MIERUKA_CORS_ORIGINS": "http://a.example, http://b.example"})
+    assert settings.tokens_file == tokens and settings.request_timeout_s == 12.5
+    assert settings.cors_origins == ("http://a.example", "http://b.example") and not settings.anonymous_read
+    async with serve(create_app_from_settings(settings)) as c:
+        assert (await c.get("/api/v1/lines")).status_code == 401
+        assert (await c.get("/api/v1/lines", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+    with pytest.raises(SettingsError, match="does not exist; the collector"):
+        reader_store(f"sqlite:///{tmp_path / 'nope.db'}")
+    assert not (tmp_path / "nope.db").exists()
