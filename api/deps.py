@@ -33,7 +33,7 @@ async def get_store(request: Request) -> Store:
     ``Store.open`` is idempotent, so a concurrent second open is harmless; ``StoreUnavailable``
     from it becomes a 503 through the app's exception handler."""
     state = request.app.state
-    store: Store = state.store
+    store: Store = state.store_here  # callable from a figure worker's loop too (api.work.HomeLoopStore)
     if not state.store_open:
         await store.open()
         state.store_open = True

@@ -17,6 +17,7 @@ from fastapi import Depends, Header, HTTPException, Path, Query
 from fastapi.responses import Response
 
 from api.deps import PlantDep, parse_time
+from api.work import check_span
 from core import figures, oee
 from core.calendar import ShiftWindow
 from core.model import signal_kind
@@ -111,6 +112,7 @@ def resolve_window(plant: Plant, as_of: datetime, start: str | None, end: str | 
     if t1 <= t0:
         raise HTTPException(422, f"the window is empty or reversed: start {t0.isoformat()} is not before end "
                                  f"{t1.isoformat()}; end must be after start")
+    check_span(t0, t1)
     return Window(t0, t1, None)
 
 

@@ -13,8 +13,17 @@ class Health(BaseModel):
     store: Literal["ok", "unavailable"]
 
 
+class FieldProblem(BaseModel):
+    location: str = Field(description="Where, e.g. \"query parameter 'lang'\"")
+    message: str
+
+
 class Problem(BaseModel):
-    detail: str = Field(description="What is wrong and, where it can, what is allowed")
+    """The body of every error answer (4xx and 5xx)."""
+
+    detail: str = Field(description="One sentence: what is wrong and, where it can, what is allowed")
+    errors: list[FieldProblem] | None = Field(default=None, description="With a 422 from parameter "
+                                              "validation: each problem, where it is")
 
 
 class Site(BaseModel):

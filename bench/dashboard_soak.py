@@ -87,10 +87,11 @@ def round_the_clock(src: Path, dst: Path) -> None:
     dst.write_text(yaml.safe_dump(plant, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
-def run(cmd: list[str], what: str) -> None:
+def run(cmd: list[str], what: str) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     if r.returncode != 0:
         raise RuntimeError(f"{what} failed ({r.returncode}): {r.stderr[-2000:]}")
+    return r.stdout
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -169,16 +170,25 @@ def soak(args: argparse.Namespace) -> Result:
         run([sys.executable, "-m", "mieruka.cli", "import", "--plant", str(plant), "--store", f"sqlite:///{db}",
              "--max-clock-ahead-s", str(ahead_s), str(samples)], "import")
         print(f"soak: store ready in {time.monotonic() - t0:.1f} s", flush=True)
+        # the board reads the API with a read token, as a wall screen in a plant would
+        tokens, token_file = tmp / "tokens.json", tmp / "wallboard.token"
+        token = run([sys.executable, "-m", "mieruka.cli", "token", "create", "--role", "read", "--name", "soak",
+                     "--tokens", str(tokens)], "token create").strip()
+        token_file.touch(mode=0o600)
+        token_file.write_text(token + "\n", encoding="utf-8")
         api_port, dash_port = free_port(), free_port()
         api_url, dash_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{dash_port}"
         procs: list[subprocess.Popen[bytes]] = []
         driver: webdriver.Chrome | None = None
         try:
             procs.append(start([sys.executable, "-m", "mieruka.cli", "api", "--plant", str(plant), "--store",
-                                f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(api_port)], tmp / "api.log"))
+                                f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(api_port),
+                                "--tokens", str(tokens)],
+                               tmp / "api.log"))
             wait_http(f"{api_url}/healthz", START_DEADLINE_S, procs[-1])
             procs.append(start([sys.executable, "-m", "mieruka.cli", "dashboard", "--api", api_url,
-                                "--host", "127.0.0.1", "--port", str(dash_port), "--refresh-ms", str(args.refresh_ms)],
+                                "--host", "127.0.0.1", "--port", str(dash_port), "--refresh-ms", str(args.refresh_ms),
+                                "--token-file", str(token_file)],
                                tmp / "dash.log"))
             wait_http(f"{dash_url}/", START_DEADLINE_S, procs[-1])
             driver = start_chromium(WIDTH, HEIGHT, exact_viewport=True)

@@ -49,7 +49,7 @@ Definitions (DESIGN.md, "Figures"; where it is silent, the choice is written her
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,6 +129,19 @@ def _subtract(xs: Sequence[Interval], ys: Sequence[Interval]) -> list[Interval]:
         if cur < b:
             out.append((cur, b))
     return out
+
+
+def _inside_ns(ivs: Sequence[Interval], starts: Sequence[int], a: int, b: int) -> int:
+    """Nanoseconds of ``ivs`` (sorted, disjoint; ``starts`` their starts) inside ``[a, b)``: a
+    bisection to the first candidate, so a timeline of n stretches costs O(n log m), not O(n m)."""
+    total = 0
+    i = max(0, bisect_right(starts, a) - 1)
+    while i < len(ivs) and ivs[i][0] < b:
+        lo, hi = max(ivs[i][0], a), min(ivs[i][1], b)
+        if hi > lo:
+            total += hi - lo
+        i += 1
+    return total
 
 
 def _total(ivs: Iterable[Interval]) -> int:
@@ -400,12 +413,13 @@ def machine_oee(plant: Plant, machine: Machine, start: datetime, end: datetime,
     timeline = state_timeline(states, machine.id, s, e)
     tb = time_base(plant, start, end, timeline)
     ppt = list(tb.production)
+    ppt_starts = [a for a, _ in ppt]
 
     running_ns = micro_ns_total = 0
     own: dict[str, int] = defaultdict(int)  # non-micro seconds inside PPT per loss
     events: list[DowntimeEvent] = []
     for x in timeline:
-        inside = _total(_intersect([(x.start_ns, x.end_ns)], ppt))
+        inside = _inside_ns(ppt, ppt_starts, x.start_ns, x.end_ns)
         if x.state == "running":
             running_ns += inside
             continue

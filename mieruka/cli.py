@@ -282,14 +282,95 @@ def cmd_import(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def cmd_api(args: argparse.Namespace) -> int:
+    import os
+
+    from api.settings import Settings, SettingsError
+    from api.tokens import TOKENS_ENV
+
     plant = _plant(args.plant)
     import uvicorn
 
-    from api.app import create_app
+    from api.app import create_app, reader_store
 
-    store = _open_store_url(args.store)
-    uvicorn.run(create_app(plant, store), host=args.host, port=args.port, log_level="info")
+    try:
+        store = reader_store(args.store)
+        env = Settings.from_env({**os.environ, "MIERUKA_PLANT": args.plant})
+    except ValueError as e:
+        raise BadInput(f"--store: {e}" if isinstance(e, SettingsError) else str(e)) from None
+    tokens = args.tokens or os.environ.get(TOKENS_ENV) or None
+    timeout_s = args.request_timeout if args.request_timeout is not None else env.request_timeout_s
+    if timeout_s <= 0:
+        raise BadInput(f"--request-timeout must be positive, got {timeout_s}")
+    settings = Settings(Path(args.plant), args.store, tokens_file=Path(tokens) if tokens else None,
+                        anonymous_read=args.anonymous_read, cors_origins=tuple(args.cors_origin) or env.cors_origins,
+                        request_timeout_s=timeout_s)
+    try:
+        auth = settings.auth()
+    except SettingsError as e:
+        raise BadInput(f"--tokens: {e}") from None
+    has_tokens = auth.tokens is not None and bool(auth.tokens.records())
+    if not has_tokens and not auth.anonymous_read:
+        if not _is_loopback(args.host):
+            raise BadInput(f"--host {args.host} is reachable from other machines, but no token exists and "
+                           "--anonymous-read is not given, so the API could answer nobody; create a token "
+                           "('mieruka token create --role read --name NAME --tokens FILE') and pass --tokens FILE "
+                           f"(or {TOKENS_ENV}), or pass --anonymous-read to let anyone read")
+        log.warning("no tokens and no --anonymous-read: every request but /healthz will be answered 401")
+    if auth.anonymous_read:
+        log.info("anonymous reads are on: read routes answer without a token")
+    app = create_app(plant, store, auth=auth, request_timeout_s=settings.request_timeout_s,
+                     cors_origins=settings.cors_origins)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return EXIT_OK
+
+
+def _tokens_path(args: argparse.Namespace) -> Path:
+    import os
+
+    from api.tokens import TOKENS_ENV
+
+    path = args.tokens or os.environ.get(TOKENS_ENV)
+    if not path:
+        raise BadInput(f"say which token file: --tokens FILE or the environment variable {TOKENS_ENV}")
+    return Path(path)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from api.tokens import TokenFileError, create_token, read_tokens, revoke_token
+
+    path = _tokens_path(args)
+    try:
+        if args.action == "create":
+            token = create_token(path, args.name, args.role)
+            print(token)
+            print(f"token '{args.name}' (role {args.role}) created; only its hash is kept in {path}, so this is "
+                  "the only time it is shown", file=sys.stderr)
+        elif args.action == "list":
+            records = read_tokens(path)
+            if not records:
+                print(f"no tokens in {path}", file=sys.stderr)
+            width = max([4, *(len(r.name) for r in records)])
+            if records:
+                print(f"{'name':<{width}}  {'role':<8}  created")
+            for r in records:
+                print(f"{r.name:<{width}}  {r.role:<8}  {r.created}")
+        else:
+            gone = revoke_token(path, args.name)
+            print(f"token '{gone.name}' (role {gone.role}) revoked; a running API refuses it from its next request")
+    except TokenFileError as e:
+        raise BadInput(str(e)) from None
     return EXIT_OK
 
 
@@ -447,7 +528,30 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--store", required=True)
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8000)
+    a.add_argument("--tokens", default=None, metavar="FILE",
+                   help="token file ('mieruka token create'; default: $MIERUKA_TOKENS); re-read when it changes")
+    a.add_argument("--anonymous-read", action="store_true",
+                   help="let requests without a token read (every route today); a bad token is still refused")
+    a.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser requests from this origin (repeatable; default: $MIERUKA_CORS_ORIGINS, "
+                        "comma-separated; none)")
+    a.add_argument("--request-timeout", type=float, default=None, metavar="S",
+                   help="answer 503 to a request not done within S seconds (default: $MIERUKA_REQUEST_TIMEOUT_S, "
+                        "else 30)")
     a.set_defaults(func=cmd_api)
+
+    tk = sub.add_parser("token", help="API tokens: create (printed once; only its hash is kept), list, revoke")
+    tks = tk.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tc = tks.add_parser("create", help="create a token and print it (the only time it is shown)")
+    tc.add_argument("--role", required=True, choices=["read", "operator", "admin"],
+                    help="read ⊂ operator ⊂ admin")
+    tc.add_argument("--name", required=True, help="who or what holds it, e.g. wallboard-hall-1")
+    tl = tks.add_parser("list", help="names, roles and creation times (never the tokens)")
+    tr_ = tks.add_parser("revoke", help="delete a token; a running API refuses it from its next request")
+    tr_.add_argument("--name", required=True)
+    for t in (tc, tl, tr_):
+        t.add_argument("--tokens", default=None, metavar="FILE", help="the token file (default: $MIERUKA_TOKENS)")
+        t.set_defaults(func=cmd_token)
 
     d = sub.add_parser("dashboard", help="serve the wall-board dashboard (reads the API)")
     d.add_argument("--api", required=True, help="API base URL, e.g. http://127.0.0.1:8000")

@@ -255,9 +255,12 @@ async def run_demo(opts: DemoOptions) -> int:
         brokers = await _amqtt_brokers(plant)
         api_url = f"http://{LOOPBACK}:{opts.api_port}"
         from api.app import create_app
+        from api.auth import Auth
 
-        # the API reads through its own connection, as it would in its own process
-        server = _Uvicorn(uvicorn.Config(create_app(plant, open_store(f"sqlite:///{db}")), host=LOOPBACK,
+        # the API reads through its own connection, as it would in its own process; the demo serves
+        # loopback only, so anyone on this machine may read without a token
+        api = create_app(plant, open_store(f"sqlite:///{db}"), auth=Auth.open_reads())
+        server = _Uvicorn(uvicorn.Config(api, host=LOOPBACK,
                                          port=opts.api_port, log_level="warning", lifespan="on"))
         ready = asyncio.Event()
         spool = stack.enter_context(Spool(data_dir / "spool"))

@@ -42,12 +42,13 @@ from api.schemas_figures import (
     StatesOut,
     StretchOut,
 )
+from api.work import OffloadedRoute
 from core import figures, oee
 from core.model import from_ns, signal_kind, to_ns
 from core.plant import Line, Machine, Plant, label
 from core.store.base import Store
 
-router = APIRouter(prefix="/api/v1", tags=["figures"])
+router = APIRouter(prefix="/api/v1", tags=["figures"], route_class=OffloadedRoute)
 
 MAX_OEE_POINTS = 500  # each OEE point is its own store read
 NS = 1_000_000_000

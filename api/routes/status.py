@@ -12,11 +12,12 @@ from api.deps import AsOfDep, Lang, LangDep, LineDep, PlantDep, StoreDep
 from api.routes.shifts import shift_out
 from api.routes.throughput import production_ns, production_ns_in, target_of
 from api.schemas import Problem, ShiftOut
+from api.work import OffloadedRoute
 from core import figures, oee
 from core.model import from_ns, to_ns
 from core.plant import Plant, label
 
-router = APIRouter(prefix="/api/v1", tags=["figures"])
+router = APIRouter(prefix="/api/v1", tags=["figures"], route_class=OffloadedRoute)
 
 # How far back a machine's state is traced to find since when it has been in it: a state older
 # than this is reported from this far back (the store hands over the last change before it).

@@ -73,11 +73,13 @@ def _placeholders(n: int) -> str:
 
 
 class SqliteStore:
-    """:class:`~core.store.base.Store` on a SQLite file (created with its parent directory if missing)."""
+    """:class:`~core.store.base.Store` on a SQLite file (created with its parent directory if missing,
+    unless ``create`` is False: then a missing file is a :class:`StoreError`, as readers want)."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0, create: bool = True) -> None:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
+        self.create = create
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._wlock = threading.Lock()
@@ -93,14 +95,20 @@ class SqliteStore:
         await asyncio.to_thread(self._open_sync)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
+        # mode=rw: open an existing file only, never create one
+        target, uri = (self.path, False) if self.create else (f"{self.path.resolve().as_uri()}?mode=rw", True)
+        conn = sqlite3.connect(target, timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False, uri=uri)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         return conn
 
     def _open_sync(self) -> None:
+        if not self.create and not self.path.is_file():
+            raise StoreError(f"SQLite store {self.path} does not exist (the collector or 'mieruka import' "
+                             "creates it)")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             w = self._connect()
             try:
                 mode = w.execute("PRAGMA journal_mode = WAL").fetchone()[0]

@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.auth import Auth
 from core.plant import Plant, load_plant
 from core.store.sqlite import SqliteStore
 from tests.api.support import FailingStore, shift_facts, write_facts
@@ -18,6 +19,8 @@ from tests.conftest import DEMO_PLANT
 
 TP = "/api/v1/lines/blade-1/throughput"
 W = {"start": "2026-11-27T08:00:00+09:00", "end": "2026-11-27T11:00:00+09:00"}
+
+OPEN = Auth.open_reads()  # these tests are about figures, not tokens (tests/api/test_auth.py is)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def client(plant: Plant, db: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(create_app(plant, SqliteStore(db))) as c:
+    async with serve(create_app(plant, SqliteStore(db), auth=OPEN)) as c:
         yield c
 
 
@@ -150,7 +153,7 @@ async def test_bad_requests_are_422_saying_what_is_allowed(client: httpx.AsyncCl
 
 async def test_store_unavailable_is_503_with_retry_after(plant: Plant, db: Path) -> None:
     store = FailingStore(SqliteStore(db))
-    async with serve(create_app(plant, store, retry_after_s=7)) as c:
+    async with serve(create_app(plant, store, retry_after_s=7, auth=OPEN)) as c:
         r = await c.get(TP, params=W)
         assert r.status_code == 503
         assert r.headers["Retry-After"] == "7"
@@ -164,7 +167,7 @@ async def test_store_unavailable_is_503_with_retry_after(plant: Plant, db: Path)
 
 async def test_store_down_at_startup_serves_503_until_it_is_back(plant: Plant, db: Path) -> None:
     store = FailingStore(SqliteStore(db), fail_open=True)
-    async with serve(create_app(plant, store)) as c:
+    async with serve(create_app(plant, store, auth=OPEN)) as c:
         r = await c.get(TP, params=W)
         assert r.status_code == 503 and "Retry-After" in r.headers
         assert (await c.get("/healthz")).json()["store"] == "unavailable"

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from api.app import create_app
+from api.auth import Auth
 from collector.importer import import_samples
 from core import oee
 from core.plant import Plant, load_plant
@@ -44,6 +45,8 @@ T10 = "2026-11-27T10:00:00+09:00"
 T11 = "2026-11-27T11:00:00+09:00"
 W = {"start": T8, "end": T11}
 SEED = 11
+
+OPEN = Auth.open_reads()  # these tests are about figures, not tokens (tests/api/test_auth.py is)
 
 
 def t(s: str) -> datetime:
@@ -80,7 +83,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
 @pytest.fixture
 async def client(run: Run) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(create_app(run.plant, SqliteStore(run.db))) as c:
+    async with serve(create_app(run.plant, SqliteStore(run.db), auth=OPEN)) as c:
         yield c
 
 
@@ -448,7 +451,7 @@ async def test_bad_windows_are_422_saying_what_is_allowed(client: httpx.AsyncCli
 
 async def test_store_unavailable_is_503_with_retry_after(run: Run) -> None:
     store = FailingStore(SqliteStore(run.db))
-    async with serve(create_app(run.plant, store, retry_after_s=9)) as c:
+    async with serve(create_app(run.plant, store, retry_after_s=9, auth=OPEN)) as c:
         for path, params in [("/lines/blade-1/oee", W), ("/machines/cnc-1/oee", {**W, "bucket": "1h"}),
                              ("/lines/blade-1/downtime", W), ("/machines/cnc-1/states", W),
                              ("/machines/cnc-1/signals/spindle_temp", W)]:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from api.app import create_app
+from api.auth import Auth
 from core import oee
 from core.model import Fact, to_ns
 from core.plant import Plant, load_plant
@@ -23,6 +24,8 @@ from tests.conftest import DEMO_PLANT
 ST = "/api/v1/lines/blade-1/status"
 TP = "/api/v1/lines/blade-1/throughput"
 TPH = 110
+
+OPEN = Auth.open_reads()  # these tests are about figures, not tokens (tests/api/test_auth.py is)
 
 
 def state(t_ns: int, machine: str, value: str, reason: int | None = None) -> Fact:
@@ -59,7 +62,7 @@ def db(plant: Plant, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def client(plant: Plant, db: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(create_app(plant, SqliteStore(db))) as c:
+    async with serve(create_app(plant, SqliteStore(db), auth=OPEN)) as c:
         yield c
 
 

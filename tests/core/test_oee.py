@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hst
 
 from collector.importer import import_samples
 from core import oee
@@ -471,3 +473,14 @@ def test_week_with_holidays(run: Run) -> None:
     hol = computed(run, "cnc-1", jst("2027-01-01T00:00:00"), jst("2027-01-02T00:00:00"))
     assert hol.time.scheduled_s == 0 and hol.no_data and hol.oee is None
     assert hol.states.state_s == {"planned": 86_400}
+
+
+@given(hst.lists(hst.tuples(hst.integers(0, 1000), hst.integers(1, 50)), max_size=30),
+       hst.integers(-100, 1200), hst.integers(0, 400))
+def test_inside_ns_equals_the_intersection_it_replaced(raw: list[tuple[int, int]], a: int, length: int) -> None:
+    """machine_oee measures each stretch inside planned production time by bisection; it must give
+    what the plain intersection gives (sorted, disjoint intervals)."""
+    ivs = oee._merge((s, s + n) for s, n in raw)
+    b = a + length
+    expected = oee._total(oee._intersect([(a, b)], ivs))
+    assert oee._inside_ns(ivs, [s for s, _ in ivs], a, b) == expected

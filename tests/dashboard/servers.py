@@ -12,17 +12,20 @@ import uvicorn
 from werkzeug.serving import make_server
 
 from api.app import create_app
+from api.auth import Auth
 from core.plant import Plant
 from core.store.sqlite import SqliteStore
 from dashboard.app import create_dashboard
 from tests.support.services import free_port, wait_port
 
+OPEN = Auth.open_reads()  # the board reads without a token unless a test passes ``auth``
+
 
 class ApiServer:
-    def __init__(self, plant: Plant, db: Path) -> None:
+    def __init__(self, plant: Plant, db: Path, auth: Auth = OPEN) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(plant, SqliteStore(db)), host="127.0.0.1", port=self.port,
+        config = uvicorn.Config(create_app(plant, SqliteStore(db), auth=auth), host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"api-{self.port}", daemon=True)
@@ -42,8 +45,8 @@ class ApiServer:
 
 
 @contextmanager
-def api_server(plant: Plant, db: Path) -> Iterator[ApiServer]:
-    s = ApiServer(plant, db)
+def api_server(plant: Plant, db: Path, auth: Auth = OPEN) -> Iterator[ApiServer]:
+    s = ApiServer(plant, db, auth)
     s.start()
     try:
         yield s

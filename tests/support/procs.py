@@ -43,9 +43,11 @@ def wait_http(url: str, deadline_s: float = 30.0, proc: subprocess.Popen[bytes] 
 
 
 @contextlib.contextmanager
-def api_process(plant_file: Path, store_url: str, log: Path) -> Iterator[str]:
+def api_process(plant_file: Path, store_url: str, log: Path, *extra: str) -> Iterator[str]:
+    """``mieruka api`` on a free loopback port; anonymous reads unless ``extra`` has ``--tokens``."""
     port = free_port()
-    proc = mieruka("api", "--plant", str(plant_file), "--store", store_url, "--port", str(port), log=log)
+    auth = extra if "--tokens" in extra else ("--anonymous-read", *extra)
+    proc = mieruka("api", "--plant", str(plant_file), "--store", store_url, "--port", str(port), *auth, log=log)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/healthz", proc=proc)
