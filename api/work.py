@@ -216,6 +216,10 @@ class OffloadedRoute(APIRoute):
             workers: Workers | None = getattr(request.app.state, "workers", None)
             if workers is None:
                 return await handler(request)
+            # the ASGI receive channel belongs to the server's loop: read a body here (Starlette
+            # caches it on the request), so a handler on a worker never awaits that channel
+            if request.method not in ("GET", "HEAD", "OPTIONS"):
+                await request.body()
             return await workers.run(lambda: handler(request))
 
         return offloaded

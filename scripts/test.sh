@@ -3,6 +3,7 @@
 # and what .ci/run calls):
 #   Debian: influxdb, mosquitto, chromium, chromium-driver, fonts-noto-cjk (python3-venv on stock Debian)
 #   Python: a venv in .venv with the project and its test extras
+# then ruff and mypy, then pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/core -x`; MIERUKA_TEST_WORKERS=0 runs
 # in one process (default: 2 workers).
 set -euo pipefail
@@ -40,5 +41,10 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# lint and types gate the suite (MIERUKA_SKIP_LINT=1 skips them for a quick partial run)
+if [ "${MIERUKA_SKIP_LINT:-0}" != 1 ]; then
+  .venv/bin/ruff check .
+  .venv/bin/mypy core collector api dashboard simulators mieruka
+fi
 # two workers (pytest-xdist): most end-to-end tests wait on wall-clock windows, not on the CPU
 exec .venv/bin/python -m pytest -n "${MIERUKA_TEST_WORKERS:-2}" "$@"
