@@ -120,7 +120,7 @@ class Site(_Model):
     def _tz(cls, v: str) -> str:
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
             close = difflib.get_close_matches(v, sorted(available_timezones()), n=1) if len(v) < 100 else []
             hint = f"; did you mean '{close[0]}'?" if close else "; use an IANA name like 'Asia/Tokyo'"
             raise ValueError(f"unknown time zone {_q(v)}{hint}") from None
