@@ -234,3 +234,34 @@ def test_mutations_through_check_config(tmp_path: Path, seed: int) -> None:
         assert all(ln.startswith(f"{path}:") for ln in r.stderr.splitlines()), r.stderr[:2000]
     else:
         assert r.stdout.strip() == "ok"
+
+
+# ---- every command that loads a plant file answers the same way ---------------------------------
+
+COMMANDS = {
+    "api": ["api", "--plant", "{plant}", "--store", "sqlite:///x.db", "--port", "0"],
+    "collect": ["collect", "--plant", "{plant}", "--store", "sqlite:///x.db", "--duration", "1"],
+    "simulate": ["simulate", "--plant", "{plant}", "--truth", "t.jsonl", "--duration", "1"],
+    "import": ["import", "--plant", "{plant}", "--store", "sqlite:///x.db", "samples.csv"],
+    "demo": ["demo", "--plant", "{plant}", "--data-dir", "data", "--duration", "1"],
+    "truth summarize": ["truth", "summarize", "--truth", "t.jsonl", "--start", "2026-01-01T00:00Z",
+                        "--end", "2026-01-02T00:00Z", "--plant", "{plant}"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("case", ["billion laughs", ".inf", "topic a/#/b"])
+def test_every_command_exits_2_on_a_broken_plant(tmp_path: Path, command: str, case: str) -> None:
+    content, expected = CASES[case]
+    assert isinstance(content, str)
+    plant = tmp_path / "plant.yaml"
+    plant.write_text(content, encoding="utf-8")
+    (tmp_path / "t.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "samples.csv").write_text("time,machine,signal,value\n", encoding="utf-8")
+    args = [a.format(plant=plant) for a in COMMANDS[command]]
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "mieruka.cli", *args], capture_output=True, text=True,
+                       timeout=30, cwd=tmp_path, preexec_fn=_cap_memory)
+    assert r.returncode == 2, (command, r.returncode, r.stderr[-2000:])
+    assert time.monotonic() - t0 < TIMEOUT_S
+    assert r.stderr.startswith(f"{plant}:") and expected in r.stderr and "Traceback" not in r.stderr, r.stderr
