@@ -71,6 +71,24 @@ def mqtt_topic_filter_problem(topic: str) -> str | None:
     return None
 
 
+def _distinct_codes(v: Any) -> Any:
+    """Refuse keys of a code mapping that name the same number (``10`` and ``"10"``): the YAML
+    loader sees two keys, but as numbers the last would silently win."""
+    if isinstance(v, dict):
+        seen: dict[int, Any] = {}
+        for k in v:
+            try:
+                n = int(str(k).strip()) if not isinstance(k, bool) else None
+            except ValueError:
+                continue  # not a number: validation says so
+            if n is not None and n in seen:
+                raise ValueError(f"keys {_short(repr(seen[n]))} and {_short(repr(k))} are the same code {n}; "
+                                 "keep one")
+            if n is not None:
+                seen[n] = k
+    return v
+
+
 class _Model(BaseModel):
     # allow_inf_nan: `.inf`, `.nan` and "1e999" are no durations or rates (an infinite
     # micro_stop_s once passed and broke /status)
@@ -404,6 +422,8 @@ class Signal(_Model):
     map: dict[int, CanonicalState] | None = None
     unit: str | None = None
 
+    _map_codes = field_validator("map", mode="before")(_distinct_codes)
+
     @field_validator("node")
     @classmethod
     def _node(cls, v: str | None) -> str | None:
@@ -498,6 +518,8 @@ class Plant(_Model):
     products: dict[str, Product] = Field(default_factory=dict)
     sources: dict[str, Source]
     lines: list[Line] = Field(min_length=1)
+
+    _reason_codes = field_validator("reasons", mode="before")(_distinct_codes)
 
     # ---- lookups -------------------------------------------------------------------------
     def machines(self) -> Iterator[tuple[Line, Machine]]:

@@ -93,6 +93,8 @@ CASES: dict[str, tuple[bytes | str, str]] = {
     "duplicate signal": (demo_with('          scrap: {node: "ns=2;s=blade-1.cnc-1.ScrapCount"',
                                    '          good: {node: "ns=2;s=blade-1.cnc-1.ScrapCount"'),
                          "duplicate key 'good'"),
+    "a code twice as 10 and '10'": (demo_with("reasons:\n", 'reasons:\n  "10": {name: Again}\n'),
+                                    "keys '10' and 10 are the same code 10"),
     ".inf": (demo_with("micro_stop_s: 120", "micro_stop_s: .inf"), "finite"),
     "-.inf": (demo_with("micro_stop_s: 120", "micro_stop_s: -.inf"), "finite"),
     ".nan": (demo_with("micro_stop_s: 120", "micro_stop_s: .nan"), "finite"),
