@@ -206,7 +206,7 @@ def test_mutations_in_process_end_in_a_plant_or_a_plant_file_error(tmp_path: Pat
     path = tmp_path / "plant.yaml"
     outcomes = {"ok": 0, "error": 0}
     t0 = time.monotonic()
-    for n in range(600):
+    for n in range(2000):
         raw = mutate(DEMO, rng)
         path.write_bytes(raw)
         try:
@@ -219,7 +219,7 @@ def test_mutations_in_process_end_in_a_plant_or_a_plant_file_error(tmp_path: Pat
         except Exception as e:  # anything else is the bug this test looks for
             pytest.fail(f"mutation {n} raised {type(e).__name__}: {e!s:.300} for:\n{raw[:3000]!r}")
     # the mutations exercised both outcomes, and stayed quick
-    assert outcomes["ok"] > 10 and outcomes["error"] > 300, outcomes
+    assert outcomes["ok"] > 40 and outcomes["error"] > 1500, outcomes
     assert time.monotonic() - t0 < 30
 
 
