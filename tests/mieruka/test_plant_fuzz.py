@@ -15,10 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from core.plant import MAX_PLANT_BYTES, Plant, PlantFileError, load_plant
 from tests.conftest import DEMO_PLANT
@@ -77,6 +80,27 @@ def billion_laughs() -> str:
     return "\n".join(lines) + "\nsite: {id: x}\n"
 
 
+def demo_dumped(change: Callable[[dict[str, Any]], None]) -> str:
+    raw = yaml.safe_load(DEMO)
+    change(raw)
+    return yaml.safe_dump(raw, allow_unicode=True, width=1000)
+
+
+def overlapping_shifts(raw: dict[str, Any]) -> None:
+    raw["calendar"]["shifts"] = [{"id": f"s{i}", "start": "00:00", "end": "00:01", "days": ["mon"]}
+                                 for i in range(3000)]
+
+
+def wrong_names(raw: dict[str, Any]) -> None:
+    raw["lines"][0]["machines"] = [{"id": f"m{i}", "name": 1, "source": "plc-1", "signals": {}}
+                                   for i in range(5000)]
+
+
+def unknown_sources(raw: dict[str, Any]) -> None:
+    raw["sources"] = {f"src-{i}": {"mqtt": {}} for i in range(3000)}
+    raw["lines"][0]["machines"] = [{"id": f"m{i}", "source": f"x{i}", "signals": {}} for i in range(3000)]
+
+
 # name -> file content (bytes as is, str as UTF-8), and a piece the message must contain
 CASES: dict[str, tuple[bytes | str, str]] = {
     "billion laughs": (billion_laughs(), "alias"),
@@ -119,6 +143,12 @@ CASES: dict[str, tuple[bytes | str, str]] = {
     "python tag": ('!!python/object/apply:os.system ["echo owned"]\n', "constructor"),
     "bad date": (demo_with('holidays: ["2026-12-31"', "holidays: [2026-13-45"), "cannot read this value"),
     "10 000-digit integer": (demo_with("micro_stop_s: 120", "micro_stop_s: " + "9" * 10_000), "cannot read"),
+    # work that grew with the square of the file: every shift against every shift (minutes and
+    # 1.6 GB for 3 000 shifts), every problem against every problem, every unknown source
+    # against every source
+    "3000 overlapping shifts": (demo_dumped(overlapping_shifts), "overlaps shift"),
+    "5000 wrong names": (demo_dumped(wrong_names), "more problems"),
+    "3000 unknown sources": (demo_dumped(unknown_sources), "unknown source"),
     "empty file": ("", "must be a mapping"),
     "a list": ("- 1\n- 2\n", "must be a mapping"),
     "truncated mid-flow": (DEMO[: DEMO.index("Turbine blade 100") + 5], "line "),
