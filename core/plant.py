@@ -40,6 +40,11 @@ MAX_YAML_EVENTS = 300_000  # a generated 20 000-signal plant has 168 000
 ECHO_CHARS = 80  # the longest piece of the file an error message repeats
 MAX_PROBLEMS_SHOWN = 50
 MQTT_TOPIC_MAX_BYTES = 65535
+# Upper bounds of durations and rates, far above any plant's but low enough that nanoseconds,
+# datetimes and products of them stay finite (micro_stop_s: 1e300 overflowed like .inf did)
+DAY_S = 86_400.0
+MAX_CYCLE_S = 7 * DAY_S
+MAX_SIM_S = 1e10  # simulator times: tests and users write 1e9 for "never"
 
 
 def _short(value: object, limit: int = ECHO_CHARS) -> str:
@@ -208,7 +213,7 @@ class Shift(_Model):
 class Calendar(_Model):
     shifts: list[Shift] = Field(default_factory=list)
     holidays: list[date] = Field(default_factory=list)
-    micro_stop_s: float = Field(default=120, ge=0)
+    micro_stop_s: float = Field(default=120, ge=0, le=DAY_S)
 
 
 class Reason(_Model):
@@ -217,7 +222,7 @@ class Reason(_Model):
 
 
 class Product(_Model):
-    ideal_cycle_s: float = Field(gt=0)
+    ideal_cycle_s: float = Field(gt=0, le=MAX_CYCLE_S)
     name: Name | None = None
 
 
@@ -454,22 +459,22 @@ class Simulation(_Model):
     """How the bundled simulator behaves for one machine (ignored by everything else)."""
 
     cycle_cv: float = Field(default=0.08, ge=0, le=1)
-    cycle_factor: float = Field(default=1.05, ge=0.9)  # mean cycle time / ideal cycle time
+    cycle_factor: float = Field(default=1.05, ge=0.9, le=100)  # mean cycle time / ideal cycle time
     slow_cycle_rate: float = Field(default=0.02, ge=0, le=1)
-    slow_cycle_factor: float = Field(default=1.5, ge=1)
+    slow_cycle_factor: float = Field(default=1.5, ge=1, le=100)
     scrap_rate: float = Field(default=0.02, ge=0, le=1)
-    mtbf_s: float = Field(default=1800, gt=0)
-    mttr_s: float = Field(default=180, gt=0)
-    micro_stop_rate_per_h: float = Field(default=4, ge=0)
+    mtbf_s: float = Field(default=1800, gt=0, le=MAX_SIM_S)
+    mttr_s: float = Field(default=180, gt=0, le=MAX_SIM_S)
+    micro_stop_rate_per_h: float = Field(default=4, ge=0, le=3600)
     reasons: list[int] | None = None
     counter_start: int = Field(default=0, ge=0)
     # the line: the buffer after this station (ignored on a line's last station)
     buffer_capacity: int = Field(default=10, ge=1)
     buffer_initial: int | None = Field(default=None, ge=0)  # None: half the capacity, rounded up
-    changeover_s: float = Field(default=300, ge=0)
+    changeover_s: float = Field(default=300, ge=0, le=MAX_SIM_S)
     # the line's product plan (read from a line's first station)
-    product_mix: dict[str, Annotated[float, Field(gt=0)]] | None = None
-    run_length: float = Field(default=200, gt=0)
+    product_mix: dict[str, Annotated[float, Field(gt=0, le=1e9)]] | None = None
+    run_length: float = Field(default=200, gt=0, le=1e9)
 
     @model_validator(mode="after")
     def _line_settings(self) -> Simulation:
@@ -484,7 +489,7 @@ class Simulation(_Model):
 class Machine(_Model):
     id: Ident
     name: Name | None = None
-    ideal_cycle_s: float | None = Field(default=None, gt=0)
+    ideal_cycle_s: float | None = Field(default=None, gt=0, le=MAX_CYCLE_S)
     source: str
     output: bool = False
     signals: dict[str, Signal]
@@ -502,7 +507,7 @@ class Machine(_Model):
 class Line(_Model):
     id: Ident
     name: Name | None = None
-    target_per_hour: float = Field(default=0, ge=0)
+    target_per_hour: float = Field(default=0, ge=0, le=1e6)
     machines: list[Machine] = Field(min_length=1)
 
     @property

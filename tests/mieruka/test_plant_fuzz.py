@@ -123,6 +123,7 @@ CASES: dict[str, tuple[bytes | str, str]] = {
     "-.inf": (demo_with("micro_stop_s: 120", "micro_stop_s: -.inf"), "finite"),
     ".nan": (demo_with("micro_stop_s: 120", "micro_stop_s: .nan"), "finite"),
     "1e999": (demo_with("target_per_hour: 110", "target_per_hour: 1e999"), "finite"),
+    "1e300": (demo_with("micro_stop_s: 120", "micro_stop_s: 1e300"), "less than or equal to 86400"),
     "quoted inf": (demo_with("micro_stop_s: 120", 'micro_stop_s: "inf"'), "micro_stop_s"),
     "nan in a product": (demo_with("{ideal_cycle_s: 28,", "{ideal_cycle_s: .NaN,"), "finite"),
     "topic a/#/b": (demo_with(TOPIC, '"a/#/b", field: good'), "'#' must be the last level"),
