@@ -816,12 +816,8 @@ def load_plant(path: str | Path) -> Plant:
         raw = yaml.load(text, Loader=_PlantLoader)  # a SafeLoader subclass: plain data only
     except _PlantYamlError as e:
         raise PlantFileError(p, [Problem(_where(e.problem_mark), e.problem or "YAML error", e.hint)]) from None
-    except yaml.reader.ReaderError as e:
-        line, col = _line_col(text, e.position)
-        raise PlantFileError(p, [Problem(f"line {line}, column {col}",
-                                         f"character U+{e.character:04X} is not allowed in a YAML file"
-                                         if isinstance(e.character, int) else "a character not allowed in YAML",
-                                         "remove it")]) from None
+    except yaml.reader.ReaderError as e:  # _read_text looked for these already
+        raise PlantFileError(p, [Problem("", f"YAML error: {_short(str(e))}")]) from None
     except yaml.MarkedYAMLError as e:
         raise PlantFileError(p, [Problem(_where(e.problem_mark), f"YAML syntax error: {_short(e.problem or '')}",
                                          "check indentation and quoting there")]) from None
@@ -854,6 +850,13 @@ def _read_text(p: Path) -> str:
         line, col = _line_col(text, nul)
         raise PlantFileError(p, [Problem(f"line {line}, column {col}", "the file contains a NUL byte; it is not a "
                                          "text file", "check that this is the plant file, saved as UTF-8")])
+    # YAML's own check reports a byte offset under libyaml: find the character here instead
+    bad = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if bad is not None:
+        line, col = _line_col(text, bad.start())
+        raise PlantFileError(p, [Problem(f"line {line}, column {col}",
+                                         f"character U+{ord(bad.group()[0]):04X} is not allowed in a YAML file",
+                                         "remove it")])
     return text
 
 

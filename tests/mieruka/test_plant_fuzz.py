@@ -112,7 +112,9 @@ CASES: dict[str, tuple[bytes | str, str]] = {
                      "not UTF-8"),
     "UTF-16": (DEMO.encode("utf-16"), "not UTF-8"),
     "NUL byte": (demo_with("ashikaga-1,", "ashika\0ga-1,"), "NUL"),
-    "control character": (demo_with("ashikaga-1,", "ashika\x07ga-1,"), "U+0007"),
+    "control character": (demo_with("ashikaga-1,", "ashika\x07ga-1,"), "line 3, column 18: character U+0007"),
+    # after multi-byte characters: libyaml counts bytes, the message counts characters
+    "control character after kanji": (demo_with("工具交換, en", "工具交換\x07, en"), "line 15, column 23: character"),
     "duplicate top-level key": (DEMO + "\nsite: {id: other}\n", "duplicate key 'site'"),
     "duplicate signal": (demo_with('          scrap: {node: "ns=2;s=blade-1.cnc-1.ScrapCount"',
                                    '          good: {node: "ns=2;s=blade-1.cnc-1.ScrapCount"'),
