@@ -841,7 +841,7 @@ def _read_text(p: Path) -> str:
         text = data.decode("utf-8-sig")  # -sig: a byte-order mark some Windows editors write is fine
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        col = len(data[data.rfind(b"\n", 0, e.start) + 1:e.start].decode("utf-8", "replace")) + 1  # characters
         raise PlantFileError(p, [Problem(f"line {line}, column {col}",
                                          f"the file is not UTF-8 text (byte 0x{data[e.start]:02x})",
                                          "save it as UTF-8")]) from None

@@ -110,6 +110,8 @@ CASES: dict[str, tuple[bytes | str, str]] = {
     "2000 nested block mappings": ("".join(" " * i + "a:\n" for i in range(2000)), "nested"),
     "latin-1 byte": (DEMO.replace("Tool change", "Outil chang\u00e9").encode("latin-1", "replace"),
                      "not UTF-8"),
+    "latin-1 byte after kanji": (DEMO.encode().replace("工具交換, en".encode(), "工具交換".encode() + b"\xe9, en", 1),
+                                 "line 15, column 23: the file is not UTF-8"),
     "UTF-16": (DEMO.encode("utf-16"), "not UTF-8"),
     "NUL byte": (demo_with("ashikaga-1,", "ashika\0ga-1,"), "NUL"),
     "control character": (demo_with("ashikaga-1,", "ashika\x07ga-1,"), "line 3, column 18: character U+0007"),
