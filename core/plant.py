@@ -7,6 +7,9 @@ what is wrong and, where it can, what would be right.
 from __future__ import annotations
 
 import difflib
+import logging
+import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from core.model import COUNTER_SIGNALS, PRODUCT_SIGNAL, REASON_SIGNAL, STATE_SIGNAL, CanonicalState
 
@@ -29,10 +32,72 @@ ReasonCategory = Literal[
 ]
 Ident = Annotated[str, Field(pattern=ID_PATTERN)]
 HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+# Bounds on what a plant file may make the loader do: the demo plant is 3 KiB and a generated
+# 2 000-machine plant under 2 MiB; a plant needs fewer than 10 levels of nesting.
+MAX_PLANT_BYTES = 8 << 20
+MAX_YAML_DEPTH = 64
+MAX_YAML_EVENTS = 300_000  # a generated 20 000-signal plant has 168 000
+ECHO_CHARS = 80  # the longest piece of the file an error message repeats
+MAX_PROBLEMS_SHOWN = 50
+MQTT_TOPIC_MAX_BYTES = 65535
+# Upper bounds of durations and rates, far above any plant's but low enough that nanoseconds,
+# datetimes and products of them stay finite (micro_stop_s: 1e300 overflowed like .inf did)
+DAY_S = 86_400.0
+MAX_CYCLE_S = 7 * DAY_S
+MAX_SIM_S = 1e10  # simulator times: tests and users write 1e9 for "never"
+
+
+def _short(value: object, limit: int = ECHO_CHARS) -> str:
+    """``str(value)`` cut to ``limit`` characters: error messages never repeat unbounded input."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _q(value: object) -> str:
+    return f"'{_short(value)}'"
+
+
+def mqtt_topic_filter_problem(topic: str) -> str | None:
+    """Why ``topic`` is not a valid MQTT 3.1.1 topic filter, or None when it is one."""
+    if not topic:
+        return "an MQTT topic cannot be empty"
+    if "\x00" in topic:
+        return "an MQTT topic cannot contain a NUL character"
+    if any("\ud800" <= c <= "\udfff" for c in topic):
+        return "an MQTT topic must be valid UTF-8 (it holds a lone surrogate)"
+    if len(topic.encode("utf-8")) > MQTT_TOPIC_MAX_BYTES:
+        return f"an MQTT topic is at most {MQTT_TOPIC_MAX_BYTES} bytes of UTF-8"
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return f"{_q(topic)} is not an MQTT topic filter: '#' must be the last level and alone in it"
+        if "+" in level and level != "+":
+            return f"{_q(topic)} is not an MQTT topic filter: '+' must be alone in its level"
+    return None
+
+
+def _distinct_codes(v: Any) -> Any:
+    """Refuse keys of a code mapping that name the same number (``10`` and ``"10"``): the YAML
+    loader sees two keys, but as numbers the last would silently win."""
+    if isinstance(v, dict):
+        seen: dict[int, Any] = {}
+        for k in v:
+            try:
+                n = int(str(k).strip()) if not isinstance(k, bool) else None
+            except ValueError:
+                continue  # not a number: validation says so
+            if n is not None and n in seen:
+                raise ValueError(f"keys {_short(repr(seen[n]))} and {_short(repr(k))} are the same code {n}; "
+                                 "keep one")
+            if n is not None:
+                seen[n] = k
+    return v
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: `.inf`, `.nan` and "1e999" are no durations or rates (an infinite
+    # micro_stop_s once passed and broke /status)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LocalizedName(_Model):
@@ -63,7 +128,7 @@ def label(name: Name | None, lang: str, fallback: str) -> str:
 def _hhmm(value: str) -> time:
     m = HHMM_RE.match(value)
     if not m:
-        raise ValueError(f"'{value}' is not a wall-clock time; write it as \"HH:MM\", e.g. \"08:00\"")
+        raise ValueError(f"{_q(value)} is not a wall-clock time; write it as \"HH:MM\", e.g. \"08:00\"")
     return time(int(m.group(1)), int(m.group(2)))
 
 
@@ -78,10 +143,10 @@ class Site(_Model):
     def _tz(cls, v: str) -> str:
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            close = difflib.get_close_matches(v, sorted(available_timezones()), n=1)
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
+            close = difflib.get_close_matches(v, sorted(available_timezones()), n=1) if len(v) < 100 else []
             hint = f"; did you mean '{close[0]}'?" if close else "; use an IANA name like 'Asia/Tokyo'"
-            raise ValueError(f"unknown time zone '{v}'{hint}") from None
+            raise ValueError(f"unknown time zone {_q(v)}{hint}") from None
         return v
 
     @property
@@ -148,7 +213,7 @@ class Shift(_Model):
 class Calendar(_Model):
     shifts: list[Shift] = Field(default_factory=list)
     holidays: list[date] = Field(default_factory=list)
-    micro_stop_s: float = Field(default=120, ge=0)
+    micro_stop_s: float = Field(default=120, ge=0, le=DAY_S)
 
 
 class Reason(_Model):
@@ -157,8 +222,58 @@ class Reason(_Model):
 
 
 class Product(_Model):
-    ideal_cycle_s: float = Field(gt=0)
+    ideal_cycle_s: float = Field(gt=0, le=MAX_CYCLE_S)
     name: Name | None = None
+
+
+class CredentialError(ValueError):
+    """A source's password cannot be had (variable unset, file unreadable); names which."""
+
+
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MAX_PASSWORD_FILE = 64 << 10
+log = logging.getLogger(__name__)
+
+
+def _password_sources_problem(conn: OpcUaEndpoint | MqttBroker) -> str | None:
+    given = [k for k in ("password", "password_env", "password_file") if getattr(conn, k) is not None]
+    if len(given) > 1:
+        return f"give at most one of password, password_env and password_file (got {' and '.join(given)})"
+    if conn.password_env is not None and not ENV_NAME_RE.fullmatch(conn.password_env):
+        return f"password_env {_q(conn.password_env)} is not an environment variable name (e.g. MQTT_PASSWORD)"
+    if conn.password_file is not None and (not conn.password_file.strip() or "\x00" in conn.password_file):
+        return "password_file must be a file path (relative to the plant file, or absolute)"
+    if (conn.password_env is not None or conn.password_file is not None) and not conn.username:
+        return "a password needs a 'username'"
+    return None
+
+
+def _resolve_password(conn: OpcUaEndpoint | MqttBroker, base_dir: Path | None) -> str | None:
+    if conn.password_env is not None:
+        value = os.environ.get(conn.password_env)
+        if not value:
+            raise CredentialError(f"the environment variable {conn.password_env} (password_env) is not set or empty")
+        return value
+    if conn.password_file is not None:
+        path = Path(conn.password_file)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            with path.open("rb") as f:
+                data = f.read(_MAX_PASSWORD_FILE + 1)
+        except OSError as e:
+            raise CredentialError(f"cannot read password_file {path}: {e.strerror or e}") from None
+        if len(data) > _MAX_PASSWORD_FILE:
+            raise CredentialError(f"password_file {path} is larger than {_MAX_PASSWORD_FILE >> 10} KiB; "
+                                  "it should hold the password alone")
+        try:
+            value = data.decode("utf-8").removesuffix("\n").removesuffix("\r")  # an editor's final newline
+        except UnicodeDecodeError:
+            raise CredentialError(f"password_file {path} is not UTF-8 text") from None
+        if not value:
+            raise CredentialError(f"password_file {path} is empty")
+        return value
+    return conn.password
 
 
 class OpcUaEndpoint(_Model):
@@ -167,6 +282,12 @@ class OpcUaEndpoint(_Model):
     # the client's side (the collector): who it logs in as, its certificate and key
     username: str | None = None
     password: str | None = None
+    # or the password from an environment variable or a file (relative to the plant file), read
+    # when the collector connects: the plant file need not hold a secret
+    password_env: str | None = None
+    password_file: str | None = None
+    # security none sends the password in clear; only with this set does the plant file allow it
+    allow_password_without_security: bool = False
     certificate: str | None = None
     private_key: str | None = None
     # the bundled simulator's side (ignored by the collector): where it keeps its own certificate
@@ -174,12 +295,38 @@ class OpcUaEndpoint(_Model):
     # and the users it accepts (default: `username`/`password`, if given)
     certificate_dir: str | None = None
     users: dict[str, str] | None = None
+    _base_dir: Path | None = PrivateAttr(default=None)
+    _warned_clear: bool = PrivateAttr(default=False)
+
+    def resolve_password(self) -> str | None:
+        """The password the collector logs in with (``password``, ``password_env`` or
+        ``password_file``); :class:`CredentialError` names what is missing. With security none
+        it warns, once, that the password travels in clear."""
+        value = _resolve_password(self, self._base_dir)
+        if value is not None and self.security == "none" and not self._warned_clear:
+            self._warned_clear = True
+            log.warning("OPC UA %s: security is none, so the password of user %r travels in clear over the "
+                        "network (allow_password_without_security is set); use sign_and_encrypt", self.endpoint,
+                        self.username)
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> OpcUaEndpoint:
+        problem = _password_sources_problem(self)
+        if problem:
+            raise ValueError(problem)
+        has_password = any(v is not None for v in (self.password, self.password_env, self.password_file))
+        if has_password and self.security == "none" and not self.allow_password_without_security:
+            raise ValueError("security: none would send the password in clear over the network; use security: "
+                             "sign_and_encrypt (with certificate and private_key), or, on a network you trust, "
+                             "set allow_password_without_security: true")
+        return self
 
     @field_validator("endpoint")
     @classmethod
     def _ep(cls, v: str) -> str:
         if not v.startswith("opc.tcp://"):
-            raise ValueError(f"'{v}' is not an OPC UA endpoint; write it as 'opc.tcp://host:port'")
+            raise ValueError(f"{_q(v)} is not an OPC UA endpoint; write it as 'opc.tcp://host:port'")
         return v
 
     @field_validator("users")
@@ -200,6 +347,10 @@ class MqttBroker(_Model):
     qos: Literal[0, 1, 2] = 1
     username: str | None = None
     password: str | None = None
+    # or the password from an environment variable or a file (relative to the plant file), read
+    # when the collector connects
+    password_env: str | None = None
+    password_file: str | None = None
     client_id: str | None = None
     # what goes over this broker: JSON objects on the signals' topics (one message per topic and
     # event, or one per signal), or Sparkplug B (protobuf, spBv1.0/<group_id>/.../<edge_node_id>)
@@ -207,17 +358,25 @@ class MqttBroker(_Model):
     grouping: Literal["per_topic", "per_signal"] = "per_topic"
     group_id: str | None = None
     edge_node_id: str | None = None
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    def resolve_password(self) -> str | None:
+        """The password the collector logs in with; :class:`CredentialError` names what is missing."""
+        return _resolve_password(self, self._base_dir)
 
     @field_validator("group_id", "edge_node_id")
     @classmethod
     def _sparkplug_id(cls, v: str | None) -> str | None:
         if v is not None and (not v.strip() or any(c in v for c in "/+#")):
-            raise ValueError(f"'{v}' cannot be a Sparkplug id: it is part of the topic, so it must not be empty "
+            raise ValueError(f"{_q(v)} cannot be a Sparkplug id: it is part of the topic, so it must not be empty "
                              "or contain '/', '+' or '#'")
         return v
 
     @model_validator(mode="after")
     def _payload_keys(self) -> MqttBroker:
+        problem = _password_sources_problem(self)
+        if problem:
+            raise ValueError(problem)
         if self.payload == "sparkplug":
             missing = [k for k in ("group_id", "edge_node_id") if getattr(self, k) is None]
             if missing:
@@ -246,6 +405,10 @@ class Source(_Model):
     def kind(self) -> Literal["opcua", "mqtt"]:
         return "opcua" if self.opcua is not None else "mqtt"
 
+    def resolve_password(self) -> str | None:
+        conn = self.opcua if self.opcua is not None else self.mqtt
+        return conn.resolve_password() if conn is not None else None
+
 
 class Signal(_Model):
     # OPC UA
@@ -264,18 +427,30 @@ class Signal(_Model):
     map: dict[int, CanonicalState] | None = None
     unit: str | None = None
 
+    _map_codes = field_validator("map", mode="before")(_distinct_codes)
+
     @field_validator("node")
     @classmethod
     def _node(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^(ns=\d+|nsu=[^;]+);[sigb]=.+$", v):
-            raise ValueError(f"'{v}' is not an OPC UA node id; write 'ns=2;s=Line.Machine.Signal' or 'nsu=<uri>;s=...'")
+            raise ValueError(f"{_q(v)} is not an OPC UA node id; write 'ns=2;s=Line.Machine.Signal' or "
+                             "'nsu=<uri>;s=...'")
+        return v
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str | None) -> str | None:
+        # the collector subscribes to it: a filter the broker refuses kills paho's network thread
+        problem = mqtt_topic_filter_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str | None) -> str | None:
         if v is not None and (not v.strip() or v != v.strip()):
-            raise ValueError(f"{v!r} is not a Sparkplug metric name; write it without surrounding spaces, "
+            raise ValueError(f"{_q(v)} is not a Sparkplug metric name; write it without surrounding spaces, "
                              "e.g. 'Counts/Good'")
         return v
 
@@ -284,22 +459,22 @@ class Simulation(_Model):
     """How the bundled simulator behaves for one machine (ignored by everything else)."""
 
     cycle_cv: float = Field(default=0.08, ge=0, le=1)
-    cycle_factor: float = Field(default=1.05, ge=0.9)  # mean cycle time / ideal cycle time
+    cycle_factor: float = Field(default=1.05, ge=0.9, le=100)  # mean cycle time / ideal cycle time
     slow_cycle_rate: float = Field(default=0.02, ge=0, le=1)
-    slow_cycle_factor: float = Field(default=1.5, ge=1)
+    slow_cycle_factor: float = Field(default=1.5, ge=1, le=100)
     scrap_rate: float = Field(default=0.02, ge=0, le=1)
-    mtbf_s: float = Field(default=1800, gt=0)
-    mttr_s: float = Field(default=180, gt=0)
-    micro_stop_rate_per_h: float = Field(default=4, ge=0)
+    mtbf_s: float = Field(default=1800, gt=0, le=MAX_SIM_S)
+    mttr_s: float = Field(default=180, gt=0, le=MAX_SIM_S)
+    micro_stop_rate_per_h: float = Field(default=4, ge=0, le=3600)
     reasons: list[int] | None = None
     counter_start: int = Field(default=0, ge=0)
     # the line: the buffer after this station (ignored on a line's last station)
     buffer_capacity: int = Field(default=10, ge=1)
     buffer_initial: int | None = Field(default=None, ge=0)  # None: half the capacity, rounded up
-    changeover_s: float = Field(default=300, ge=0)
+    changeover_s: float = Field(default=300, ge=0, le=MAX_SIM_S)
     # the line's product plan (read from a line's first station)
-    product_mix: dict[str, Annotated[float, Field(gt=0)]] | None = None
-    run_length: float = Field(default=200, gt=0)
+    product_mix: dict[str, Annotated[float, Field(gt=0, le=1e9)]] | None = None
+    run_length: float = Field(default=200, gt=0, le=1e9)
 
     @model_validator(mode="after")
     def _line_settings(self) -> Simulation:
@@ -314,7 +489,7 @@ class Simulation(_Model):
 class Machine(_Model):
     id: Ident
     name: Name | None = None
-    ideal_cycle_s: float | None = Field(default=None, gt=0)
+    ideal_cycle_s: float | None = Field(default=None, gt=0, le=MAX_CYCLE_S)
     source: str
     output: bool = False
     signals: dict[str, Signal]
@@ -325,14 +500,14 @@ class Machine(_Model):
     def _signal_names(cls, v: dict[str, Signal]) -> dict[str, Signal]:
         for k in v:
             if not ID_RE.fullmatch(k):
-                raise ValueError(f"signal name '{k}' must match {ID_PATTERN}")
+                raise ValueError(f"signal name {_q(k)} must match {ID_PATTERN}")
         return v
 
 
 class Line(_Model):
     id: Ident
     name: Name | None = None
-    target_per_hour: float = Field(default=0, ge=0)
+    target_per_hour: float = Field(default=0, ge=0, le=1e6)
     machines: list[Machine] = Field(min_length=1)
 
     @property
@@ -348,6 +523,8 @@ class Plant(_Model):
     products: dict[str, Product] = Field(default_factory=dict)
     sources: dict[str, Source]
     lines: list[Line] = Field(min_length=1)
+
+    _reason_codes = field_validator("reasons", mode="before")(_distinct_codes)
 
     # ---- lookups -------------------------------------------------------------------------
     def machines(self) -> Iterator[tuple[Line, Machine]]:
@@ -383,9 +560,10 @@ class Problem:
     hint: str | None = None
 
     def render(self, file: str) -> str:
-        where = f"{file}: {self.path}" if self.path else file
-        fix = f" (fix: {self.hint})" if self.hint else ""
-        return f"{where}: {self.message}{fix}"
+        # every piece that can repeat the file's content is cut again here, should a message miss it
+        where = f"{file}: {_short(self.path, 300)}" if self.path else file
+        fix = f" (fix: {_short(self.hint, 300)})" if self.hint else ""
+        return f"{where}: {_short(self.message, 500)}{fix}"
 
 
 class PlantFileError(Exception):
@@ -394,7 +572,10 @@ class PlantFileError(Exception):
     def __init__(self, file: str | Path, problems: list[Problem]) -> None:
         self.file = str(file)
         self.problems = problems
-        super().__init__("\n".join(p.render(self.file) for p in problems))
+        lines = [p.render(self.file) for p in problems[:MAX_PROBLEMS_SHOWN]]
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            lines.append(f"{self.file}: ... and {len(problems) - MAX_PROBLEMS_SHOWN} more problems")
+        super().__init__("\n".join(lines))
 
 
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:
@@ -408,6 +589,7 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
                 continue
             if part.startswith(("function-", "literal[", "tuple[")):
                 continue
+            part = _short(part)
             out += f".{part}" if out else part
     return out
 
@@ -432,9 +614,9 @@ def _problems_from_validation(err: ValidationError, raw: Any) -> list[Problem]:
         hint: str | None = None
         if e["type"] == "extra_forbidden":
             key = str(loc[-1])
-            msg = f"unknown key '{key}'"
+            msg = f"unknown key {_q(key)}"
             known = _known_keys(loc[:-1], raw)
-            close = difflib.get_close_matches(key, known, n=1)
+            close = difflib.get_close_matches(key, known, n=1) if len(key) < 100 else []
             hint = f"did you mean '{close[0]}'?" if close else (f"allowed keys: {', '.join(known)}" if known else None)
         elif e["type"] == "missing":
             msg = f"'{loc[-1]}' is required"
@@ -444,15 +626,17 @@ def _problems_from_validation(err: ValidationError, raw: Any) -> list[Problem]:
                     hint = h
                     break
             if "input" in e and e["type"] not in ("value_error",):
-                msg = f"{msg} (got {e['input']!r})"
+                msg = f"{msg} (got {_short(repr(e['input']))})"
         if (path, msg) in seen:
             continue
         seen.add((path, msg))
         problems.append(Problem(path, msg, hint))
-    # for `str | {ja, en}` names pydantic reports both members; keep the more specific one
-    paths = [p.path for p in problems]
+    # for `str | {ja, en}` names pydantic reports both members; keep the more specific one.
+    # `parents` holds every path that some problem's path continues with '.': a set, since
+    # comparing every problem with every other took 90 s for 20 000 wrong names
+    parents = {q.path[:k] for q in problems for k, c in enumerate(q.path) if c == "."}
     return [p for p in problems if not (p.message.startswith("Input should be a valid string")
-                                        and any(q.startswith(p.path + ".") for q in paths))]
+                                        and p.path in parents)]
 
 
 def _known_keys(loc: tuple[int | str, ...], raw: Any) -> list[str]:
@@ -487,7 +671,7 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
 def _week_intervals(shift: Shift) -> list[tuple[int, int]]:
     s, e = shift.minutes()
     out = []
-    for d in shift.days:
+    for d in dict.fromkeys(shift.days):  # a day listed twice is one day
         base = DAYS.index(d) * 1440
         a, b = base + s, base + e
         if b > 7 * 1440:  # a Sunday night shift runs into Monday
@@ -498,13 +682,33 @@ def _week_intervals(shift: Shift) -> list[tuple[int, int]]:
     return out
 
 
+def _overlapping_shifts(shifts: list[Shift]) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``i < j``, of shifts that overlap somewhere in the week, sorted.
+
+    A sweep over the week's intervals, not every pair against every pair: 3 000 shifts in a
+    190 KB file took minutes and 1.6 GB that way. It stops after MAX_PROBLEMS_SHOWN pairs, so
+    a file of shifts that all overlap costs no more than one with a few."""
+    intervals = sorted((a, b, idx) for idx, sh in enumerate(shifts) for a, b in _week_intervals(sh))
+    pairs: set[tuple[int, int]] = set()
+    active: list[tuple[int, int]] = []  # (end, shift index) of intervals that may still overlap
+    for a, b, j in intervals:
+        active = [(end, i) for end, i in active if end > a]
+        for _, i in active:
+            if i != j:  # a shift's own intervals are separate days
+                pairs.add((min(i, j), max(i, j)))
+        if len(pairs) >= MAX_PROBLEMS_SHOWN:
+            break
+        active.append((b, j))
+    return sorted(pairs)
+
+
 def _semantic_problems(plant: Plant) -> list[Problem]:
     problems: list[Problem] = []
     # shifts: unique ids, no overlaps, breaks inside the shift
     ids: dict[str, int] = {}
     for i, sh in enumerate(plant.calendar.shifts):
         if sh.id in ids:
-            problems.append(Problem(f"calendar.shifts[{i}].id", f"duplicate shift id '{sh.id}'",
+            problems.append(Problem(f"calendar.shifts[{i}].id", f"duplicate shift id {_q(sh.id)}",
                                     f"rename it; calendar.shifts[{ids[sh.id]}] already uses it"))
         ids.setdefault(sh.id, i)
         s, e = sh.minutes()
@@ -514,37 +718,39 @@ def _semantic_problems(plant: Plant) -> list[Problem]:
                                         f"break {sh.breaks[j][0]}–{sh.breaks[j][1]} is not inside the shift "
                                         f"{sh.start}–{sh.end}", "move the break inside the shift"))
     shifts = plant.calendar.shifts
-    for i in range(len(shifts)):
-        for j in range(i + 1, len(shifts)):
-            overlap = any(a1 < b2 and a2 < b1 for a1, b1 in _week_intervals(shifts[i])
-                          for a2, b2 in _week_intervals(shifts[j]))
-            if overlap:
-                problems.append(Problem(
-                    f"calendar.shifts[{j}]",
-                    f"shift '{shifts[j].id}' ({shifts[j].start}–{shifts[j].end}) overlaps shift "
-                    f"'{shifts[i].id}' ({shifts[i].start}–{shifts[i].end})",
-                    "shifts must not overlap; change a start or end time, or the days"))
+    for i, j in _overlapping_shifts(shifts):
+        problems.append(Problem(
+            f"calendar.shifts[{j}]",
+            f"shift {_q(shifts[j].id)} ({shifts[j].start}–{shifts[j].end}) overlaps shift "
+            f"{_q(shifts[i].id)} ({shifts[i].start}–{shifts[i].end})",
+            "shifts must not overlap; change a start or end time, or the days"))
     # lines and machines
+    source_ids = list(plant.sources)
+    source_names = (", ".join(_short(s) for s in source_ids[:20]) + (", ..." if len(source_ids) > 20 else "")
+                    or "(none)")
     line_ids: dict[str, int] = {}
     machine_ids: dict[str, str] = {}
     for li, line in enumerate(plant.lines):
         if line.id in line_ids:
-            problems.append(Problem(f"lines[{li}].id", f"duplicate line id '{line.id}'",
+            problems.append(Problem(f"lines[{li}].id", f"duplicate line id {_q(line.id)}",
                                     f"line ids are unique; lines[{line_ids[line.id]}] already uses it"))
         line_ids.setdefault(line.id, li)
         for mi, m in enumerate(line.machines):
             p = f"lines[{li}].machines[{mi}]"
             if m.id in machine_ids:
-                problems.append(Problem(f"{p}.id", f"duplicate machine id '{m.id}'",
+                problems.append(Problem(f"{p}.id", f"duplicate machine id {_q(m.id)}",
                                         f"machine ids are unique in the whole plant; {machine_ids[m.id]} "
                                         "already uses it"))
             machine_ids.setdefault(m.id, p)
             src = plant.sources.get(m.source)
             if src is None:
-                close = difflib.get_close_matches(m.source, list(plant.sources), n=1)
+                # a suggestion compares with every source: only for what will be shown, short names
+                # and a plant-sized list
+                suggest = len(problems) < MAX_PROBLEMS_SHOWN and len(m.source) < 100 and len(source_ids) <= 1000
+                close = difflib.get_close_matches(m.source, source_ids, n=1) if suggest else []
                 hint = (f"did you mean '{close[0]}'?" if close else
-                        f"declare it under 'sources:' or use one of: {', '.join(plant.sources) or '(none)'}")
-                problems.append(Problem(f"{p}.source", f"unknown source '{m.source}'", hint))
+                        f"declare it under 'sources:' or use one of: {source_names}")
+                problems.append(Problem(f"{p}.source", f"unknown source {_q(m.source)}", hint))
             for name, sig in m.signals.items():
                 sp = f"{p}.signals.{name}"
                 problems.extend(_signal_problems(plant, sp, name, sig, src))
@@ -567,18 +773,18 @@ def _signal_problems(plant: Plant, sp: str, name: str, sig: Signal, src: Source 
                                "add field: value"))
     if name in COUNTER_SIGNALS:
         if sig.counter_bits is None:
-            out.append(Problem(f"{sp}.counter_bits", f"counter '{name}' needs 'counter_bits'",
+            out.append(Problem(f"{sp}.counter_bits", f"counter {_q(name)} needs 'counter_bits'",
                                "use 16 or 32, the width of the PLC register"))
     elif sig.counter_bits is not None:
-        out.append(Problem(f"{sp}.counter_bits", f"'{name}' is not a counter (good, scrap, total)",
+        out.append(Problem(f"{sp}.counter_bits", f"{_q(name)} is not a counter (good, scrap, total)",
                            "remove counter_bits, or rename the signal"))
     if name == STATE_SIGNAL and not sig.map:
         out.append(Problem(f"{sp}.map", "the state signal needs 'map' from raw codes to states",
                            "add map: {1: running, 2: idle, 3: down}"))
     if name != STATE_SIGNAL and sig.map:
-        out.append(Problem(f"{sp}.map", f"only the 'state' signal has a map, not '{name}'", "remove map"))
+        out.append(Problem(f"{sp}.map", f"only the 'state' signal has a map, not {_q(name)}", "remove map"))
     if name in (REASON_SIGNAL, PRODUCT_SIGNAL) and sig.unit:
-        out.append(Problem(f"{sp}.unit", f"'{name}' has no unit", "remove unit"))
+        out.append(Problem(f"{sp}.unit", f"{_q(name)} has no unit", "remove unit"))
     return out
 
 
@@ -598,23 +804,151 @@ def parse_plant(raw: Any, file: str | Path = "<plant>") -> Plant:
 
 
 def load_plant(path: str | Path) -> Plant:
-    """Read and validate a plant file; raises :class:`PlantFileError` naming the file."""
+    """Read and validate a plant file; raises :class:`PlantFileError` naming the file.
+
+    Whatever the file holds, this ends in a :class:`Plant` or a :class:`PlantFileError` with
+    bounded messages, in bounded time and memory: the file's size, the YAML nesting depth are
+    capped, aliases and duplicate keys are refused, and only plain data (safe loader) is built."""
     p = Path(path)
+    text = _read_text(p)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise PlantFileError(p, [Problem("", f"cannot read the file: {e.strerror or e}",
-                                         "check the path")]) from None
-    try:
-        raw = yaml.safe_load(text)
+        _check_events(text)
+        raw = yaml.load(text, Loader=_PlantLoader)  # a SafeLoader subclass: plain data only
+    except _PlantYamlError as e:
+        raise PlantFileError(p, [Problem(_where(e.problem_mark), e.problem or "YAML error", e.hint)]) from None
+    except yaml.reader.ReaderError as e:  # _read_text looked for these already
+        raise PlantFileError(p, [Problem("", f"YAML error: {_short(str(e))}")]) from None
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown line"
-        raise PlantFileError(p, [Problem(where, f"YAML syntax error: {e.problem}",
+        raise PlantFileError(p, [Problem(_where(e.problem_mark), f"YAML syntax error: {_short(e.problem or '')}",
                                          "check indentation and quoting there")]) from None
     except yaml.YAMLError as e:
-        raise PlantFileError(p, [Problem("", f"YAML error: {e}")]) from None
-    return parse_plant(raw, p)
+        raise PlantFileError(p, [Problem("", f"YAML error: {_short(str(e))}")]) from None
+    plant = parse_plant(raw, p)
+    _set_base_dir(plant, p.parent)
+    return plant
+
+
+def _read_text(p: Path) -> str:
+    try:
+        with p.open("rb") as f:
+            data = f.read(MAX_PLANT_BYTES + 1)
+    except OSError as e:
+        raise PlantFileError(p, [Problem("", f"cannot read the file: {e.strerror or e}", "check the path")]) from None
+    if len(data) > MAX_PLANT_BYTES:
+        raise PlantFileError(p, [Problem("", f"the file is larger than {MAX_PLANT_BYTES // (1 << 20)} MiB; a plant "
+                                         "file is far smaller", "check that this is the plant file")])
+    try:
+        text = data.decode("utf-8-sig")  # -sig: a byte-order mark some Windows editors write is fine
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = len(data[data.rfind(b"\n", 0, e.start) + 1:e.start].decode("utf-8", "replace")) + 1  # characters
+        raise PlantFileError(p, [Problem(f"line {line}, column {col}",
+                                         f"the file is not UTF-8 text (byte 0x{data[e.start]:02x})",
+                                         "save it as UTF-8")]) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        line, col = _line_col(text, nul)
+        raise PlantFileError(p, [Problem(f"line {line}, column {col}", "the file contains a NUL byte; it is not a "
+                                         "text file", "check that this is the plant file, saved as UTF-8")])
+    # YAML's own check reports a byte offset under libyaml: find the character here instead
+    bad = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if bad is not None:
+        line, col = _line_col(text, bad.start())
+        raise PlantFileError(p, [Problem(f"line {line}, column {col}",
+                                         f"character U+{ord(bad.group()[0]):04X} is not allowed in a YAML file",
+                                         "remove it")])
+    return text
+
+
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def _where(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown line"
+
+
+class _PlantYamlError(yaml.MarkedYAMLError):
+    """Valid YAML that a plant file must not hold (alias, duplicate key, too deep, ...), with a fix."""
+
+    def __init__(self, problem: str, mark: Any, hint: str) -> None:  # Mark: yaml's or libyaml's
+        super().__init__(problem=problem, problem_mark=mark)
+        self.hint = hint
+
+
+# libyaml when it is there: the pure-Python parser needs about 5 s and 700 MB for 2 MB of YAML
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _check_events(text: str) -> None:
+    """Walk the YAML events (a flat stream: constant memory, no recursion) before anything is
+    built: aliases, nesting depth and the number of nodes decide whether building is safe."""
+    depth = 0
+    for n, event in enumerate(yaml.parse(text, Loader=_BaseLoader)):
+        if n > MAX_YAML_EVENTS:
+            raise _PlantYamlError(f"more than {MAX_YAML_EVENTS} YAML nodes", event.start_mark,
+                                  "a plant file of 20 000 signals has 170 000; check that this is the plant file")
+        if isinstance(event, yaml.AliasEvent):
+            # an alias makes a small file expand to an unbounded one ("billion laughs"), and a
+            # plant file has nothing that needs one
+            raise _PlantYamlError(f"YAML alias *{_short(event.anchor or '')} is not allowed in a plant file",
+                                  event.start_mark, "write the value out instead of referring to an anchor")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                # the composer that builds nodes recurses per level
+                raise _PlantYamlError(f"nested more than {MAX_YAML_DEPTH} levels deep", event.start_mark,
+                                      "a plant file needs fewer than 10 levels; check the brackets and indentation")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+class _PlantLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """PyYAML's safe loader (plain data only), refusing duplicate keys and non-finite numbers and
+    turning a value it cannot build (a date 2026-13-45) into a marked error. Run it only on text
+    :func:`_check_events` accepted."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, TypeError) as e:  # e.g. a date 2026-13-45, a 5000-digit integer
+            raise _PlantYamlError(f"cannot read this value: {_short(str(e))}", node.start_mark,
+                                  "correct or quote it") from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first.get(key)
+            except TypeError:
+                continue  # unhashable: the base class says so, with its place
+            if earlier is not None:
+                raise _PlantYamlError(
+                    f"duplicate key {_short(str(key))!r} (line {key_node.start_mark.line + 1}; first at line "
+                    f"{earlier.start_mark.line + 1})", key_node.start_mark,
+                    "a key may appear once in a mapping; remove or merge one of them")
+            first[key] = key_node
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        value: float = super().construct_yaml_float(node)
+        if not math.isfinite(value):
+            raise _PlantYamlError(f"{_short(str(node.value))} is not a finite number", node.start_mark,
+                                  "write a finite number (or quote it if it is text)")
+        return value
+
+
+_PlantLoader.add_constructor("tag:yaml.org,2002:float", _PlantLoader.construct_yaml_float)
+
+
+def _set_base_dir(plant: Plant, base: Path) -> None:
+    """Relative ``password_file`` paths are relative to the plant file's folder."""
+    for src in plant.sources.values():
+        conn = src.opcua if src.opcua is not None else src.mqtt
+        if conn is not None:
+            conn._base_dir = base
 
 
 def dump_plant(plant: Plant) -> str:

@@ -9,13 +9,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from core.plant import Plant, PlantFileError, load_plant
+from core.plant import CredentialError, Plant, PlantFileError, load_plant
 from core.store.base import Store
 
 log = logging.getLogger("mieruka")
@@ -134,6 +135,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
         build_sources(plant, lines)  # a plant the collector cannot read fails here, before any connection
     except ValueError as e:
         raise BadInput(f"{args.plant}: {e}") from None
+    # passwords from password_env/password_file: a missing one fails now, not at every reconnect
+    for source_id in sorted({m.source for ln, m in plant.machines() if lines is None or ln.id in lines}):
+        try:
+            plant.sources[source_id].resolve_password()
+        except CredentialError as e:
+            raise BadInput(f"{args.plant}: sources.{source_id}: {e}") from None
     if args.spool_max_mb <= 0:
         raise BadInput(f"--spool-max-mb must be positive, got {args.spool_max_mb}")
     _check_clock_ahead(args.max_clock_ahead_s)
@@ -236,9 +243,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return run_status(args.metrics or DEFAULT_METRICS_URL, sys.stdout)
 
 
-def _open_store_url(url: str) -> Store:
-    from core.store import open_store
+def _open_store_url(url: str | None) -> Store:
+    from core.store import STORE_ENV, open_store
 
+    url = url or os.environ.get(STORE_ENV)  # the environment keeps a password off the command line
+    if not url:
+        raise BadInput(f"--store URL is required (or set {STORE_ENV})")
     try:
         return open_store(url)
     except ValueError as e:
@@ -467,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     co = sub.add_parser("collect", help="collect OPC UA / MQTT signals into a store")
     co.add_argument("--plant", required=True)
-    co.add_argument("--store", required=True, help="sqlite:///file.db or influxdb://[user:pw@]host:port/db")
+    co.add_argument("--store", default=None, help="sqlite:///file.db or influxdb://[user[:pw]@]host:port/db "
+                                                   "(default: $MIERUKA_STORE)")
     co.add_argument("--lines", default=None, help="only these lines (comma-separated ids)")
     co.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     co.add_argument("--spool-dir", default="mieruka-spool", metavar="DIR",
@@ -516,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("import", help="import recorded raw samples (CSV or JSONL) through normalize into a store")
     im.add_argument("--plant", required=True)
-    im.add_argument("--store", required=True)
+    im.add_argument("--store", default=None, help="store URL (default: $MIERUKA_STORE)")
     im.add_argument("--skip-bad", action="store_true", help="import the good rows even if some are bad")
     im.add_argument("--max-clock-ahead-s", type=float, default=3600.0, metavar="S",
                     help="rows more than S seconds ahead of this computer's clock are bad (default 3600)")
@@ -525,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("api", help="serve the REST API")
     a.add_argument("--plant", required=True)
-    a.add_argument("--store", required=True)
+    a.add_argument("--store", default=None, help="store URL (default: $MIERUKA_STORE)")
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8000)
     a.add_argument("--tokens", default=None, metavar="FILE",
@@ -596,6 +607,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except PlantFileError as e:
         print(str(e), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CredentialError as e:  # a source's password_env/password_file, e.g. for the simulators
+        print(f"mieruka {args.command}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BadInput as e:
         print(f"mieruka {args.command}: {e}", file=sys.stderr)

@@ -258,7 +258,7 @@ class MqttPlc:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv311, clean_session=True)
         if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
+            self.client.username_pw_set(broker.username, broker.resolve_password())
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         # bounds what paho holds (in flight, and queued behind its in-flight window)
         self.client.max_queued_messages_set(BACKLOG_MAX)

@@ -294,7 +294,7 @@ def accepted_users(src: OpcUaEndpoint) -> dict[str, str] | None:
     if src.users:
         return dict(src.users)
     if src.username:
-        return {src.username: src.password or ""}
+        return {src.username: src.resolve_password() or ""}  # password, password_env or password_file
     return None
 
 

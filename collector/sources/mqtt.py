@@ -164,7 +164,7 @@ class MqttSource:
                              clean_session=not persistent, protocol=mqtt.MQTTv311,
                              manual_ack=self.broker.qos > 0)
         if self.broker.username:
-            client.username_pw_set(self.broker.username, self.broker.password)
+            client.username_pw_set(self.broker.username, self.broker.resolve_password())
         client.reconnect_delay_set(*self._reconnect)
         # an exception escaping a callback ends paho's network thread: each one is guarded
         client.on_connect = self._guarded(self._on_connect)

@@ -231,8 +231,9 @@ class OpcUaSource:
         client.session_timeout = 60_000
         if self.endpoint.username:
             client.set_user(self.endpoint.username)
-        if self.endpoint.password:
-            client.set_password(self.endpoint.password)
+        password = self.endpoint.resolve_password()  # from the plant file, its env var or file; warns if in clear
+        if password:
+            client.set_password(password)
         if self.endpoint.security != "none":
             mode = "Sign" if self.endpoint.security == "sign" else "SignAndEncrypt"
             if not (self.endpoint.certificate and self.endpoint.private_key):

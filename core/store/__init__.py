@@ -3,9 +3,13 @@
 Store URLs (see the design handbook, "Time and formats"):
 
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``
-- ``influxdb://[user:password@]host[:port]/database`` (port 8086 by default); a token for
-  InfluxDB 2.x/3.x comes from the environment variable ``MIERUKA_INFLUX_TOKEN`` and is sent as
-  ``Authorization: Token <token>``.
+- ``influxdb://[user[:password]@]host[:port]/database`` (port 8086 by default). The password
+  need not be in the URL (where ``ps`` and logs could show it): without one it comes from the
+  file named by ``MIERUKA_INFLUX_PASSWORD_FILE`` or from ``MIERUKA_INFLUX_PASSWORD``. A token for
+  InfluxDB 2.x/3.x comes from ``MIERUKA_INFLUX_TOKEN_FILE`` or ``MIERUKA_INFLUX_TOKEN`` and is
+  sent as ``Authorization: Token <token>``.
+
+No error message shows a password: :func:`mask_url` hides it in a URL that cannot be parsed.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from core.store.base import (
 )
 
 __all__ = [
+    "PASSWORD_ENV",
+    "PASSWORD_FILE_ENV",
+    "STORE_ENV",
     "TOKEN_ENV",
+    "TOKEN_FILE_ENV",
     "CountBucket",
     "GaugeBucket",
     "ProductChange",
@@ -37,14 +45,57 @@ __all__ = [
     "StoreUnavailable",
     "check_bucket",
     "check_ids",
+    "mask_url",
     "open_store",
 ]
 
+STORE_ENV = "MIERUKA_STORE"  # the store URL, when a command is given no --store
 TOKEN_ENV = "MIERUKA_INFLUX_TOKEN"
+TOKEN_FILE_ENV = "MIERUKA_INFLUX_TOKEN_FILE"
+PASSWORD_ENV = "MIERUKA_INFLUX_PASSWORD"
+PASSWORD_FILE_ENV = "MIERUKA_INFLUX_PASSWORD_FILE"
+_MAX_SECRET_FILE = 64 << 10
 URL_FORMS = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, "
     "or influxdb://[user:password@]host:port/database"
 )
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password part of its user info replaced by ``***``, even when the URL
+    is malformed (then rather too much is hidden than too little), cut to 200 characters."""
+    scheme_end = url.find("://")
+    start = scheme_end + 3 if scheme_end >= 0 else url.find(":") + 1
+    at = url.rfind("@")
+    if start > 0 and at > start:
+        colon = url.find(":", start, at)
+        if colon >= 0:
+            url = url[:colon + 1] + "***" + url[at:]
+    return url if len(url) <= 200 else url[:199] + "…"
+
+
+def _secret_from_env(value_env: str, file_env: str) -> str | None:
+    """The secret in the file named by ``file_env``, else in ``value_env``; None when neither is set."""
+    file, value = os.environ.get(file_env), os.environ.get(value_env)
+    if file and value:
+        raise ValueError(f"both {file_env} and {value_env} are set; set one")
+    if file:
+        try:
+            with open(file, "rb") as f:
+                data = f.read(_MAX_SECRET_FILE + 1)
+        except OSError as e:
+            raise ValueError(f"{file_env}: cannot read {file}: {e.strerror or e}") from None
+        if len(data) > _MAX_SECRET_FILE:
+            raise ValueError(f"{file_env}: {file} is larger than {_MAX_SECRET_FILE >> 10} KiB; it should hold "
+                             "the secret alone")
+        try:
+            secret = data.decode("utf-8").removesuffix("\n").removesuffix("\r")  # an editor's final newline
+        except UnicodeDecodeError:
+            raise ValueError(f"{file_env}: {file} is not UTF-8 text") from None
+        if not secret:
+            raise ValueError(f"{file_env}: {file} is empty")
+        return secret
+    return value or None
 # InfluxDB database names reach InfluxQL (quoted) and the /write query string; keep them plain
 DATABASE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # used with fullmatch
 
@@ -68,7 +119,7 @@ def check_bucket(bucket_ns: int) -> None:
 def open_store(url: str) -> Store:
     """The store a URL names, not yet opened (``await store.open()``); ``ValueError`` for a bad URL."""
     def bad(why: str) -> ValueError:
-        return ValueError(f"bad store URL {url!r}: {why}; use {URL_FORMS}")
+        return ValueError(f"bad store URL {mask_url(url)!r}: {why}; use {URL_FORMS}")
 
     if url.startswith("sqlite:"):
         if not url.startswith("sqlite:///"):
@@ -94,12 +145,19 @@ def open_store(url: str) -> Store:
         if not database:
             raise bad("no database name after the host")
         if not DATABASE_RE.fullmatch(database):
-            raise bad(f"database name {database!r} must match {DATABASE_RE.pattern}")
+            # a password with an unencoded '/' ends up in the path: then the name is not repeated
+            shown = f" {database!r}" if "@" not in database and len(database) <= 80 else ""
+            raise bad(f"database name{shown} must match {DATABASE_RE.pattern}")
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
         if username is None and password is not None:
             raise bad("a password needs a user name")
-        token = os.environ.get(TOKEN_ENV) or None
+        token = _secret_from_env(TOKEN_ENV, TOKEN_FILE_ENV)
+        if password is None:
+            password = _secret_from_env(PASSWORD_ENV, PASSWORD_FILE_ENV)
+            if password is not None and username is None and token is None:
+                raise ValueError(f"{PASSWORD_ENV}(_FILE) is set, but the store URL {mask_url(url)!r} names no "
+                                 "user; write influxdb://user@host:port/database")
         from core.store.influx import InfluxStore
 
         return InfluxStore(host, port, database, username=username, password=password, token=token)

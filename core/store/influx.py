@@ -170,18 +170,34 @@ class InfluxStore:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
-            raise StoreUnavailable(f"InfluxDB at {self._base} is unreachable: {e!r}") from e
+            raise StoreUnavailable(f"InfluxDB at {self._base} is unreachable: {self._describe(e)}") from None
         except aiohttp.ClientError as e:
-            raise StoreUnavailable(f"InfluxDB at {self._base} failed the request: {e!r}") from e
+            raise StoreUnavailable(f"InfluxDB at {self._base} failed the request: {self._describe(e)}") from None
         if status < 300:
             return body
         message = _error_message(body)
         if status >= 500 or status == 429:
             raise StoreUnavailable(f"InfluxDB at {self._base} answered {status}: {message}")
         if status == 401:
-            raise InfluxHttpError(f"InfluxDB at {self._base} refused the credentials (401: {message}); check "
-                                  "the user and password in the store URL, or MIERUKA_INFLUX_TOKEN", status)
-        raise InfluxHttpError(f"InfluxDB at {self._base} answered {status}: {message}", status)
+            raise InfluxHttpError(f"InfluxDB at {self._base} refused the credentials (401: {self._scrub(message)}); "
+                                  "check the user in the store URL and MIERUKA_INFLUX_PASSWORD(_FILE), or "
+                                  "MIERUKA_INFLUX_TOKEN(_FILE)", status)
+        raise InfluxHttpError(f"InfluxDB at {self._base} answered {status}: {self._scrub(message)}", status)
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the password or token, plain or as sent in the Authorization header."""
+        for secret in (self._password, self.token, self._headers().get("Authorization")):
+            if secret:
+                text = text.replace(secret, "***")
+                if secret.startswith("Basic "):
+                    text = text.replace(secret.removeprefix("Basic "), "***")
+        return text
+
+    def _describe(self, e: BaseException) -> str:
+        # not repr(): the repr of aiohttp's ClientResponseError carries the request headers, with
+        # the Authorization header in them; and the cause is not chained (``from None``) for the
+        # same reason, since a logged traceback shows it
+        return self._scrub(f"{type(e).__name__}: {e}")
 
     async def _query(self, q: str, *, post: bool = False) -> list[dict[str, Any]]:
         params = {"db": self.database, "epoch": "ns"}
