@@ -78,7 +78,7 @@ from collector.sources import (
     coerce_value,
 )
 from core.model import Sample, from_ns
-from core.plant import MqttBroker, Signal
+from core.plant import MqttBroker, Signal, mqtt_topic_filter_problem
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,10 @@ class MqttSource:
         for machine, name, sig in signals:
             if not sig.topic or not sig.field:
                 raise ValueError(f"{machine}.{name}: an MQTT signal needs 'topic' and 'field'")
-            problem = topic_filter_problem(sig.topic)
+            # the plant model refuses these already; a source built by hand must not kill paho's thread
+            problem = mqtt_topic_filter_problem(sig.topic)
             if problem is not None:
-                raise ValueError(f"{machine}.{name}: topic {sig.topic!r} is not a valid MQTT topic filter: {problem}")
+                raise ValueError(f"{machine}.{name}: {problem}")
             self._routes.setdefault(sig.topic, []).append(_Route(machine, name, sig, sig.field))
         # plant files name concrete topics; wildcards are allowed but matched the slow way
         self._wild = [(t, r) for t, r in self._routes.items() if "+" in t or "#" in t]
@@ -487,23 +488,6 @@ def parse_time(raw: object, unit: str) -> datetime:
     if not 0 <= ns < 253_402_300_800 * 1_000_000_000:  # year 10000
         raise ValueError(f"epoch {raw!r} {unit} is out of range")
     return from_ns(ns)
-
-
-def topic_filter_problem(topic: str) -> str | None:
-    """Why ``topic`` is not a valid MQTT topic filter (MQTT 3.1.1, 4.7), or None."""
-    if not topic:
-        return "it is empty"
-    if "\x00" in topic:
-        return "it holds a NUL character"
-    if len(topic.encode("utf-8", "surrogatepass")) > 65535:
-        return "it is longer than 65535 bytes"
-    levels = topic.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return "'#' must be a whole level and the last one"
-        if "+" in level and level != "+":
-            return "'+' must be a whole level"
-    return None
 
 
 def _excerpt(payload: bytes | bytearray, n: int = 120) -> str:
