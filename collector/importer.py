@@ -1,6 +1,6 @@
 """Import raw samples from a file through the same normalize → store path as live data.
 
-Files (see the design handbook, "Raw samples"): CSV with the header ``time,machine,signal,value``
+Files (docs/architecture.md, "Time and formats"): CSV with the header ``time,machine,signal,value``
 (``.csv``), or JSON Lines with those keys (``.jsonl`` / ``.json``). Times are ISO-8601 *with* an
 offset; a time without one is a bad row.
 

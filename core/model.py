@@ -22,7 +22,7 @@ SignalKind = Literal["counter", "state", "reason", "product", "gauge"]
 
 
 def signal_kind(name: str) -> SignalKind:
-    """What a signal name means (DESIGN.md): any name without a meaning is a gauge."""
+    """What a signal name means (docs/architecture.md, "The plant file"): any name without a meaning is a gauge."""
     if name in COUNTER_SIGNALS:
         return "counter"
     if name == STATE_SIGNAL:

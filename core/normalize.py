@@ -1,6 +1,6 @@
 """Normalize: raw samples → production facts, once, at the edge.
 
-Rules (see the design handbook, "Normalize"):
+Rules (docs/architecture.md, "Normalize rules"):
 
 - **Counters** (``good``, ``scrap``, ``total``) become increments. The first value a counter
   reports is a baseline (no fact) unless restored state holds one. A value that drops wrapped

@@ -4,7 +4,7 @@ Everything here works on what the :class:`~core.store.base.Store` protocol retur
 reads are thin wrappers (:func:`machine_oee_from_store`, :func:`line_oee_from_store`). Windows are
 ``[start, end)``; times are aware datetimes at the edges and UTC epoch nanoseconds inside.
 
-Definitions (DESIGN.md, "Figures"; where it is silent, the choice is written here):
+Definitions (docs/architecture.md, "Figures"; where it is silent, the choice is written here):
 
 - **Timeline.** A machine is in the state of its last state change (the store hands over the
   last change before the window too). Time before its first known state is ``offline`` (no

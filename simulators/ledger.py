@@ -1,6 +1,6 @@
 """The ground-truth ledger: what the simulated plant really did, as JSONL.
 
-One object a line, times ISO-8601 UTC to the millisecond with 'Z' (see DESIGN.md, "Time and
+One object a line, times ISO-8601 UTC to the millisecond with 'Z' (docs/architecture.md, "Time and
 formats"):
 
     {"t": "...", "line": "...", "machine": "...", "kind": "part", "good": true, "product": "..."}

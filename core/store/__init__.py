@@ -1,6 +1,6 @@
 """Store backends behind one protocol; :func:`open_store` picks one from a store URL.
 
-Store URLs (see the design handbook, "Time and formats"):
+Store URLs (docs/architecture.md, "Time and formats"):
 
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``
 - ``influxdb://[user[:password]@]host[:port]/database`` (port 8086 by default). The password

@@ -1,4 +1,4 @@
-"""The test oracle: reads the simulators' ground-truth ledger (DESIGN.md format) independently of core/."""
+"""The test oracle: reads the simulators' ground-truth ledger (docs/architecture.md) independently of core/."""
 
 from __future__ import annotations
 
