@@ -246,3 +246,50 @@ async def test_influxdb_figures_through_the_workers(plant: Plant, influxd_server
         assert [a.status_code for a in answers] == [200] * 7, [a.text[:200] for a in answers]
         assert {a.json()["total_good"] for a in answers[:6]} == {35}
         assert answers[6].json()["figures"]["counts"]["good"] == 35
+
+
+async def test_an_offloaded_route_reads_a_request_body_under_uvicorn() -> None:
+    """uvicorn's receive channel belongs to the server's loop: a POST on an offloaded route (operator
+    input will be one) gets its body, not an error from awaiting that channel on a worker's loop."""
+    import uvicorn
+    from fastapi import APIRouter, Body
+
+    from api.work import OffloadedRoute
+    from tests.support.services import free_port
+
+    router = APIRouter(route_class=OffloadedRoute)
+
+    @router.post("/echo")
+    async def echo(payload: dict[str, int] = Body(...)) -> dict[str, object]:
+        return {"sum": sum(payload.values()), "thread": threading.current_thread().name}
+
+    pool = Workers(2)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool.start()
+        try:
+            yield
+        finally:
+            pool.stop()
+
+    app = FastAPI(lifespan=lifespan)
+    app.state.workers = pool
+    app.include_router(router)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(20):
+            while not server.started:
+                await asyncio.sleep(0.05)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+                # large enough to arrive in several reads, so the body is not all there with the headers
+                r = await c.post("/echo", json={**{f"k{i}": 0 for i in range(100_000)}, "a": 2, "b": 40})
+        assert r.status_code == 200, r.text
+        assert r.json()["sum"] == 42
+        assert str(r.json()["thread"]).startswith("api-worker-")
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(20):
+            await task
