@@ -255,6 +255,7 @@ async def test_an_offloaded_route_reads_a_request_body_under_uvicorn() -> None:
     from fastapi import APIRouter, Body
 
     from api.work import OffloadedRoute
+    from tests.support.procs import wait_until
     from tests.support.services import free_port
 
     router = APIRouter(route_class=OffloadedRoute)
@@ -280,12 +281,13 @@ async def test_an_offloaded_route_reads_a_request_body_under_uvicorn() -> None:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     try:
-        async with asyncio.timeout(20):
-            while not server.started:
-                await asyncio.sleep(0.05)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
-                # large enough to arrive in several reads, so the body is not all there with the headers
-                r = await c.post("/echo", json={**{f"k{i}": 0 for i in range(100_000)}, "a": 2, "b": 40})
+        async def started() -> bool:
+            return bool(server.started)
+
+        await wait_until(started, 20, "uvicorn started", poll_s=0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            # large enough to arrive in several reads, so the body is not all there with the headers
+            r = await c.post("/echo", json={**{f"k{i}": 0 for i in range(100_000)}, "a": 2, "b": 40})
         assert r.status_code == 200, r.text
         assert r.json()["sum"] == 42
         assert str(r.json()["thread"]).startswith("api-worker-")
