@@ -243,12 +243,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return run_status(args.metrics or DEFAULT_METRICS_URL, sys.stdout)
 
 
-def _open_store_url(url: str | None) -> Store:
-    from core.store import STORE_ENV, open_store
+def _store_url(url: str | None) -> str:
+    from core.store import STORE_ENV
 
     url = url or os.environ.get(STORE_ENV)  # the environment keeps a password off the command line
     if not url:
         raise BadInput(f"--store URL is required (or set {STORE_ENV})")
+    return url
+
+
+def _open_store_url(url: str | None) -> Store:
+    from core.store import open_store
+
+    url = _store_url(url)
     try:
         return open_store(url)
     except ValueError as e:
@@ -314,8 +321,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from api.app import create_app, reader_store
 
+    store_url = _store_url(args.store)
     try:
-        store = reader_store(args.store)
+        store = reader_store(store_url)
         env = Settings.from_env({**os.environ, "MIERUKA_PLANT": args.plant})
     except ValueError as e:
         raise BadInput(f"--store: {e}" if isinstance(e, SettingsError) else str(e)) from None
@@ -323,7 +331,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     timeout_s = args.request_timeout if args.request_timeout is not None else env.request_timeout_s
     if timeout_s <= 0:
         raise BadInput(f"--request-timeout must be positive, got {timeout_s}")
-    settings = Settings(Path(args.plant), args.store, tokens_file=Path(tokens) if tokens else None,
+    settings = Settings(Path(args.plant), store_url, tokens_file=Path(tokens) if tokens else None,
                         anonymous_read=args.anonymous_read, cors_origins=tuple(args.cors_origin) or env.cors_origins,
                         request_timeout_s=timeout_s)
     try:
