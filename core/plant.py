@@ -226,12 +226,34 @@ class Product(_Model):
     name: Name | None = None
 
 
+_MAX_SECRET_FILE = 64 << 10
+
+
+def read_secret_file(path: str | Path) -> str:
+    """The secret a file holds (one final newline, as editors add it, is not part of it);
+    ``ValueError`` starting with the path when it cannot be read, is too large, not UTF-8 or empty.
+    Read bounded: a secret file named by mistake (a log, a disk image) must not be read whole."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_SECRET_FILE + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(data) > _MAX_SECRET_FILE:
+        raise ValueError(f"{path} is larger than {_MAX_SECRET_FILE >> 10} KiB; it should hold the secret alone")
+    try:
+        value = data.decode("utf-8").removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    if not value:
+        raise ValueError(f"{path} is empty")
+    return value
+
+
 class CredentialError(ValueError):
     """A source's password cannot be had (variable unset, file unreadable); names which."""
 
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MAX_PASSWORD_FILE = 64 << 10
 log = logging.getLogger(__name__)
 
 
@@ -259,19 +281,9 @@ def _resolve_password(conn: OpcUaEndpoint | MqttBroker, base_dir: Path | None) -
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         try:
-            with path.open("rb") as f:
-                data = f.read(_MAX_PASSWORD_FILE + 1)
-        except OSError as e:
-            raise CredentialError(f"cannot read password_file {path}: {e.strerror or e}") from None
-        if len(data) > _MAX_PASSWORD_FILE:
-            raise CredentialError(f"password_file {path} is larger than {_MAX_PASSWORD_FILE >> 10} KiB; "
-                                  "it should hold the password alone")
-        try:
-            value = data.decode("utf-8").removesuffix("\n").removesuffix("\r")  # an editor's final newline
-        except UnicodeDecodeError:
-            raise CredentialError(f"password_file {path} is not UTF-8 text") from None
-        if not value:
-            raise CredentialError(f"password_file {path} is empty")
+            value = read_secret_file(path)
+        except ValueError as e:
+            raise CredentialError(f"password_file: {e}") from None
         return value
     return conn.password
 

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
-from core.plant import ID_RE
+from core.plant import ID_RE, read_secret_file
 from core.store.base import (
     CountBucket,
     GaugeBucket,
@@ -54,7 +54,6 @@ TOKEN_ENV = "MIERUKA_INFLUX_TOKEN"
 TOKEN_FILE_ENV = "MIERUKA_INFLUX_TOKEN_FILE"
 PASSWORD_ENV = "MIERUKA_INFLUX_PASSWORD"
 PASSWORD_FILE_ENV = "MIERUKA_INFLUX_PASSWORD_FILE"
-_MAX_SECRET_FILE = 64 << 10
 URL_FORMS = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, "
     "or influxdb://[user:password@]host:port/database"
@@ -81,20 +80,9 @@ def _secret_from_env(value_env: str, file_env: str) -> str | None:
         raise ValueError(f"both {file_env} and {value_env} are set; set one")
     if file:
         try:
-            with open(file, "rb") as f:
-                data = f.read(_MAX_SECRET_FILE + 1)
-        except OSError as e:
-            raise ValueError(f"{file_env}: cannot read {file}: {e.strerror or e}") from None
-        if len(data) > _MAX_SECRET_FILE:
-            raise ValueError(f"{file_env}: {file} is larger than {_MAX_SECRET_FILE >> 10} KiB; it should hold "
-                             "the secret alone")
-        try:
-            secret = data.decode("utf-8").removesuffix("\n").removesuffix("\r")  # an editor's final newline
-        except UnicodeDecodeError:
-            raise ValueError(f"{file_env}: {file} is not UTF-8 text") from None
-        if not secret:
-            raise ValueError(f"{file_env}: {file} is empty")
-        return secret
+            return read_secret_file(file)
+        except ValueError as e:
+            raise ValueError(f"{file_env}: {e}") from None
     return value or None
 # InfluxDB database names reach InfluxQL (quoted) and the /write query string; keep them plain
 DATABASE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # used with fullmatch

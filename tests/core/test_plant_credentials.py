@@ -59,7 +59,7 @@ def test_password_file_is_relative_to_the_plant_file(tmp_path: Path, monkeypatch
     plant = load_plant(path)
     assert plant.sources["broker"].resolve_password() == SECRET
     (tmp_path / "secrets" / "mqtt").unlink()
-    with pytest.raises(CredentialError, match=f"cannot read password_file {tmp_path}/secrets/mqtt"):
+    with pytest.raises(CredentialError, match=f"password_file: cannot read {tmp_path}/secrets/mqtt"):
         plant.sources["broker"].resolve_password()
 
 
