@@ -186,8 +186,10 @@ def test_dst_shift_is_an_hour_shorter_or_longer() -> None:
         assert w.scheduled_s == hours * 3600
         start = datetime.fromisoformat(f"{day}T12:00:00+00:00")
         end = datetime.fromisoformat(f"{next_day}T12:00:00+00:00")
-        # always running, ideal 1 s, 1 part per real second: A = P = Q = 1
-        r = oee.machine_oee(plant, m, start, end, [sc(start, "running")], [oee.ProductCounts(None, hours * 3600, 0)])
+        # running through the shift and planned outside it (running after hours would be scheduled
+        # time too), ideal 1 s, 1 part per real second: A = P = Q = 1
+        states = [sc(start, "planned"), sc(w.start, "running"), sc(w.end, "planned")]
+        r = oee.machine_oee(plant, m, start, end, states, [oee.ProductCounts(None, hours * 3600, 0)])
         assert r.time.scheduled_s == hours * 3600 and r.time.planned_production_s == hours * 3600
         assert r.availability == 1 and r.performance == 1 and r.oee == 1
         assert r.teep == pytest.approx(hours / 24)  # 24 h of calendar time (UTC noon to noon)
@@ -311,8 +313,9 @@ class Expected:
 def expected(r: Run, machine: str, start: datetime, end: datetime) -> Expected:
     """The figures from the ledger alone. The simulator runs the calendar's breaks and the time
     outside shifts as `planned` on every station, so PPT = window − planned seconds; run time =
-    running + down/idle stretches shorter than micro_stop_s (judged on their whole length, up to the
-    window's end when still open there)."""
+    running + micro-stops. A stop runs from a non-running state to the next running or planned one
+    (reasons and states may change inside); it is a micro-stop when only down/idle and shorter than
+    micro_stop_s as a whole (a stop still open when the ledger ends is not)."""
     plant = r.plant
     m = plant.machine(machine)
     assert m is not None
@@ -320,11 +323,21 @@ def expected(r: Run, machine: str, start: datetime, end: datetime) -> Expected:
     ppt_ms = ms(end) - ms(start) - round(state_s.get("planned", 0) * 1000)
     run_ms = round(state_s.get("running", 0) * 1000)
     micro_ms = round(plant.calendar.micro_stop_s * 1000)
-    for s in state_stretches(r.records, machine):
-        if s.state in ("down", "idle"):
-            until = ms(end) if s.until_ms is None else min(s.until_ms, ms(end))
-            if until - s.since_ms < micro_ms:
-                run_ms += clipped_ms(s, start, end)
+    stretches = state_stretches(r.records, machine)
+    i = 0
+    while i < len(stretches):
+        if stretches[i].state in ("running", "planned"):
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(stretches) and stretches[j + 1].state not in ("running", "planned"):
+            j += 1
+        stop = stretches[i:j + 1]
+        until = stop[-1].until_ms
+        if (until is not None and until - stop[0].since_ms < micro_ms
+                and all(x.state in ("down", "idle") for x in stop)):
+            run_ms += sum(clipped_ms(x, start, end) for x in stop)
+        i = j + 1
     parts = parts_by_product(r.records, machine, start, end)
     good = sum(g for g, _ in parts.values())
     scrap = sum(s for _, s in parts.values())
