@@ -142,8 +142,12 @@ class DowntimeEventOut(BaseModel):
     label: str = Field(description="The reason's name, else the state's, in the requested language")
     category: str | None
     seconds: float = Field(description="Its part inside planned production time and the window")
-    length_s: float = Field(description="The whole stop as far as known (may start before the window)")
-    micro_stop: bool
+    length_s: float = Field(description="The whole stop it is part of, as far as known (may start before "
+                                        "the window or end after it)")
+    micro_stop: bool = Field(description="The whole stop is shorter than micro_stop_s (and only down/idle)")
+    stop_start: datetime = Field(description="When the stop this event is part of began: a stop runs from the "
+                                             "first non-running state to the next running one, whatever reasons "
+                                             "change inside, so several events may share it")
 
 
 class ParetoRowOut(BaseModel):

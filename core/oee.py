@@ -607,6 +607,16 @@ class LineOee:
     stations: tuple[MachineOee, ...]
     losses: Losses  # the output machine(s)' loss tree: it partitions the line's PPT − ideal time of good
 
+    @property
+    def outputs(self) -> tuple[MachineOee, ...]:
+        return tuple(st for st in self.stations if st.machine in self.output)
+
+    def output_sum(self, field_name: str) -> float:
+        """A time of the line: its output machine(s)' (summed when several), like its PPT and run time.
+        ``field_name`` is a :class:`TimeBase` field or ``running_s``/``micro_stop_s``."""
+        return float(sum(getattr(o, field_name) if field_name in ("running_s", "micro_stop_s")
+                         else getattr(o.time, field_name) for o in self.outputs))
+
 
 def _opt_sum(vals: Iterable[float | None]) -> float | None:
     vs = list(vals)

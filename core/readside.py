@@ -26,7 +26,7 @@ from itertools import pairwise
 from core import figures
 from core import oee as om
 from core.calendar import ShiftWindow
-from core.model import COUNTER_SIGNALS, from_ns, to_ns
+from core.model import COUNTER_SIGNALS, from_ns, signal_kind, to_ns
 from core.plant import Line, Machine, Plant
 from core.store.base import CountBucket, StateChange, Store
 
@@ -38,6 +38,30 @@ WINDOW_HELP = ("give start and end (ISO-8601 with offset), or shift=current|prev
 
 class UnknownMachine(figures.NotFound):
     """A machine id the plant file does not declare."""
+
+
+class UnknownSignal(figures.NotFound):
+    """A signal the machine does not have."""
+
+
+class NotAGauge(figures.FigureError):
+    """A counter, state, reason or product signal asked for as a gauge."""
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeAt:
+    start: datetime
+    end: datetime
+    mean: float | None
+    min: float | None
+    max: float | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeSeries:
+    bucket: figures.Bucket
+    points: tuple[GaugeAt, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +393,35 @@ class Figures:
                                       target_of(line, cum_ns)))
         return ThroughputFigures(line.id, w.start.astimezone(tz), w.end.astimezone(tz), b, tuple(points),
                                  result.total_good, result.total_scrap, target_of(line, cum_ns))
+
+    # ---- gauges ----
+
+    async def gauge(self, machine: Machine, signal: str, w: Window, bucket: str | figures.Bucket) -> GaugeSeries:
+        """Mean, min, max and count of a gauge per bucket (one read on the bucket grid)."""
+        gauges = [n for n in machine.signals if signal_kind(n) == "gauge"]
+        which = f"its gauges: {', '.join(gauges)}" if gauges else "it has no gauges"
+        if signal not in machine.signals:
+            raise UnknownSignal(f"machine '{machine.id}' has no signal '{signal}'; {which}")
+        kind = signal_kind(signal)
+        if kind != "gauge":
+            raise NotAGauge(f"'{signal}' of machine '{machine.id}' is a {kind} signal, not a gauge; {which}")
+        b = figures.bucket_of(bucket)
+        edges = figures.bucket_edges(w.start, w.end, b, self.plant.site.tz)
+        found = await self.store.gauge_buckets(machine.id, signal, to_ns(w.start), to_ns(w.end),
+                                               figures.query_grid_ns(edges, b))
+        n = len(edges) - 1
+        acc: list[list[float]] = [[0.0, 0.0, float("inf"), float("-inf")] for _ in range(n)]  # sum, n, min, max
+        for g in found:
+            i = bisect_right(edges, g.start_ns) - 1
+            if 0 <= i < n and g.count > 0:
+                a = acc[i]
+                a[0] += g.mean * g.count
+                a[1] += g.count
+                a[2] = min(a[2], g.min)
+                a[3] = max(a[3], g.max)
+        return GaugeSeries(b, tuple(GaugeAt(from_ns(edges[i]), from_ns(edges[i + 1]), a[0] / a[1] if a[1] else None,
+                                            a[2] if a[1] else None, a[3] if a[1] else None, int(a[1]))
+                                    for i, a in enumerate(acc)))
 
     # ---- status ----
 
