@@ -308,3 +308,45 @@ async def test_read_side_reads_each_kind_of_fact_once(store: Store) -> None:
     whole, points = await fig.oee(fig.line("l1"), w, "1h", max_points=500)
     assert len(points) == 500 and whole.good == 5
     assert sorted(calls) == ["count_buckets", "state_changes"]
+
+
+async def test_a_planned_state_does_not_lower_the_target(store: Store) -> None:
+    """The rule chosen: a target follows the calendar (shifts minus breaks) only. An hour of `planned`
+    state takes that hour out of OEE's planned production time, but the line's target still counts it:
+    the plan was made before the shift, and the board shows the hour as falling behind."""
+    plant = _total_plant()
+    await store.write([_f("state", at("08:00"), "state", "running"), _f("state", at("09:00"), "state", "planned"),
+                       _f("state", at("10:00"), "state", "running"), _f("count", at("08:30"), "total", 10)])
+    fig = Figures(plant, store)
+    w = Window(at("08:00"), at("11:00"), None, at("12:00"))
+    tp = await fig.throughput(fig.line("l1"), w, "1h")
+    assert [p.target for p in tp.points] == [3600, 3600, 3600] and tp.total_target == 3 * 3600
+    whole, _ = await fig.oee(fig.line("l1"), w)
+    assert whole.planned_production_s == 7200
+
+
+async def test_status_reads_states_from_the_shift_not_a_week(store: Store) -> None:
+    plant = _total_plant()
+    await store.write([_f("state", at("06:00", "2026-11-20"), "state", "running"),
+                       _f("state", at("09:00"), "state", "down", 20)])
+    reads: list[tuple[int, int]] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> object:
+            attr = getattr(store, name)
+            if name == "state_changes":
+                async def wrapped(machines: list[str], lo: int, hi: int) -> object:
+                    reads.append((lo, hi))
+                    return await attr(machines, lo, hi)
+                return wrapped
+            return attr
+
+    fig = Figures(plant, Recording())  # type: ignore[arg-type]
+    now = await fig.status(fig.line("l1"), at("10:00"))
+    (m,) = now.machines
+    assert (m.state, m.reason, m.since) == ("down", 20, at("09:00"))
+    assert now.progress is not None and now.progress.oee is not None
+    assert min(lo for lo, _ in reads) >= to_ns(at("08:00")) - 120 * 10**9
+    # running since five days before (no change since): the store's last change before the read says since when
+    quiet = await fig.status(fig.line("l1"), at("08:30"))
+    assert (quiet.machines[0].state, quiet.machines[0].since) == ("running", at("06:00", "2026-11-20"))
