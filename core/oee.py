@@ -14,12 +14,18 @@ Definitions (docs/architecture.md, "Figures"; where it is silent, the choice is 
   ∩ the window, as elapsed real time (DST-safe: :mod:`core.calendar`). **Breaks** = scheduled
   time that :func:`core.calendar.planned_intervals` marks planned. **Planned time** = breaks ∪
   ``planned`` state time inside scheduled time (each second once). **Planned production time**
-  (PPT) = scheduled − planned. States outside scheduled time are ignored by every figure but the
-  state seconds.
-- **Stops.** A stop is one stretch of a non-running state. Its *length* is measured from its
-  state change (even before the window) to the next change, or to the window's end if it is still
-  open there. A ``down`` or ``idle`` stop shorter than ``calendar.micro_stop_s`` is a
-  **micro-stop**: a performance loss, counted in run time. ``changeover`` and ``offline`` never are.
+  (PPT) = scheduled − planned. ``running`` time outside every shift is scheduled and PPT (a machine
+  that runs when nothing was scheduled was scheduled for that time); a break stays planned even
+  when the state says running. Other states outside scheduled time are ignored by every figure but
+  the state seconds. Time at or after ``as_of`` has not happened: ``offline`` in the timeline, not
+  scheduled, no PPT.
+- **Stops.** A stop runs from the first non-running state to the next ``running`` or ``planned``
+  one, whatever states and reasons change inside (:class:`Stop`). Its *length* is measured from
+  its first change (even before the window) to that next change, over states read
+  ``micro_stop_s`` beyond both window edges (:func:`read_range`): a stop still open at the end of
+  what was read is at least that long. A stop of only ``down``/``idle`` shorter than
+  ``calendar.micro_stop_s`` is a **micro-stop**: a performance loss, counted in run time. A stop
+  with ``changeover`` or ``offline`` in it never is.
 - **Run time** = ``running`` time + micro-stop time, both inside PPT.
 - **Availability** = run / PPT. **Performance** = Σ(ideal cycle of the product × (good + scrap))
   / run, with the product's ``ideal_cycle_s`` from ``plant.products``, else the machine's.
@@ -32,19 +38,21 @@ Definitions (docs/architecture.md, "Figures"; where it is silent, the choice is 
   is caused by a neighbour, so it is not the machine's own downtime: it is left out of the
   downtime Pareto and the idle loss and reported as ``starved_blocked_s`` (it is still not run
   time, so a station's availability shows it; a line's downtime does not double count it).
-- **Downtime events**: every stretch of a non-running state with seconds inside PPT (micro-stops
-  flagged ``micro_stop``); ``seconds`` counts only its part inside PPT and the window, ``start``/
-  ``end`` are clipped to the window. The **Pareto** is over events that are neither micro-stops
-  nor starved/blocked, by (state, reason), seconds descending.
-- **MTBF** = run time / number of ``down`` events (micro-stops excluded); **MTTR** = their PPT
-  seconds / their number; None without such events.
+- **Downtime events**: every stretch of one (state, reason) inside a stop with seconds inside PPT
+  (micro-stops flagged ``micro_stop``, the stop's start in ``stop_start``); ``seconds`` counts only
+  its part inside PPT and the window, ``start``/``end`` are clipped to the window. The **Pareto**
+  is over events that are neither micro-stops nor starved/blocked, by (state, reason), seconds
+  descending; its count is the number of stops a (state, reason) occurs in.
+- **MTBF** = run time / number of stops with ``down`` in them (micro-stops excluded); **MTTR** =
+  their ``down`` PPT seconds / their number; None without such stops.
 - **Six big losses** (seconds), which with ``offline`` and ``starved_blocked`` partition PPT −
   ideal time of good parts: breakdowns (``down``), changeover, idle (own idle), micro-stops,
   reduced speed (run − micro-stops − ideal time of good + scrap, i.e. ``running`` time not
   explained by ideal cycles; negative when faster than ideal), rejects (ideal time of scrap).
 - **A line**: good = its output machine(s)' good; scrap = all its machines' scrap. Its run time,
-  PPT and ideal time are its output machine(s)' (summed when several); its quality uses the line's
-  good and scrap; its downtime events and Pareto are all stations' own (starved/blocked left out).
+  PPT, ideal time and loss tree are its output machine(s)' (summed when several), so its losses
+  partition its PPT; its quality uses the line's good and scrap; its downtime events and Pareto
+  are all stations' own (starved/blocked left out).
 """
 
 from __future__ import annotations
