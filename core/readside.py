@@ -167,6 +167,7 @@ class _Facts:
     per product plus the machine's raw good (``good``, or ``total − scrap``) per bucket."""
 
     states: dict[str, list[StateChange]]
+    times: dict[str, list[int]]  # the states' times, to slice them per bucket by bisection
     counts: dict[str, list[dict[str | None, list[int]]]]  # machine → bucket → product → [good, scrap]
     raw_good: dict[str, list[int]]  # machine → bucket → good (total − scrap may be negative)
 
@@ -175,7 +176,7 @@ class _Facts:
         out: list[StateChange] = []
         for m in machines:
             own = self.states.get(m, [])
-            times = [c.time_ns for c in own]
+            times = self.times.get(m, [])
             i, j = bisect_left(times, lo), bisect_left(times, hi)
             out.extend(own[max(i - 1, 0):j])
         return out
@@ -296,7 +297,7 @@ class Figures:
         for found, (_, product_of) in zip(results, reads, strict=True):
             take(found, product_of)
         raw_good = {mid: [sum(c[0] for c in cell.values()) for cell in per] for mid, per in counts.items()}
-        return _Facts(dict(st_by), counts, raw_good)
+        return _Facts(dict(st_by), {m: [c.time_ns for c in cs] for m, cs in st_by.items()}, counts, raw_good)
 
     # ---- OEE ----
 
