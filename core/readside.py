@@ -4,8 +4,9 @@
 OEE/TEEP and losses (per window and per bucket), downtime and its Pareto, throughput with targets,
 and a line's status. For a window it reads the state changes of all machines it needs once (with
 ``micro_stop_s`` of margin either side, so stops are judged whole: :func:`core.oee.read_range`),
-the product changes once, and the counters once on the bucket grid (a machine with products once
-per product segment, since a count's product is known only to the nanosecond of its change), then
+the product changes once, and the counters on the bucket grid in one request (one range for the
+machines without products, one per product segment of the others, since a count's product is known
+only to the nanosecond of its change: :meth:`core.store.base.RangeCounts.count_ranges`), then
 derives every bucket in memory. The math is :mod:`core.oee`'s and :mod:`core.figures`'; the rules
 are in docs/architecture.md, "Figures".
 
@@ -15,10 +16,9 @@ line, machine or shift: :class:`core.figures.NotFound`); store errors pass throu
 
 from __future__ import annotations
 
-import asyncio
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from itertools import pairwise
@@ -28,7 +28,7 @@ from core import oee as om
 from core.calendar import ShiftWindow
 from core.model import COUNTER_SIGNALS, from_ns, signal_kind, to_ns
 from core.plant import Line, Machine, Plant
-from core.store.base import CountBucket, StateChange, Store
+from core.store.base import CountBucket, CountRange, RangeCounts, StateChange, Store
 
 NS = 1_000_000_000
 NS_PER_H = 3_600 * NS
@@ -284,17 +284,21 @@ class Figures:
                     cell[0] -= cb.total  # good = total − scrap (clamped over the series below)
 
         signals = sorted(COUNTER_SIGNALS & {sig for m in counted for sig in m.signals})
-        reads: list[tuple[Awaitable[list[CountBucket]], dict[str, str | None]]] = []
+        ranges: list[CountRange] = []
+        owners: list[dict[str, str | None]] = []
         if plain:
-            reads.append((self.store.count_buckets([m.id for m in plain], signals, s, e, grid_ns),
-                          dict.fromkeys((m.id for m in plain), None)))
+            ranges.append(([m.id for m in plain], s, e))
+            owners.append(dict.fromkeys((m.id for m in plain), None))
         for m in with_products:
             for seg in segments[m.id]:
                 if seg.end_ns > seg.start_ns:
-                    reads.append((self.store.count_buckets([m.id], signals, seg.start_ns, seg.end_ns, grid_ns),
-                                  {m.id: seg.product}))
-        results = await asyncio.gather(*(r for r, _ in reads))
-        for found, (_, product_of) in zip(results, reads, strict=True):
+                    ranges.append(([m.id], seg.start_ns, seg.end_ns))
+                    owners.append({m.id: seg.product})
+        if isinstance(self.store, RangeCounts):  # both backends: every range in one request
+            results = await self.store.count_ranges(signals, ranges, grid_ns)
+        else:
+            results = [await self.store.count_buckets(ms, signals, a, z, grid_ns) for ms, a, z in ranges]
+        for found, product_of in zip(results, owners, strict=True):
             take(found, product_of)
         raw_good = {mid: [sum(c[0] for c in cell.values()) for cell in per] for mid, per in counts.items()}
         return _Facts(dict(st_by), {m: [c.time_ns for c in cs] for m, cs in st_by.items()}, counts, raw_good)
