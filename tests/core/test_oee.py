@@ -497,3 +497,28 @@ def test_inside_ns_equals_the_intersection_it_replaced(raw: list[tuple[int, int]
     b = a + length
     expected = oee._total(oee._intersect([(a, b)], ivs))
     assert oee._inside_ns(ivs, [s for s, _ in ivs], a, b) == expected
+
+
+def test_fast_forward_hours_add_up_to_the_window(run: Run) -> None:
+    """The review's case on a simulated week: a line's hourly OEE series over five hours sums to the
+    five hours as one window for every time and loss, and the line's micro-stop loss is its micro-stop
+    time (its loss tree is the output machine's)."""
+    from core.readside import Figures, Window
+
+    start = jst("2026-12-28T08:00:00")
+    w = Window(start, start + timedelta(hours=5), None, RUN_END)
+
+    async def go(st: Any) -> Any:
+        fig = Figures(run.plant, st)
+        return await fig.oee(fig.line("blade-1"), w, "1h")
+
+    whole, hours = _with_store(run.db, go)
+    assert isinstance(whole, oee.LineOee) and len(hours) == 5
+    assert sum(h.run_s for h in hours) == pytest.approx(whole.run_s, abs=1e-6)
+    assert sum(h.planned_production_s for h in hours) == pytest.approx(whole.planned_production_s, abs=1e-6)
+    for f in ("breakdowns_s", "changeover_s", "idle_s", "micro_stops_s", "offline_s", "starved_blocked_s"):
+        assert sum(getattr(h.losses, f) for h in hours) == pytest.approx(getattr(whole.losses, f), abs=1e-6), f
+    assert whole.losses.micro_stops_s == pytest.approx(whole.output_sum("micro_stop_s"))
+    assert whole.output_sum("running_s") + sum(
+        getattr(whole.losses, f) for f in ("breakdowns_s", "changeover_s", "idle_s", "micro_stops_s", "offline_s",
+                                           "starved_blocked_s")) == pytest.approx(whole.planned_production_s)
