@@ -248,14 +248,16 @@ class Figures:
     # ---- reads ----
 
     async def _read(self, machines: Sequence[Machine], w: Window, edges: Sequence[int], grid_ns: int,
-                    *, states: bool = True) -> _Facts:
+                    *, states_hi: int | None = None) -> _Facts:
+        """One read of each kind of fact; ``states_hi`` reads states further (status: up to as_of itself)."""
         s, e = to_ns(w.start), to_ns(w.end)
         as_of_ns = to_ns(w.as_of)
         ids = [m.id for m in machines]
         n = len(edges) - 1
         st_by: dict[str, list[StateChange]] = defaultdict(list)
-        if states and ids:
+        if ids:
             lo, hi = om.read_range(self.plant, s, e, as_of_ns)
+            hi = max(hi, states_hi or hi)
             for c in sorted(await self.store.state_changes(ids, lo, hi), key=lambda c: c.time_ns):
                 st_by[c.machine].append(c)
         counted = [m for m in machines if COUNTER_SIGNALS & set(m.signals)]
@@ -320,10 +322,7 @@ class Figures:
             edges, grid = [s, e], max(e - s, NS)
         facts = await self._read(machines, w, edges, grid)
         good = {mid: figures.clamp_good(series) for mid, series in facts.raw_good.items()}
-        whole_counts = {m.id: self._sum_counts(facts, m.id) for m in machines}
-        whole_good = {mid: sum(g) for mid, g in good.items()}
-        whole = self._compute(target, w.start, w.end, w, facts.states_for([m.id for m in machines], *self._rr(s, e, w)),
-                              whole_counts, whole_good)
+        whole = self._whole(target, w, facts, good)
         points: list[om.LineOee | om.MachineOee] = []
         if bucket is not None:
             for i, (a, z) in enumerate(pairwise(edges)):
@@ -333,6 +332,14 @@ class Figures:
                 points.append(self._compute(target, from_ns(a), from_ns(z), w,
                                             facts.states_for([m.id for m in machines], *self._rr(a, z, w)), cs, gs))
         return whole, points
+
+    def _whole(self, target: Line | Machine, w: Window, facts: _Facts,
+               good: dict[str, list[int]]) -> om.LineOee | om.MachineOee:
+        machines = list(target.machines) if isinstance(target, Line) else [target]
+        s, e = to_ns(w.start), to_ns(w.end)
+        counts = {m.id: self._sum_counts(facts, m.id) for m in machines}
+        return self._compute(target, w.start, w.end, w, facts.states_for([m.id for m in machines], *self._rr(s, e, w)),
+                             counts, {mid: sum(g) for mid, g in good.items()})
 
     def _rr(self, a: int, z: int, w: Window) -> tuple[int, int]:
         return om.read_range(self.plant, a, z, to_ns(w.as_of))
@@ -431,15 +438,28 @@ class Figures:
     # ---- status ----
 
     async def status(self, line: Line, as_of: datetime) -> LineNow:
-        """Each machine's state at ``as_of`` and since when (one state read from the shift's start, or
-        from ``as_of``, with the store's last change before it), and the shift so far."""
+        """Each machine's state at ``as_of`` and since when, and the shift so far: one state read from
+        the shift's start (or ``as_of``) up to ``as_of``, the store's last change before it telling
+        since when a machine has been in a state older than that."""
         figures.check_time("as_of", as_of)
         ids = [m.id for m in line.machines]
         so_far = figures.shift_so_far(self.plant, as_of)
         as_of_ns = to_ns(as_of)
-        from_t = so_far.window.start if so_far is not None else as_of
-        lo, _ = om.read_range(self.plant, to_ns(from_t), as_of_ns, None)
-        changes = await self.store.state_changes(ids, lo, as_of_ns + 1)
+        progress = None
+        shift = None
+        whole: om.LineOee | None = None
+        if so_far is not None and so_far.end_so_far > so_far.window.start:
+            sw, end = so_far.window, so_far.end_so_far
+            w = Window(sw.start, end, sw, as_of)
+            s, e = to_ns(sw.start), to_ns(end)
+            facts = await self._read(line.machines, w, [s, e], max(e - s, NS), states_hi=as_of_ns + 1)
+            changes = [c for cs in facts.states.values() for c in cs]
+            lo_fig = self._whole(line, w, facts, {mid: figures.clamp_good(g) for mid, g in facts.raw_good.items()})
+            assert isinstance(lo_fig, om.LineOee)
+            whole = lo_fig
+        else:
+            lo, _ = om.read_range(self.plant, as_of_ns, as_of_ns, None)
+            changes = await self.store.state_changes(ids, lo, as_of_ns + 1)
         last = await self.store.last_times(ids)
         machines: list[MachineNow] = []
         for m in line.machines:
@@ -447,21 +467,12 @@ class Figures:
             known = any(c.machine == m.id for c in changes)
             machines.append(MachineNow(m.id, now.state, now.reason, from_ns(now.since_ns) if known else None,
                                        from_ns(last[m.id]) if m.id in last else None))
-        progress = None
-        shift = None
         if so_far is not None:
             sw = so_far.window
             shift = sw
-            end = so_far.end_so_far
-            ppt_ns = om._total(production_ns(self.plant, sw.start, end))
+            ppt_ns = om._total(production_ns(self.plant, sw.start, so_far.end_so_far))
             shift_ppt_ns = om._total(production_ns(self.plant, sw.start, sw.end))
-            lo_fig: om.LineOee | None = None
-            good = scrap = 0
-            if end > sw.start:
-                whole, _ = await self.oee(line, Window(sw.start, end, sw, as_of))
-                assert isinstance(whole, om.LineOee)
-                lo_fig = whole
-                good, scrap = whole.good, whole.scrap
+            good, scrap = (whole.good, whole.scrap) if whole is not None else (0, 0)
             progress = ShiftProgress(good, scrap, target_of(line, shift_ppt_ns), target_of(line, ppt_ns),
-                                     so_far.elapsed_s, ppt_ns / NS, lo_fig)
+                                     so_far.elapsed_s, ppt_ns / NS, whole)
         return LineNow(line.id, as_of, shift, progress, tuple(machines))

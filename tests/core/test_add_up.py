@@ -380,6 +380,7 @@ async def test_status_reads_states_from_the_shift_not_a_week(store: Store) -> No
     assert (m.state, m.reason, m.since) == ("down", 20, at("09:00"))
     assert now.progress is not None and now.progress.oee is not None
     assert min(lo for lo, _ in reads) >= to_ns(at("08:00")) - 120 * 10**9
+    assert len(reads) == 1  # one state read serves the machines' states and the shift's OEE
     # running since five days before (no change since): the store's last change before the read says since when
     quiet = await fig.status(fig.line("l1"), at("08:30"))
     assert (quiet.machines[0].state, quiet.machines[0].since) == ("running", at("06:00", "2026-11-20"))
