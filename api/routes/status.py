@@ -34,9 +34,10 @@ class MachineStatus(BaseModel):
     name: str
     state: MachineState = Field(description="The state at as_of; 'offline' when the store has no state for it")
     reason: ReasonOut | None
-    since: datetime | None = Field(description="When the machine entered this state: its last state change "
-                                               "(a repeated report of the same state counts as one); null when "
-                                               "offline without data")
+    since: datetime | None = Field(description="When the machine entered this state: the change that began it "
+                                               "(a repeat of the same state during the shift counts as one; "
+                                               "before the shift, the last report is what the store tells); null "
+                                               "when offline without data")
     last_data: datetime | None = Field(description="Time of the machine's newest fact of any kind in the store "
                                                    "(null: none)")
 
