@@ -18,6 +18,7 @@ from fastapi.responses import Response
 
 from api.deps import PlantDep, StoreDep, parse_time
 from api.work import check_span
+from core import readside
 from core.plant import Machine, Plant, label
 from core.readside import Figures, Window
 
@@ -96,12 +97,21 @@ WindowAskDep = Annotated[WindowAsk, Depends(_ask)]
 
 def resolve(fig: Figures, ask: WindowAsk) -> Window:
     """The window (422 via :class:`core.figures.WindowError` for what is wrong; at most 400 days)."""
+    return _resolve(fig.plant, ask)
+
+
+def _resolve(plant: Plant, ask: WindowAsk) -> Window:
     t0 = parse_time("start", ask.start) if ask.start is not None else None
     t1 = parse_time("end", ask.end) if ask.end is not None else None
-    w = fig.window(ask.as_of, t0, t1, ask.shift, ask.date)
+    w = readside.resolve_window(plant, ask.as_of, t0, t1, ask.shift, ask.date)
     check_span(w.start, w.end)
     return w
 
+
+def resolve_window(plant: Plant, as_of: datetime, start: str | None, end: str | None, shift: str | None,
+                   day: str | None) -> Window:
+    """The window of a request's parameters without a store (for routes that need only the window)."""
+    return _resolve(plant, WindowAsk(as_of, start, end, shift, day))
 
 def _window(fig: FiguresDep, ask: WindowAskDep) -> tuple[Window, datetime]:
     return resolve(fig, ask), ask.as_of

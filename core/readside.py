@@ -193,6 +193,36 @@ def _bucket_index(edges: Sequence[int], t: int) -> int:
     return min(max(bisect_right(edges, t) - 1, 0), len(edges) - 2)
 
 
+def resolve_window(plant: Plant, as_of: datetime, start: datetime | None, end: datetime | None,
+                   shift: str | None, day: str | date | None) -> Window:
+    """The window a request means: ``start``/``end``, or a shift (``current``, ``previous``, or an
+    id with ``day``) cut at ``as_of``. :class:`core.figures.WindowError` says what is allowed."""
+    figures.check_time("as_of", as_of)
+    if shift is not None:
+        if start is not None or end is not None:
+            raise figures.WindowError(f"use either shift or start and end, not both; {WINDOW_HELP}")
+        try:
+            w = om.select_shift(plant, shift, as_of, day)
+        except om.OeeError as e:
+            raise figures.WindowError(f"{e}; {WINDOW_HELP}") from None
+        cut = om.shift_figure_window(w, as_of)
+        if cut is None:
+            raise figures.WindowError(f"shift {w.shift_id!r} of {w.day.isoformat()} has not begun at as_of "
+                                      f"{as_of.isoformat()}; ask for a shift that has, or pass a later as_of")
+        return Window(cut[0], cut[1], w, as_of)
+    if day is not None:
+        raise figures.WindowError(f"date needs shift=<id>; {WINDOW_HELP}")
+    if start is None or end is None:
+        missing = " and ".join(n for n, v in (("start", start), ("end", end)) if v is None)
+        raise figures.WindowError(f"{missing} missing; {WINDOW_HELP}")
+    figures.check_time("start", start)
+    figures.check_time("end", end)
+    if end <= start:
+        raise figures.WindowError(f"the window is empty or reversed: start {start.isoformat()} is not before "
+                                  f"end {end.isoformat()}; end must be after start")
+    return Window(start, end, None, as_of)
+
+
 class Figures:
     """Every figure of a plant from one store; see the module docstring."""
 
@@ -218,32 +248,8 @@ class Figures:
 
     def window(self, as_of: datetime, start: datetime | None, end: datetime | None, shift: str | None,
                day: str | date | None) -> Window:
-        """The window a request means: ``start``/``end``, or a shift (``current``, ``previous``, or an
-        id with ``day``) cut at ``as_of``. :class:`core.figures.WindowError` says what is allowed."""
-        figures.check_time("as_of", as_of)
-        if shift is not None:
-            if start is not None or end is not None:
-                raise figures.WindowError(f"use either shift or start and end, not both; {WINDOW_HELP}")
-            try:
-                w = om.select_shift(self.plant, shift, as_of, day)
-            except om.OeeError as e:
-                raise figures.WindowError(f"{e}; {WINDOW_HELP}") from None
-            cut = om.shift_figure_window(w, as_of)
-            if cut is None:
-                raise figures.WindowError(f"shift {w.shift_id!r} of {w.day.isoformat()} has not begun at as_of "
-                                          f"{as_of.isoformat()}; ask for a shift that has, or pass a later as_of")
-            return Window(cut[0], cut[1], w, as_of)
-        if day is not None:
-            raise figures.WindowError(f"date needs shift=<id>; {WINDOW_HELP}")
-        if start is None or end is None:
-            missing = " and ".join(n for n, v in (("start", start), ("end", end)) if v is None)
-            raise figures.WindowError(f"{missing} missing; {WINDOW_HELP}")
-        figures.check_time("start", start)
-        figures.check_time("end", end)
-        if end <= start:
-            raise figures.WindowError(f"the window is empty or reversed: start {start.isoformat()} is not before "
-                                      f"end {end.isoformat()}; end must be after start")
-        return Window(start, end, None, as_of)
+        """The window a request means (:func:`resolve_window`)."""
+        return resolve_window(self.plant, as_of, start, end, shift, day)
 
     # ---- reads ----
 
