@@ -76,13 +76,15 @@ class PlantOut(BaseModel):
 
 
 class OeeTimes(BaseModel):
-    calendar_s: float = Field(description="The window's length")
-    scheduled_s: float = Field(description="Shift time inside the window")
+    calendar_s: float = Field(description="The window's length up to as_of (time after as_of has not happened)")
+    scheduled_s: float = Field(description="Shift time inside the window, plus 'running' time outside every shift "
+                                           "(a machine that runs was scheduled to), up to as_of")
     breaks_s: float
     planned_s: float = Field(description="Breaks and 'planned' state time inside scheduled time, each second once")
     planned_production_s: float
     running_s: float = Field(description="'running' time inside planned production time")
-    micro_stop_s: float
+    micro_stop_s: float = Field(description="Time of stops shorter than micro_stop_s as a whole (only down/idle), "
+                                            "inside planned production time")
     run_s: float = Field(description="running + micro-stops")
 
 

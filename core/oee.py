@@ -18,7 +18,7 @@ Definitions (docs/architecture.md, "Figures"; where it is silent, the choice is 
   that runs when nothing was scheduled was scheduled for that time); a break stays planned even
   when the state says running. Other states outside scheduled time are ignored by every figure but
   the state seconds. Time at or after ``as_of`` has not happened: ``offline`` in the timeline, not
-  scheduled, no PPT.
+  calendar, scheduled or planned production time.
 - **Stops.** A stop runs from the first non-running state to the next ``running`` or ``planned``
   one, whatever states and reasons change inside (:class:`Stop`). Its *length* is measured from
   its first change (even before the window) to that next change, over states read
@@ -395,10 +395,11 @@ def calendar_intervals(plant: Plant, start: datetime, end: datetime) -> tuple[li
 def time_base(plant: Plant, start: datetime, end: datetime, timeline: Sequence[Stretch],
               horizon_ns: int | None = None) -> TimeBase:
     """The calendar side of a window for one machine. Time at or after ``horizon_ns`` (``as_of``)
-    has not happened yet: it is calendar time only. ``running`` time outside every shift (after
-    hours, a holiday) is scheduled and planned production time: a machine that runs when nothing
-    was scheduled was scheduled for that time. A break inside a shift stays planned even when the
-    state says ``running`` (many PLCs keep reporting running over a break)."""
+    has not happened yet: it is no calendar time either (TEEP is over the time that has passed).
+    ``running`` time outside every shift (after hours, a holiday) is scheduled and planned
+    production time: a machine that runs when nothing was scheduled was scheduled for that time.
+    A break inside a shift stays planned even when the state says ``running`` (many PLCs keep
+    reporting running over a break)."""
     s, e = _check_window(start, end)
     h = e if horizon_ns is None else max(s, min(e, horizon_ns))
     scheduled, production = calendar_intervals(plant, start, end) if h > s else ([], [])
@@ -410,7 +411,7 @@ def time_base(plant: Plant, start: datetime, end: datetime, timeline: Sequence[S
     prod = _merge([*production, *extra])
     ppt = _subtract(prod, planned_state)
     sched_ns, ppt_ns = _total(sched), _total(ppt)
-    return TimeBase(_s(e - s), _s(sched_ns), _s(sched_ns - _total(prod)), _s(sched_ns - ppt_ns),
+    return TimeBase(_s(h - s), _s(sched_ns), _s(sched_ns - _total(prod)), _s(sched_ns - ppt_ns),
                     _s(ppt_ns), tuple(ppt))
 
 
@@ -550,7 +551,7 @@ def machine_oee(plant: Plant, machine: Machine, start: datetime, end: datetime,
         q = good_n / (good_n + scrap)
         if a is not None and p is not None:
             oee = a * p * q
-            teep = oee * ppt_s / tb.calendar_s
+            teep = oee * ppt_s / tb.calendar_s if tb.calendar_s > 0 else None
     n_down = len(down_stops)
     down_s = _s(own["down"])
     losses = Losses(
@@ -663,7 +664,7 @@ def line_oee(plant: Plant, line: Line, start: datetime, end: datetime, states: S
         q = good_n / (good_n + scrap)
         if a is not None and p is not None:
             oee = a * p * q
-            teep = oee * (ppt / len(outs)) / calendar_s
+            teep = oee * (ppt / len(outs)) / calendar_s if calendar_s > 0 else None
     events = tuple(sorted((ev for st in stations for ev in st.events if not ev.starved_blocked),
                           key=lambda ev: (ev.start, ev.machine)))
     return LineOee(line.id, start, end, tuple(o.machine for o in outs), good_n, scrap, ppt, run, ideal, a, p, q, oee,

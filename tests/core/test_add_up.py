@@ -152,6 +152,7 @@ def test_a_window_after_as_of_is_no_data_not_the_last_state() -> None:
                         as_of=at("09:00"))
     assert r.states.state_s == {"running": 3600, "offline": 7 * 3600}
     assert r.time.planned_production_s == 3600 and r.availability == 1
+    assert r.time.calendar_s == 3600  # TEEP is over the hour that has passed, not the day ahead
 
 
 # ---- throughput never negative, and OEE's good -----------------------------------------------------
