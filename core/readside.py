@@ -390,6 +390,16 @@ class Figures:
 
     # ---- throughput ----
 
+    def empty_current_shift(self, as_of: datetime) -> tuple[ShiftWindow | None, datetime | None] | None:
+        """For ``shift=current`` when there is nothing to show: (None, None) when no shift runs at
+        ``as_of``, (the shift, ``as_of``) when ``as_of`` is its first instant; None when it has a window."""
+        so_far = figures.shift_so_far(self.plant, as_of)
+        if so_far is None:
+            return None, None
+        if so_far.end_so_far <= so_far.window.start:
+            return so_far.window, so_far.end_so_far
+        return None
+
     async def throughput(self, line: Line, w: Window, bucket: str | figures.Bucket,
                          max_buckets: int = figures.MAX_BUCKETS) -> ThroughputFigures:
         """Good (output machines) and scrap (all machines) per bucket with targets. Good per bucket is

@@ -47,22 +47,18 @@ async def throughput(
     inside the window / 3600: breaks and time outside shifts count nothing; a ``planned`` state does not
     lower it) and the cumulative good and target from the window's start to the bucket's end."""
     b = figures.bucket_of(bucket)
-    plant = fig.plant
-    tz = plant.site.tz
+    tz = fig.plant.site.tz
     tph = line.target_per_hour
     as_of = ask.as_of.astimezone(tz) if ask.shift is not None else None
     if ask.shift == "current" and ask.start is None and ask.end is None and ask.date is None:
-        so_far = figures.shift_so_far(plant, ask.as_of)
-        empty = None
-        if so_far is None:
-            empty = Throughput(line=line.id, bucket=b.text, bucket_s=b.seconds, start=None, end=None, shift=None,
-                               as_of=as_of, points=[], total_good=0, total_scrap=0, target_per_hour=tph)
-        elif so_far.end_so_far <= so_far.window.start:  # as_of is the shift's first instant: nothing yet
+        nothing = fig.empty_current_shift(ask.as_of)
+        if nothing is not None:  # no shift runs, or it starts at as_of: 200 with no points
+            sw, so_far = nothing
             empty = Throughput(line=line.id, bucket=b.text, bucket_s=b.seconds,
-                               start=so_far.window.start.astimezone(tz), end=so_far.end_so_far.astimezone(tz),
-                               shift=shift_out(so_far.window, tz), as_of=as_of, points=[], total_good=0,
+                               start=sw.start.astimezone(tz) if sw else None,
+                               end=so_far.astimezone(tz) if so_far else None,
+                               shift=shift_out(sw, tz) if sw else None, as_of=as_of, points=[], total_good=0,
                                total_scrap=0, target_per_hour=tph)
-        if empty is not None:
             return csv_response(_COLUMNS, [], f"throughput-{line.id}") if wants_csv else empty
     w = resolve(fig, ask)
     result = await fig.throughput(line, w, b)
