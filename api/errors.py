@@ -96,7 +96,7 @@ def install_error_handlers(app: FastAPI, *, retry_after_s: int) -> None:
 
     @app.exception_handler(figures.FigureError)
     async def _figure_error(request: Request, exc: figures.FigureError) -> JSONResponse:
-        return problem(404 if isinstance(exc, figures.UnknownLine) else 422, str(exc))
+        return problem(404 if isinstance(exc, figures.NotFound) else 422, str(exc))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

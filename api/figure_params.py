@@ -16,15 +16,11 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Header, HTTPException, Path, Query
 from fastapi.responses import Response
 
-from api.deps import PlantDep, parse_time
+from api.deps import PlantDep, StoreDep, parse_time
 from api.work import check_span
-from core import figures, oee
-from core.calendar import ShiftWindow
-from core.model import signal_kind
+from core import readside
 from core.plant import Machine, Plant, label
-
-WINDOW_HELP = ("give start and end (ISO-8601 with offset), or shift=current|previous, or shift=<id> with "
-               "date=YYYY-MM-DD")
+from core.readside import Figures, Window
 
 STATE_LABELS: dict[str, dict[str, str]] = {
     "running": {"ja": "稼働", "en": "Running"},
@@ -48,10 +44,6 @@ def get_machine(plant: PlantDep,
 MachineDep = Annotated[Machine, Depends(get_machine)]
 
 
-def gauges_of(machine: Machine) -> list[str]:
-    return [n for n in machine.signals if signal_kind(n) == "gauge"]
-
-
 def stop_label(plant: Plant, state: str, reason: int | None, lang: str) -> str:
     """The reason's catalogue name, else the state's name, in ``lang``."""
     r = plant.reasons.get(reason) if reason is not None else None
@@ -63,69 +55,69 @@ def stop_label(plant: Plant, state: str, reason: int | None, lang: str) -> str:
 # ---- the window ------------------------------------------------------------------------------------
 
 
+def get_figures(plant: PlantDep, store: StoreDep) -> Figures:
+    return Figures(plant, store)
+
+
+FiguresDep = Annotated[Figures, Depends(get_figures)]
+
+StartQuery = Annotated[str | None, Query(description="Window start, inclusive, ISO-8601 with offset",
+                                         examples=["2026-11-27T08:00:00+09:00"])]
+EndQuery = Annotated[str | None, Query(description="Window end, exclusive, ISO-8601 with offset",
+                                       examples=["2026-11-27T17:00:00+09:00"])]
+ShiftQuery = Annotated[str | None, Query(description="current or previous (relative to as_of), or a shift id "
+                                         "from the calendar with date; a running shift is cut at as_of",
+                                         examples=["current"])]
+DateQuery = Annotated[str | None, Query(description="With shift=<id>: the local date the shift starts on, "
+                                        "YYYY-MM-DD", examples=["2026-11-27"])]
+AsOfQuery = Annotated[str | None, Query(description="The instant 'current', 'previous' and 'so far' refer to, "
+                                        "and after which there is no data yet (ISO-8601 with offset); "
+                                        "default: now", examples=["2026-11-27T10:30:00+09:00"])]
+
+
 @dataclass(frozen=True, slots=True)
-class Window:
-    start: datetime
-    end: datetime
-    shift: ShiftWindow | None
+class WindowAsk:
+    """The window parameters as given (the throughput route answers 'no shift now' itself)."""
+
+    as_of: datetime
+    start: str | None
+    end: str | None
+    shift: str | None
+    date: str | None
 
 
-def _window(
-    plant: PlantDep,
-    start: Annotated[str | None, Query(description="Window start, inclusive, ISO-8601 with offset",
-                                       examples=["2026-11-27T08:00:00+09:00"])] = None,
-    end: Annotated[str | None, Query(description="Window end, exclusive, ISO-8601 with offset",
-                                     examples=["2026-11-27T17:00:00+09:00"])] = None,
-    shift: Annotated[str | None, Query(description="current or previous (relative to as_of), or a shift id "
-                                       "from the calendar with date; a running shift is cut at as_of",
-                                       examples=["current"])] = None,
-    date: Annotated[str | None, Query(description="With shift=<id>: the local date the shift starts on, "
-                                      "YYYY-MM-DD", examples=["2026-11-27"])] = None,
-    as_of: Annotated[str | None, Query(description="The instant 'current', 'previous' and 'so far' refer to "
-                                       "(ISO-8601 with offset); default: now",
-                                       examples=["2026-11-27T10:30:00+09:00"])] = None,
-) -> tuple[Window, datetime]:
+def _ask(start: StartQuery = None, end: EndQuery = None, shift: ShiftQuery = None, date: DateQuery = None,
+         as_of: AsOfQuery = None) -> WindowAsk:
     now = parse_time("as_of", as_of) if as_of is not None else datetime.now(UTC)
-    return resolve_window(plant, now, start, end, shift, date), now
+    return WindowAsk(now, start, end, shift, date)
+
+
+WindowAskDep = Annotated[WindowAsk, Depends(_ask)]
+
+
+def resolve(fig: Figures, ask: WindowAsk) -> Window:
+    """The window (422 via :class:`core.figures.WindowError` for what is wrong; at most 400 days)."""
+    return _resolve(fig.plant, ask)
+
+
+def _resolve(plant: Plant, ask: WindowAsk) -> Window:
+    t0 = parse_time("start", ask.start) if ask.start is not None else None
+    t1 = parse_time("end", ask.end) if ask.end is not None else None
+    w = readside.resolve_window(plant, ask.as_of, t0, t1, ask.shift, ask.date)
+    check_span(w.start, w.end)
+    return w
 
 
 def resolve_window(plant: Plant, as_of: datetime, start: str | None, end: str | None, shift: str | None,
                    day: str | None) -> Window:
-    if shift is not None:
-        if start is not None or end is not None:
-            raise HTTPException(422, f"use either shift or start and end, not both; {WINDOW_HELP}")
-        try:
-            w = oee.select_shift(plant, shift, as_of, day)
-        except oee.OeeError as e:
-            raise HTTPException(422, f"{e}; {WINDOW_HELP}") from None
-        cut = oee.shift_figure_window(w, as_of)
-        if cut is None:
-            raise HTTPException(422, f"shift {w.shift_id!r} of {w.day.isoformat()} has not begun at as_of "
-                                     f"{as_of.isoformat()}; ask for a shift that has, or pass a later as_of")
-        return Window(cut[0], cut[1], w)
-    if day is not None:
-        raise HTTPException(422, f"date needs shift=<id>; {WINDOW_HELP}")
-    if start is None or end is None:
-        missing = " and ".join(n for n, v in (("start", start), ("end", end)) if v is None)
-        raise HTTPException(422, f"{missing} missing; {WINDOW_HELP}")
-    t0, t1 = parse_time("start", start), parse_time("end", end)
-    if t1 <= t0:
-        raise HTTPException(422, f"the window is empty or reversed: start {t0.isoformat()} is not before end "
-                                 f"{t1.isoformat()}; end must be after start")
-    check_span(t0, t1)
-    return Window(t0, t1, None)
+    """The window of a request's parameters without a store (for routes that need only the window)."""
+    return _resolve(plant, WindowAsk(as_of, start, end, shift, day))
+
+def _window(fig: FiguresDep, ask: WindowAskDep) -> tuple[Window, datetime]:
+    return resolve(fig, ask), ask.as_of
 
 
 WindowDep = Annotated[tuple[Window, datetime], Depends(_window)]
-
-
-def edges_of(w: Window, bucket: str, plant: Plant, max_buckets: int) -> tuple[figures.Bucket, list[int]]:
-    """Bucket edges over the window; 422 for an unknown bucket or one that is too small for the window."""
-    try:
-        b = figures.bucket_of(bucket)
-        return b, figures.bucket_edges(w.start, w.end, b, plant.site.tz, max_buckets)
-    except figures.FigureError as e:
-        raise HTTPException(422, str(e)) from None
 
 
 # ---- CSV ---------------------------------------------------------------------------------------------

@@ -76,13 +76,15 @@ class PlantOut(BaseModel):
 
 
 class OeeTimes(BaseModel):
-    calendar_s: float = Field(description="The window's length")
-    scheduled_s: float = Field(description="Shift time inside the window")
+    calendar_s: float = Field(description="The window's length up to as_of (time after as_of has not happened)")
+    scheduled_s: float = Field(description="Shift time inside the window, plus 'running' time outside every shift "
+                                           "(a machine that runs was scheduled to), up to as_of")
     breaks_s: float
     planned_s: float = Field(description="Breaks and 'planned' state time inside scheduled time, each second once")
     planned_production_s: float
     running_s: float = Field(description="'running' time inside planned production time")
-    micro_stop_s: float
+    micro_stop_s: float = Field(description="Time of stops shorter than micro_stop_s as a whole (only down/idle), "
+                                            "inside planned production time")
     run_s: float = Field(description="running + micro-stops")
 
 
@@ -142,8 +144,12 @@ class DowntimeEventOut(BaseModel):
     label: str = Field(description="The reason's name, else the state's, in the requested language")
     category: str | None
     seconds: float = Field(description="Its part inside planned production time and the window")
-    length_s: float = Field(description="The whole stop as far as known (may start before the window)")
-    micro_stop: bool
+    length_s: float = Field(description="The whole stop it is part of, as far as known (may start before "
+                                        "the window or end after it)")
+    micro_stop: bool = Field(description="The whole stop is shorter than micro_stop_s (and only down/idle)")
+    stop_start: datetime = Field(description="When the stop this event is part of began: a stop runs from the "
+                                             "first non-running state to the next running one, whatever reasons "
+                                             "change inside, so several events may share it")
 
 
 class ParetoRowOut(BaseModel):

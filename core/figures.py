@@ -57,7 +57,11 @@ class WindowError(FigureError):
     """A window without offsets, empty, reversed, or cut into too many buckets."""
 
 
-class UnknownLine(FigureError):
+class NotFound(FigureError):
+    """A line, machine or signal the plant file does not declare (HTTP 404; other figure errors 422)."""
+
+
+class UnknownLine(NotFound):
     """A line id the plant file does not declare."""
 
 
@@ -204,10 +208,40 @@ def line_counters(line: Line) -> LineCounters:
     return LineCounters(tuple(plus), tuple(minus), tuple(scrap))
 
 
+def clamp_good(raw: Sequence[int]) -> list[int]:
+    """Good per bucket from ``total − scrap`` per bucket, never negative, summing to
+    ``max(0, Σ raw)`` (the window's good as OEE counts it).
+
+    A scrap can be counted a moment after its part's total, across a bucket edge: that bucket's
+    ``total − scrap`` is then negative. The cumulative good after bucket i is the least cumulative
+    ``total − scrap`` from i on (a suffix minimum), clamped at 0: it never falls, so no bucket is
+    negative, and it ends at the window's clamped good. A scrap thus takes its part from the bucket
+    its total was counted in (or the last one before that still has it)."""
+    cum: list[int] = []
+    acc = 0
+    for r in raw:
+        acc += r
+        cum.append(acc)
+    out: list[int] = [0] * len(raw)
+    low = None
+    floor = [0] * len(raw)
+    for i in range(len(raw) - 1, -1, -1):
+        low = cum[i] if low is None else min(low, cum[i])
+        floor[i] = max(0, low)
+    prev = 0
+    for i, g in enumerate(floor):
+        out[i] = g - prev
+        prev = g
+    return out
+
+
 def regroup(counters: LineCounters, buckets: Iterable[CountBucket], edges: Sequence[int]) -> list[tuple[int, int]]:
-    """(good, scrap) per bucket ``[edges[i], edges[i+1])`` from store count buckets (zeros where empty)."""
+    """(good, scrap) per bucket ``[edges[i], edges[i+1])`` from store count buckets (zeros where empty).
+
+    A machine counting ``total`` and ``scrap`` gives ``total − scrap`` per bucket through
+    :func:`clamp_good`, so no bucket shows negative good and the buckets add up to the window's good."""
     n = len(edges) - 1
-    good = [0] * n
+    per: dict[str, list[int]] = {}
     scrap = [0] * n
     plus, minus, scr = set(counters.good_plus), set(counters.good_minus), set(counters.scrap)
     for cb in buckets:
@@ -216,11 +250,15 @@ def regroup(counters: LineCounters, buckets: Iterable[CountBucket], edges: Seque
             continue
         key = (cb.machine, cb.signal)
         if key in plus:
-            good[i] += cb.total
+            per.setdefault(cb.machine, [0] * n)[i] += cb.total
         if key in minus:
-            good[i] -= cb.total
+            per.setdefault(cb.machine, [0] * n)[i] -= cb.total
         if key in scr:
             scrap[i] += cb.total
+    good = [0] * n
+    for series in per.values():
+        for i, g in enumerate(clamp_good(series)):
+            good[i] += g
     return list(zip(good, scrap, strict=True))
 
 

@@ -14,12 +14,18 @@ Definitions (docs/architecture.md, "Figures"; where it is silent, the choice is 
   ∩ the window, as elapsed real time (DST-safe: :mod:`core.calendar`). **Breaks** = scheduled
   time that :func:`core.calendar.planned_intervals` marks planned. **Planned time** = breaks ∪
   ``planned`` state time inside scheduled time (each second once). **Planned production time**
-  (PPT) = scheduled − planned. States outside scheduled time are ignored by every figure but the
-  state seconds.
-- **Stops.** A stop is one stretch of a non-running state. Its *length* is measured from its
-  state change (even before the window) to the next change, or to the window's end if it is still
-  open there. A ``down`` or ``idle`` stop shorter than ``calendar.micro_stop_s`` is a
-  **micro-stop**: a performance loss, counted in run time. ``changeover`` and ``offline`` never are.
+  (PPT) = scheduled − planned. ``running`` time outside every shift is scheduled and PPT (a machine
+  that runs when nothing was scheduled was scheduled for that time); a break stays planned even
+  when the state says running. Other states outside scheduled time are ignored by every figure but
+  the state seconds. Time at or after ``as_of`` has not happened: ``offline`` in the timeline, not
+  calendar, scheduled or planned production time.
+- **Stops.** A stop runs from the first non-running state to the next ``running`` or ``planned``
+  one, whatever states and reasons change inside (:class:`Stop`). Its *length* is measured from
+  its first change (even before the window) to that next change, over states read
+  ``micro_stop_s`` beyond both window edges (:func:`read_range`): a stop still open at the end of
+  what was read is at least that long. A stop of only ``down``/``idle`` shorter than
+  ``calendar.micro_stop_s`` is a **micro-stop**: a performance loss, counted in run time. A stop
+  with ``changeover`` or ``offline`` in it never is.
 - **Run time** = ``running`` time + micro-stop time, both inside PPT.
 - **Availability** = run / PPT. **Performance** = Σ(ideal cycle of the product × (good + scrap))
   / run, with the product's ``ideal_cycle_s`` from ``plant.products``, else the machine's.
@@ -32,19 +38,21 @@ Definitions (docs/architecture.md, "Figures"; where it is silent, the choice is 
   is caused by a neighbour, so it is not the machine's own downtime: it is left out of the
   downtime Pareto and the idle loss and reported as ``starved_blocked_s`` (it is still not run
   time, so a station's availability shows it; a line's downtime does not double count it).
-- **Downtime events**: every stretch of a non-running state with seconds inside PPT (micro-stops
-  flagged ``micro_stop``); ``seconds`` counts only its part inside PPT and the window, ``start``/
-  ``end`` are clipped to the window. The **Pareto** is over events that are neither micro-stops
-  nor starved/blocked, by (state, reason), seconds descending.
-- **MTBF** = run time / number of ``down`` events (micro-stops excluded); **MTTR** = their PPT
-  seconds / their number; None without such events.
+- **Downtime events**: every stretch of one (state, reason) inside a stop with seconds inside PPT
+  (micro-stops flagged ``micro_stop``, the stop's start in ``stop_start``); ``seconds`` counts only
+  its part inside PPT and the window, ``start``/``end`` are clipped to the window. The **Pareto**
+  is over events that are neither micro-stops nor starved/blocked, by (state, reason), seconds
+  descending; its count is the number of stops a (state, reason) occurs in.
+- **MTBF** = run time / number of stops with ``down`` in them (micro-stops excluded); **MTTR** =
+  their ``down`` PPT seconds / their number; None without such stops.
 - **Six big losses** (seconds), which with ``offline`` and ``starved_blocked`` partition PPT −
   ideal time of good parts: breakdowns (``down``), changeover, idle (own idle), micro-stops,
   reduced speed (run − micro-stops − ideal time of good + scrap, i.e. ``running`` time not
   explained by ideal cycles; negative when faster than ideal), rejects (ideal time of scrap).
 - **A line**: good = its output machine(s)' good; scrap = all its machines' scrap. Its run time,
-  PPT and ideal time are its output machine(s)' (summed when several); its quality uses the line's
-  good and scrap; its downtime events and Pareto are all stations' own (starved/blocked left out).
+  PPT, ideal time and loss tree are its output machine(s)' (summed when several), so its losses
+  partition its PPT; its quality uses the line's good and scrap; its downtime events and Pareto
+  are all stations' own (starved/blocked left out).
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from itertools import pairwise
 from typing import Literal, Protocol
 
 from core.calendar import ShiftWindow, current_shift, planned_intervals, previous_shift, shift_on, shift_windows
+from core.figures import FigureError
 from core.model import COUNTER_SIGNALS, from_ns, to_ns
 from core.plant import Line, Machine, Plant
 from core.store.base import CountBucket, StateChange, Store
@@ -68,7 +77,7 @@ NEIGHBOUR_CATEGORIES = frozenset({"starved", "blocked"})
 Interval = tuple[int, int]
 
 
-class OeeError(ValueError):
+class OeeError(FigureError):
     """A request that cannot be answered as asked (unknown machine, line or shift, bad date)."""
 
 
@@ -297,9 +306,10 @@ class DowntimeEvent:
     reason: int | None
     category: str | None  # the reason's catalogue category
     seconds: float  # inside planned production time
-    length_s: float  # the whole stop as far as known (see the module docstring)
+    length_s: float  # the whole stop it is part of, as far as known (see the module docstring)
     micro_stop: bool
     starved_blocked: bool
+    stop_start: datetime  # the stop's first non-running change (one stop may hold several events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,14 +392,96 @@ def calendar_intervals(plant: Plant, start: datetime, end: datetime) -> tuple[li
     return scheduled, _subtract(scheduled, planned)
 
 
-def time_base(plant: Plant, start: datetime, end: datetime, timeline: Sequence[Stretch]) -> TimeBase:
+def time_base(plant: Plant, start: datetime, end: datetime, timeline: Sequence[Stretch],
+              horizon_ns: int | None = None) -> TimeBase:
+    """The calendar side of a window for one machine. Time at or after ``horizon_ns`` (``as_of``)
+    has not happened yet: it is no calendar time either (TEEP is over the time that has passed).
+    ``running`` time outside every shift (after hours, a holiday) is scheduled and planned
+    production time: a machine that runs when nothing was scheduled was scheduled for that time.
+    A break inside a shift stays planned even when the state says ``running`` (many PLCs keep
+    reporting running over a break)."""
     s, e = _check_window(start, end)
-    scheduled, production = calendar_intervals(plant, start, end)
-    planned_state = _merge((x.start_ns, x.end_ns) for x in timeline if x.state == "planned")
-    ppt = _subtract(production, planned_state)
-    sched_ns, ppt_ns = _total(scheduled), _total(ppt)
-    return TimeBase(_s(e - s), _s(sched_ns), _s(sched_ns - _total(production)), _s(sched_ns - ppt_ns),
+    h = e if horizon_ns is None else max(s, min(e, horizon_ns))
+    scheduled, production = calendar_intervals(plant, start, end) if h > s else ([], [])
+    scheduled, production = _intersect(scheduled, [(s, h)]), _intersect(production, [(s, h)])
+    running = _merge((x.start_ns, min(x.end_ns, h)) for x in timeline if x.state == "running")
+    extra = _subtract(running, scheduled)  # running when no shift was scheduled
+    planned_state = _merge((x.start_ns, min(x.end_ns, h)) for x in timeline if x.state == "planned")
+    sched = _merge([*scheduled, *extra])
+    prod = _merge([*production, *extra])
+    ppt = _subtract(prod, planned_state)
+    sched_ns, ppt_ns = _total(sched), _total(ppt)
+    return TimeBase(_s(h - s), _s(sched_ns), _s(sched_ns - _total(prod)), _s(sched_ns - ppt_ns),
                     _s(ppt_ns), tuple(ppt))
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """From a machine's first non-running state to its next ``running`` (or ``planned``) one, whatever
+    states and reasons change inside. ``until_ns`` is the next such change, or the end of what was
+    read (``as_of``, or the window's end plus ``micro_stop_s``) when it is still open there."""
+
+    since_ns: int
+    until_ns: int
+    micro: bool
+
+    @property
+    def length_s(self) -> float:
+        return _s(self.until_ns - self.since_ns)
+
+
+STOP_ENDS = frozenset({"running", "planned"})
+
+
+def stops_of(timeline: Sequence[Stretch], micro_ns: int) -> list[Stop | None]:
+    """The stop each stretch belongs to (None for running and planned stretches). A stop is a
+    micro-stop when it is shorter than ``micro_ns`` as a whole and only ``down``/``idle`` inside."""
+    out: list[Stop | None] = [None] * len(timeline)
+    i = 0
+    while i < len(timeline):
+        if timeline[i].state in STOP_ENDS:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(timeline) and timeline[j + 1].state not in STOP_ENDS:
+            j += 1
+        since, until = timeline[i].since_ns, timeline[j].until_ns
+        micro = (until - since) < micro_ns and all(x.state in MICRO_STATES for x in timeline[i:j + 1])
+        stop = Stop(since, until, micro)
+        for k in range(i, j + 1):
+            out[k] = stop
+        i = j + 1
+    return out
+
+
+def read_range(plant: Plant, start_ns: int, end_ns: int, as_of_ns: int | None) -> tuple[int, int]:
+    """The states to read for figures over ``[start_ns, end_ns)``: ``micro_stop_s`` either side, so a
+    stop across an edge is judged by its whole length, but never after ``as_of``."""
+    micro_ns = round(plant.calendar.micro_stop_s * NS)
+    lo, hi = start_ns - micro_ns, end_ns + micro_ns
+    if as_of_ns is not None:
+        hi = min(hi, as_of_ns)
+    return lo, max(hi, lo + 1)
+
+
+def window_timeline(plant: Plant, machine: str, states: Sequence[StateChange], start_ns: int, end_ns: int,
+                    as_of_ns: int | None = None) -> list[tuple[Stretch, Stop | None]]:
+    """The machine's stretches covering ``[start_ns, end_ns)`` with the stop each belongs to, stops
+    judged over :func:`read_range`. Time at or after ``as_of`` is ``offline`` (no data), never the last
+    state carried into the future."""
+    micro_ns = round(plant.calendar.micro_stop_s * NS)
+    lo, hi = read_range(plant, start_ns, end_ns, as_of_ns)
+    full = state_timeline(states, machine, lo, hi)
+    stops = stops_of(full, micro_ns)
+    h = end_ns if as_of_ns is None else max(start_ns, min(end_ns, as_of_ns))
+    out: list[tuple[Stretch, Stop | None]] = []
+    for x, stop in zip(full, stops, strict=True):
+        a, b = max(x.start_ns, start_ns), min(x.end_ns, h)
+        if a < b:
+            out.append((Stretch(a, b, x.state, x.reason, x.since_ns, x.until_ns), stop))
+    if h < end_ns:
+        out.append((Stretch(h, end_ns, "offline", None, h, end_ns), None))
+    return out
 
 
 def _category(plant: Plant, reason: int | None) -> str | None:
@@ -402,31 +494,36 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def machine_oee(plant: Plant, machine: Machine, start: datetime, end: datetime,
-                states: Sequence[StateChange], counts: Sequence[ProductCounts]) -> MachineOee:
+                states: Sequence[StateChange], counts: Sequence[ProductCounts], *,
+                as_of: datetime | None = None, good: int | None = None) -> MachineOee:
     """OEE and its parts for one machine over ``[start, end)``.
 
-    ``states``: the store's state changes (including the last one before the window); ``counts``:
-    good and scrap inside the window per product (:func:`counts_by_product`, or one
-    ``ProductCounts(None, good, scrap)`` for a machine without products)."""
+    ``states``: the store's state changes over :func:`read_range` (including the last one before
+    it); ``counts``: good and scrap inside the window per product (:func:`counts_by_product`, or one
+    ``ProductCounts(None, good, scrap)`` for a machine without products). ``as_of``: time from it on
+    has not happened (no data). ``good``: the machine's good when the caller has it already clamped
+    over a longer series (:func:`core.figures.clamp_good`); else Σ good, at least 0."""
     s, e = _check_window(start, end)
-    micro_ns = round(plant.calendar.micro_stop_s * NS)
-    timeline = state_timeline(states, machine.id, s, e)
-    tb = time_base(plant, start, end, timeline)
+    as_of_ns = to_ns(as_of) if as_of is not None else None
+    pairs = window_timeline(plant, machine.id, states, s, e, as_of_ns)
+    timeline = [x for x, _ in pairs]
+    tb = time_base(plant, start, end, timeline, as_of_ns)
     ppt = list(tb.production)
     ppt_starts = [a for a, _ in ppt]
 
     running_ns = micro_ns_total = 0
     own: dict[str, int] = defaultdict(int)  # non-micro seconds inside PPT per loss
     events: list[DowntimeEvent] = []
-    for x in timeline:
+    down_stops: set[int] = set()
+    for x, stop in pairs:
         inside = _inside_ns(ppt, ppt_starts, x.start_ns, x.end_ns)
         if x.state == "running":
             running_ns += inside
             continue
-        if x.state == "planned" or inside == 0:
+        if x.state == "planned" or inside == 0 or stop is None:
             continue
         cat = _category(plant, x.reason)
-        micro = x.state in MICRO_STATES and (x.until_ns - x.since_ns) < micro_ns
+        micro = stop.micro
         neighbour = x.state == "idle" and cat in NEIGHBOUR_CATEGORIES
         if micro:
             micro_ns_total += inside
@@ -434,55 +531,60 @@ def machine_oee(plant: Plant, machine: Machine, start: datetime, end: datetime,
             own["starved_blocked"] += inside
         else:
             own[x.state] += inside
+            if x.state == "down":
+                down_stops.add(stop.since_ns)
         events.append(DowntimeEvent(machine.id, from_ns(x.start_ns), from_ns(x.end_ns), x.state, x.reason, cat,
-                                    _s(inside), _s(x.until_ns - x.since_ns), micro, neighbour and not micro))
+                                    _s(inside), stop.length_s, micro, neighbour and not micro,
+                                    from_ns(stop.since_ns)))
 
-    good = sum(c.good for c in counts)
+    raw_good = sum(c.good for c in counts)
+    good_n = max(0, raw_good) if good is None else good
     scrap = sum(c.scrap for c in counts)
     ideal = ideal_seconds(plant, machine, counts)
     run_ns = running_ns + micro_ns_total
     run_s, ppt_s = _s(run_ns), tb.planned_production_s
-    no_data = good + scrap == 0
+    no_data = good_n + scrap == 0
     a = p = q = oee = teep = None
     if not no_data:
         a = _ratio(run_s, ppt_s)
         p = _ratio(ideal[0], run_s) if ideal is not None else None
-        q = good / (good + scrap)
+        q = good_n / (good_n + scrap)
         if a is not None and p is not None:
             oee = a * p * q
-            teep = oee * ppt_s / tb.calendar_s
-    downs = [ev for ev in events if ev.state == "down" and not ev.micro_stop]
-    n_down = len(downs)
+            teep = oee * ppt_s / tb.calendar_s if tb.calendar_s > 0 else None
+    n_down = len(down_stops)
+    down_s = _s(own["down"])
     losses = Losses(
-        breakdowns_s=_s(own["down"]), changeover_s=_s(own["changeover"]), idle_s=_s(own["idle"]),
+        breakdowns_s=down_s, changeover_s=_s(own["changeover"]), idle_s=_s(own["idle"]),
         micro_stops_s=_s(micro_ns_total),
         reduced_speed_s=_s(running_ns) - ideal[0] if ideal is not None else None,
         rejects_s=ideal[1] if ideal is not None else None,
         offline_s=_s(own["offline"]), starved_blocked_s=_s(own["starved_blocked"]))
     return MachineOee(
         machine=machine.id, start=start, end=end, time=tb, running_s=_s(running_ns), micro_stop_s=_s(micro_ns_total),
-        run_s=run_s, good=good, scrap=scrap, ideal_s=ideal[0] if ideal is not None else None,
+        run_s=run_s, good=good_n, scrap=scrap, ideal_s=ideal[0] if ideal is not None else None,
         availability=a, performance=p, quality=q, oee=oee, teep=teep, no_data=no_data,
         states=state_seconds(timeline), events=tuple(events), pareto=pareto(events),
         mtbf_s=run_s / n_down if n_down else None,
-        mttr_s=sum(ev.seconds for ev in downs) / n_down if n_down else None,
+        mttr_s=down_s / n_down if n_down else None,
         losses=losses, products=tuple(c for c in counts if c.good or c.scrap))
 
 
 def pareto(events: Iterable[DowntimeEvent]) -> tuple[ParetoRow, ...]:
-    """Seconds and count per (state, reason) of the events that are the machine's own availability
-    losses (no micro-stops, no starved/blocked), largest first."""
-    acc: dict[tuple[str, int | None], list[float]] = {}
+    """Seconds per (state, reason) of the events that are the machine's own availability losses (no
+    micro-stops, no starved/blocked), largest first. A stop whose reason changed gives each reason its
+    own seconds; ``count`` is the number of stops the (state, reason) occurs in."""
+    acc: dict[tuple[str, int | None], float] = {}
+    stops: dict[tuple[str, int | None], set[tuple[str, datetime]]] = {}
     cats: dict[tuple[str, int | None], str | None] = {}
     for ev in events:
         if ev.micro_stop or ev.starved_blocked:
             continue
         key = (ev.state, ev.reason)
-        row = acc.setdefault(key, [0.0, 0])
-        row[0] += ev.seconds
-        row[1] += 1
+        acc[key] = acc.get(key, 0.0) + ev.seconds
+        stops.setdefault(key, set()).add((ev.machine, ev.stop_start))
         cats[key] = ev.category
-    rows = [ParetoRow(st, r, cats[(st, r)], sec, int(n)) for (st, r), (sec, n) in acc.items()]
+    rows = [ParetoRow(st, r, cats[(st, r)], sec, len(stops[(st, r)])) for (st, r), sec in acc.items()]
     rows.sort(key=lambda r: (-r.seconds, -r.count, r.state, -1 if r.reason is None else r.reason))
     return tuple(rows)
 
@@ -512,35 +614,63 @@ class LineOee:
     pareto: tuple[ParetoRow, ...]
     starved_blocked_s: dict[str, float]  # per station, reported apart
     stations: tuple[MachineOee, ...]
+    losses: Losses  # the output machine(s)' loss tree: it partitions the line's PPT − ideal time of good
+
+    @property
+    def outputs(self) -> tuple[MachineOee, ...]:
+        return tuple(st for st in self.stations if st.machine in self.output)
+
+    def output_sum(self, field_name: str) -> float:
+        """A time of the line: its output machine(s)' (summed when several), like its PPT and run time.
+        ``field_name`` is a :class:`TimeBase` field or ``running_s``/``micro_stop_s``."""
+        return float(sum(getattr(o, field_name) if field_name in ("running_s", "micro_stop_s")
+                         else getattr(o.time, field_name) for o in self.outputs))
+
+
+def _opt_sum(vals: Iterable[float | None]) -> float | None:
+    vs = list(vals)
+    return None if any(v is None for v in vs) else sum(v or 0.0 for v in vs)
+
+
+def sum_losses(parts: Sequence[Losses]) -> Losses:
+    return Losses(
+        breakdowns_s=sum(x.breakdowns_s for x in parts), changeover_s=sum(x.changeover_s for x in parts),
+        idle_s=sum(x.idle_s for x in parts), micro_stops_s=sum(x.micro_stops_s for x in parts),
+        reduced_speed_s=_opt_sum(x.reduced_speed_s for x in parts), rejects_s=_opt_sum(x.rejects_s for x in parts),
+        offline_s=sum(x.offline_s for x in parts), starved_blocked_s=sum(x.starved_blocked_s for x in parts))
 
 
 def line_oee(plant: Plant, line: Line, start: datetime, end: datetime, states: Sequence[StateChange],
-             counts: Mapping[str, Sequence[ProductCounts]]) -> LineOee:
-    """A line's figures from its stations' state changes and per-machine product counts."""
+             counts: Mapping[str, Sequence[ProductCounts]], *, as_of: datetime | None = None,
+             good: Mapping[str, int] | None = None) -> LineOee:
+    """A line's figures from its stations' state changes and per-machine product counts (``good``:
+    per machine, already clamped over a longer series; see :func:`machine_oee`)."""
     _check_window(start, end)
-    stations = tuple(machine_oee(plant, m, start, end, states, counts.get(m.id, ())) for m in line.machines)
+    stations = tuple(machine_oee(plant, m, start, end, states, counts.get(m.id, ()), as_of=as_of,
+                                 good=good.get(m.id) if good is not None else None) for m in line.machines)
     by_id = {st.machine: st for st in stations}
     outs = [by_id[m.id] for m in line.output_machines]
-    good = sum(o.good for o in outs)
+    good_n = sum(o.good for o in outs)
     scrap = sum(st.scrap for st in stations)
     ppt = sum(o.time.planned_production_s for o in outs)
     run = sum(o.run_s for o in outs)
     ideal: float | None = None if any(o.ideal_s is None for o in outs) else sum(o.ideal_s or 0.0 for o in outs)
-    no_data = good + scrap == 0
+    no_data = good_n + scrap == 0
     a = p = q = oee = teep = None
     calendar_s = outs[0].time.calendar_s
     if not no_data:
         a = _ratio(run, ppt)
         p = _ratio(ideal, run) if ideal is not None else None
-        q = good / (good + scrap)
+        q = good_n / (good_n + scrap)
         if a is not None and p is not None:
             oee = a * p * q
-            teep = oee * (ppt / len(outs)) / calendar_s
+            teep = oee * (ppt / len(outs)) / calendar_s if calendar_s > 0 else None
     events = tuple(sorted((ev for st in stations for ev in st.events if not ev.starved_blocked),
                           key=lambda ev: (ev.start, ev.machine)))
-    return LineOee(line.id, start, end, tuple(o.machine for o in outs), good, scrap, ppt, run, ideal, a, p, q, oee,
+    return LineOee(line.id, start, end, tuple(o.machine for o in outs), good_n, scrap, ppt, run, ideal, a, p, q, oee,
                    teep, no_data, calendar_s, events, pareto(events),
-                   {st.machine: st.losses.starved_blocked_s for st in stations}, stations)
+                   {st.machine: st.losses.starved_blocked_s for st in stations}, stations,
+                   sum_losses([o.losses for o in outs]))
 
 
 # ---- 4. shift selection ----------------------------------------------------------------------------
@@ -628,18 +758,21 @@ def _machine(plant: Plant, machine_id: str) -> Machine:
 
 
 async def machine_oee_from_store(store: Store, plant: Plant, machine_id: str, start: datetime,
-                                 end: datetime) -> MachineOee:
+                                 end: datetime, as_of: datetime | None = None) -> MachineOee:
     m = _machine(plant, machine_id)
     s, e = _check_window(start, end)
-    states = await store.state_changes([m.id], s, e)
-    return machine_oee(plant, m, start, end, states, await counts_by_product(store, m, s, e))
+    lo, hi = read_range(plant, s, e, to_ns(as_of) if as_of is not None else None)
+    states = await store.state_changes([m.id], lo, hi)
+    return machine_oee(plant, m, start, end, states, await counts_by_product(store, m, s, e), as_of=as_of)
 
 
-async def line_oee_from_store(store: Store, plant: Plant, line_id: str, start: datetime, end: datetime) -> LineOee:
+async def line_oee_from_store(store: Store, plant: Plant, line_id: str, start: datetime, end: datetime,
+                              as_of: datetime | None = None) -> LineOee:
     line = plant.line(line_id)
     if line is None:
         raise OeeError(f"unknown line {line_id!r}; this plant has: {', '.join(ln.id for ln in plant.lines)}")
     s, e = _check_window(start, end)
-    states = await store.state_changes([m.id for m in line.machines], s, e)
+    lo, hi = read_range(plant, s, e, to_ns(as_of) if as_of is not None else None)
+    states = await store.state_changes([m.id for m in line.machines], lo, hi)
     counts = {m.id: await counts_by_product(store, m, s, e) for m in line.machines}
-    return line_oee(plant, line, start, end, states, counts)
+    return line_oee(plant, line, start, end, states, counts, as_of=as_of)

@@ -5,25 +5,21 @@ shape the answer (JSON, or CSV for the tabular part)."""
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import asdict
 from datetime import datetime, tzinfo
-from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
-from api.deps import LangDep, LineDep, PlantDep, StoreDep
+from api.deps import LangDep, LineDep
 from api.figure_params import (
+    FiguresDep,
     MachineDep,
     WantsCsv,
-    Window,
     WindowDep,
     csv_doc,
     csv_response,
-    edges_of,
-    gauges_of,
     stop_label,
 )
 from api.routes.shifts import shift_out
@@ -44,13 +40,13 @@ from api.schemas_figures import (
 )
 from api.work import OffloadedRoute
 from core import figures, oee
-from core.model import from_ns, signal_kind, to_ns
-from core.plant import Line, Machine, Plant, label
-from core.store.base import Store
+from core.model import from_ns
+from core.plant import Line, Machine, label
+from core.readside import Figures, Window
 
 router = APIRouter(prefix="/api/v1", tags=["figures"], route_class=OffloadedRoute)
 
-MAX_OEE_POINTS = 500  # each OEE point is its own store read
+MAX_OEE_POINTS = 500  # points are computed in memory from one read, but each is a full figure set
 NS = 1_000_000_000
 
 
@@ -104,68 +100,36 @@ def machine_figures(m: oee.MachineOee, tz: tzinfo) -> OeeFigures:
 
 
 def line_figures(lo: oee.LineOee, tz: tzinfo) -> OeeFigures:
-    """A line's times are its output machine(s)'; its stop losses are all stations' own stops."""
-    outs = [st for st in lo.stations if st.machine in lo.output]
-
-    def out_sum(f: str) -> float:
-        return float(sum(getattr(o.time, f) for o in outs))
-
-    def opt_sum(vals: list[float | None]) -> float | None:
-        return None if any(v is None for v in vals) else sum(v or 0.0 for v in vals)
-
-    by_state: dict[str, float] = {}
-    micro = 0.0
-    for ev in lo.events:
-        if ev.micro_stop:
-            micro += ev.seconds
-        else:
-            by_state[ev.state] = by_state.get(ev.state, 0.0) + ev.seconds
+    """A line's times and losses are its output machine(s)' (core.oee.LineOee)."""
     return OeeFigures(
         start=_t(lo.start, tz), end=_t(lo.end, tz), availability=lo.availability, performance=lo.performance,
         quality=lo.quality, oee=lo.oee, teep=lo.teep, no_data=lo.no_data,
-        times=OeeTimes(calendar_s=lo.calendar_s, scheduled_s=out_sum("scheduled_s"), breaks_s=out_sum("breaks_s"),
-                       planned_s=out_sum("planned_s"), planned_production_s=lo.planned_production_s,
-                       running_s=sum(o.running_s for o in outs), micro_stop_s=sum(o.micro_stop_s for o in outs),
-                       run_s=lo.run_s),
+        times=OeeTimes(calendar_s=lo.calendar_s, scheduled_s=lo.output_sum("scheduled_s"),
+                       breaks_s=lo.output_sum("breaks_s"), planned_s=lo.output_sum("planned_s"),
+                       planned_production_s=lo.planned_production_s, running_s=lo.output_sum("running_s"),
+                       micro_stop_s=lo.output_sum("micro_stop_s"), run_s=lo.run_s),
         counts=OeeCounts(good=lo.good, scrap=lo.scrap, total=lo.good + lo.scrap),
-        losses=OeeLosses(breakdowns_s=by_state.get("down", 0.0), changeover_s=by_state.get("changeover", 0.0),
-                         idle_s=by_state.get("idle", 0.0), micro_stops_s=micro,
-                         reduced_speed_s=opt_sum([o.losses.reduced_speed_s for o in outs]),
-                         rejects_s=opt_sum([o.losses.rejects_s for o in outs]),
-                         offline_s=by_state.get("offline", 0.0),
-                         starved_blocked_s=sum(lo.starved_blocked_s.values())))
+        losses=OeeLosses(**asdict(lo.losses)))
 
 
-async def _figures(store: Store, plant: Plant, target: Line | Machine, start: datetime, end: datetime) -> OeeFigures:
-    tz = plant.site.tz
-    try:
-        if isinstance(target, Line):
-            return line_figures(await oee.line_oee_from_store(store, plant, target.id, start, end), tz)
-        return machine_figures(await oee.machine_oee_from_store(store, plant, target.id, start, end), tz)
-    except oee.OeeError as e:
-        raise HTTPException(422, str(e)) from None
+def _out(r: oee.LineOee | oee.MachineOee, tz: tzinfo) -> OeeFigures:
+    return line_figures(r, tz) if isinstance(r, oee.LineOee) else machine_figures(r, tz)
 
 
-async def _oee(kind: Literal["line", "machine"], target: Line | Machine, plant: Plant, store: Store, lang: str,
+async def _oee(kind: Literal["line", "machine"], target: Line | Machine, fig: Figures, lang: str,
                window: tuple[Window, datetime], bucket: str | None, wants_csv: bool) -> OeeOut | Response:
     w, as_of = window
-    tz = plant.site.tz
-    points: list[OeeFigures] = []
-    b_text = None
-    if bucket is not None:
-        b, edges = edges_of(w, bucket, plant, MAX_OEE_POINTS)
-        b_text = b.text
-        s_ns, e_ns = to_ns(w.start), to_ns(w.end)
-        for a, z in pairwise(edges):
-            points.append(await _figures(store, plant, target, from_ns(max(a, s_ns)), from_ns(min(z, e_ns))))
-    whole = await _figures(store, plant, target, w.start, w.end)
+    tz = fig.plant.site.tz
+    whole, pts = await fig.oee(target, w, bucket, MAX_OEE_POINTS)
+    points = [_out(p, tz) for p in pts]
+    figs = _out(whole, tz)
     if wants_csv:
         rows = [{**f.model_dump(exclude={"times", "counts", "losses"}), **f.times.model_dump(),
-                 **f.counts.model_dump(), **f.losses.model_dump()} for f in (points or [whole])]
+                 **f.counts.model_dump(), **f.losses.model_dump()} for f in (points or [figs])]
         return csv_response(_OEE_COLUMNS, rows, f"oee-{target.id}")
     return OeeOut(kind=kind, id=target.id, name=label(target.name, lang, target.id), start=_t(w.start, tz),
                   end=_t(w.end, tz), shift=shift_out(w.shift, tz) if w.shift else None, as_of=_t(as_of, tz),
-                  bucket=b_text, figures=whole, points=points)
+                  bucket=figures.bucket_of(bucket).text if bucket is not None else None, figures=figs, points=points)
 
 
 BucketQuery = Annotated[str | None, Query(
@@ -174,19 +138,19 @@ BucketQuery = Annotated[str | None, Query(
 
 
 @router.get("/lines/{line_id}/oee", response_model=OeeOut, responses={**_errors("Unknown line"), **_OEE_RESPONSES})
-async def line_oee(line: LineDep, plant: PlantDep, store: StoreDep, lang: LangDep, window: WindowDep,
+async def line_oee(line: LineDep, fig: FiguresDep, lang: LangDep, window: WindowDep,
                    wants_csv: WantsCsv, bucket: BucketQuery = None) -> OeeOut | Response:
     """Availability, performance, quality, OEE and TEEP of a line (its output machine(s)' times and good,
     all machines' scrap) with times, counts and losses; ``no_data`` and null ratios when nothing was counted."""
-    return await _oee("line", line, plant, store, lang, window, bucket, wants_csv)
+    return await _oee("line", line, fig, lang, window, bucket, wants_csv)
 
 
 @router.get("/machines/{machine_id}/oee", response_model=OeeOut,
             responses={**_errors("Unknown machine"), **_OEE_RESPONSES})
-async def machine_oee(machine: MachineDep, plant: PlantDep, store: StoreDep, lang: LangDep, window: WindowDep,
+async def machine_oee(machine: MachineDep, fig: FiguresDep, lang: LangDep, window: WindowDep,
                       wants_csv: WantsCsv, bucket: BucketQuery = None) -> OeeOut | Response:
     """OEE and its parts for one machine over the window (or per bucket)."""
-    return await _oee("machine", machine, plant, store, lang, window, bucket, wants_csv)
+    return await _oee("machine", machine, fig, lang, window, bucket, wants_csv)
 
 
 # ---- downtime ------------------------------------------------------------------------------------------
@@ -210,38 +174,32 @@ _PARETO_COLUMNS = list(ParetoRowOut.model_fields)
         ",".join(_EVENT_COLUMNS) + "\r\n2026-11-27T08:41:12.250000+09:00,2026-11-27T08:43:40+09:00,cnc-1,down,20,"
         "Spindle fault,breakdown,147.75,147.75,false")},
           "description": "Stops and their Pareto; CSV: the events (or the Pareto with table=pareto)"}})
-async def downtime(line: LineDep, plant: PlantDep, store: StoreDep, lang: LangDep, window: WindowDep,
-                   wants_csv: WantsCsv,
+async def downtime(line: LineDep, fig: FiguresDep, lang: LangDep, window: WindowDep, wants_csv: WantsCsv,
                    table: Annotated[Literal["events", "pareto"], Query(
                        description="Which table a CSV answer holds")] = "events") -> DowntimeOut | Response:
     """Every station's own stops inside planned production time (starved/blocked idle left out, micro-stops
-    flagged), clipped to the window, and a Pareto by (state, reason) without micro-stops."""
+    flagged), clipped to the window, and a Pareto by (state, reason) without micro-stops. A stop is one
+    stop from its first non-running state to the next running one: each reason inside it is its own event
+    (same ``stop_start``) and gets its own seconds in the Pareto."""
     w, as_of = window
+    plant = fig.plant
     tz = plant.site.tz
-    try:
-        lo = await oee.line_oee_from_store(store, plant, line.id, w.start, w.end)
-    except oee.OeeError as e:
-        raise HTTPException(422, str(e)) from None
+    dt = await fig.downtime(line, w)
     events = [DowntimeEventOut(start=_t(ev.start, tz), end=_t(ev.end, tz), machine=ev.machine, state=ev.state,
                                reason=ev.reason, label=stop_label(plant, ev.state, ev.reason, lang),
                                category=ev.category, seconds=ev.seconds, length_s=ev.length_s,
-                               micro_stop=ev.micro_stop) for ev in lo.events]
-    total = sum(r.seconds for r in lo.pareto)
-    pareto: list[ParetoRowOut] = []
-    cum = 0.0
-    for r in lo.pareto:
-        cum += r.seconds
-        pareto.append(ParetoRowOut(state=r.state, reason=r.reason, label=stop_label(plant, r.state, r.reason, lang),
-                                   category=r.category, seconds=r.seconds, count=r.count,
-                                   share=r.seconds / total if total else 0.0,
-                                   cumulative_share=cum / total if total else 0.0))
+                               micro_stop=ev.micro_stop, stop_start=_t(ev.stop_start, tz)) for ev in dt.line.events]
+    pareto = [ParetoRowOut(state=p.row.state, reason=p.row.reason,
+                           label=stop_label(plant, p.row.state, p.row.reason, lang), category=p.row.category,
+                           seconds=p.row.seconds, count=p.row.count, share=p.share,
+                           cumulative_share=p.cumulative_share) for p in dt.pareto]
     if wants_csv:
         if table == "pareto":
             return csv_response(_PARETO_COLUMNS, (p.model_dump() for p in pareto), f"pareto-{line.id}")
         return csv_response(_EVENT_COLUMNS, (e.model_dump() for e in events), f"downtime-{line.id}")
     return DowntimeOut(line=line.id, start=_t(w.start, tz), end=_t(w.end, tz),
                        shift=shift_out(w.shift, tz) if w.shift else None, as_of=_t(as_of, tz), events=events,
-                       pareto=pareto, total_s=total)
+                       pareto=pareto, total_s=dt.total_s)
 
 
 # ---- states --------------------------------------------------------------------------------------------
@@ -265,15 +223,15 @@ _STRETCH_COLUMNS = list(StretchOut.model_fields)
         ",".join(_STRETCH_COLUMNS) + "\r\n2026-11-27T08:00:00+09:00,2026-11-27T08:41:12.250000+09:00,running,,"
         "Running,2472.25,2026-11-27T07:58:03+09:00")},
           "description": "The timeline; CSV: one row per stretch"}})
-async def states(machine: MachineDep, plant: PlantDep, store: StoreDep, lang: LangDep, window: WindowDep,
+async def states(machine: MachineDep, fig: FiguresDep, lang: LangDep, window: WindowDep,
                  wants_csv: WantsCsv) -> StatesOut | Response:
     """The machine's state timeline covering the window exactly: a state that began before the window
-    starts the timeline at the window start (``since`` says when it began); no data is ``offline``."""
+    starts the timeline at the window start (``since`` says when it began); no data is ``offline``, and so
+    is everything from ``as_of`` on (it has not happened yet)."""
     w, as_of = window
+    plant = fig.plant
     tz = plant.site.tz
-    s, e = to_ns(w.start), to_ns(w.end)
-    changes = await store.state_changes([machine.id], s, e)
-    timeline = oee.state_timeline(changes, machine.id, s, e)
+    timeline = await fig.states(machine, w)
     rows = [StretchOut(start=_t(from_ns(x.start_ns), tz), end=_t(from_ns(x.end_ns), tz), state=x.state,
                        reason=x.reason, label=stop_label(plant, x.state, x.reason, lang), seconds=x.seconds,
                        since=_t(from_ns(x.since_ns), tz)) for x in timeline]
@@ -304,38 +262,18 @@ _GAUGE_COLUMNS = list(GaugePoint.model_fields)
     200: {"content": {"application/json": {"example": _GAUGE_EXAMPLE}, **csv_doc(
         "start,end,mean,min,max,count\r\n2026-11-27T08:00:00+09:00,2026-11-27T08:05:00+09:00,41.2,40.1,42.5,300")},
           "description": "The gauge per bucket; CSV: one row per bucket"}})
-async def gauge(machine: MachineDep, plant: PlantDep, store: StoreDep, window: WindowDep, wants_csv: WantsCsv,
+async def gauge(machine: MachineDep, fig: FiguresDep, window: WindowDep, wants_csv: WantsCsv,
                 signal: Annotated[str, Path(description="A gauge signal of the machine, e.g. spindle_temp")],
                 bucket: Annotated[str, Query(description=f"Bucket: {figures.BUCKET_FORMS}")] = "5m",
                 ) -> GaugeOut | Response:
     """Mean, min, max and count of a gauge per bucket; empty buckets have count 0 and null values."""
-    gauges = gauges_of(machine)
-    which = f"its gauges: {', '.join(gauges)}" if gauges else "it has no gauges"
-    if signal not in machine.signals:
-        raise HTTPException(404, f"machine '{machine.id}' has no signal '{signal}'; {which}")
-    kind = signal_kind(signal)
-    if kind != "gauge":
-        raise HTTPException(422, f"'{signal}' of machine '{machine.id}' is a {kind} signal, not a gauge; {which}")
     w, as_of = window
-    tz = plant.site.tz
-    b, edges = edges_of(w, bucket, plant, figures.MAX_BUCKETS)
-    found = await store.gauge_buckets(machine.id, signal, to_ns(w.start), to_ns(w.end),
-                                      figures.query_grid_ns(edges, b))
-    n = len(edges) - 1
-    acc: list[list[float]] = [[0.0, 0.0, float("inf"), float("-inf")] for _ in range(n)]  # sum, count, min, max
-    for g in found:
-        i = bisect_right(edges, g.start_ns) - 1
-        if 0 <= i < n and g.count > 0:
-            a = acc[i]
-            a[0] += g.mean * g.count
-            a[1] += g.count
-            a[2] = min(a[2], g.min)
-            a[3] = max(a[3], g.max)
-    points = [GaugePoint(start=_t(from_ns(edges[i]), tz), end=_t(from_ns(edges[i + 1]), tz),
-                         mean=a[0] / a[1] if a[1] else None, min=a[2] if a[1] else None,
-                         max=a[3] if a[1] else None, count=int(a[1])) for i, a in enumerate(acc)]
+    tz = fig.plant.site.tz
+    series = await fig.gauge(machine, signal, w, bucket)
+    points = [GaugePoint(start=_t(p.start, tz), end=_t(p.end, tz), mean=p.mean, min=p.min, max=p.max,
+                         count=p.count) for p in series.points]
     if wants_csv:
         return csv_response(_GAUGE_COLUMNS, (p.model_dump() for p in points), f"{machine.id}-{signal}")
-    return GaugeOut(machine=machine.id, signal=signal, unit=machine.signals[signal].unit, bucket=b.text,
+    return GaugeOut(machine=machine.id, signal=signal, unit=machine.signals[signal].unit, bucket=series.bucket.text,
                     start=_t(w.start, tz), end=_t(w.end, tz), shift=shift_out(w.shift, tz) if w.shift else None,
                     as_of=_t(as_of, tz), points=points)

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, tzinfo
 from typing import Any, Literal, cast, get_args
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.deps import AsOfDep, Lang, LangDep, LineDep, PlantDep, StoreDep
+from api.deps import AsOfDep, Lang, LangDep, LineDep
+from api.figure_params import FiguresDep
 from api.routes.shifts import shift_out
-from api.routes.throughput import production_ns, production_ns_in, target_of
 from api.schemas import Problem, ShiftOut
 from api.work import OffloadedRoute
-from core import figures, oee
-from core.model import from_ns, to_ns
+from core import figures
 from core.plant import Plant, label
 
 router = APIRouter(prefix="/api/v1", tags=["figures"], route_class=OffloadedRoute)
 
-# How far back a machine's state is traced to find since when it has been in it: a state older
-# than this is reported from this far back (the store hands over the last change before it).
-SINCE_LOOKBACK = timedelta(days=7)
 
 MachineState = Literal["running", "idle", "down", "changeover", "planned", "offline"]
 
@@ -38,8 +34,10 @@ class MachineStatus(BaseModel):
     name: str
     state: MachineState = Field(description="The state at as_of; 'offline' when the store has no state for it")
     reason: ReasonOut | None
-    since: datetime | None = Field(description="When the machine entered this state (as far as the store "
-                                               "tells, at most 7 days back); null when offline without data")
+    since: datetime | None = Field(description="When the machine entered this state: the change that began it "
+                                               "(a repeat of the same state during the shift counts as one; "
+                                               "before the shift, the last report is what the store tells); null "
+                                               "when offline without data")
     last_data: datetime | None = Field(description="Time of the machine's newest fact of any kind in the store "
                                                    "(null: none)")
 
@@ -121,46 +119,34 @@ def _standing(difference: float) -> Literal["ahead", "behind", "on_target"]:
                422: {"model": Problem, "description": "Bad as_of"},
                503: {"model": Problem, "description": "Store unreachable; see Retry-After"}},
 )
-async def status(line: LineDep, plant: PlantDep, store: StoreDep, as_of: AsOfDep, lang: LangDep) -> LineStatus:
+async def status(line: LineDep, fig: FiguresDep, as_of: AsOfDep, lang: LangDep) -> LineStatus:
     """The line at ``as_of`` (default now): each machine's state, reason and since when, and its
     newest data; this shift's good vs target so far (target counts planned production time only:
     breaks excluded), rate per hour and OEE so far. With no shift running, ``shift``, ``counts``
     and ``oee`` are null and the machines' states are still given."""
+    plant = fig.plant
     tz: tzinfo = plant.site.tz
-    figures.check_time("as_of", as_of)
-    ids = [m.id for m in line.machines]
-    as_of_ns = to_ns(as_of)
-    changes = await store.state_changes(ids, max(0, to_ns(as_of - SINCE_LOOKBACK)), as_of_ns + 1)
-    last = await store.last_times(ids)
+    now = await fig.status(line, as_of)
     machines: list[MachineStatus] = []
-    for m in line.machines:
-        now = oee.state_timeline(changes, m.id, as_of_ns, as_of_ns + 1)[-1]
-        known = now.state != "offline" or any(c.machine == m.id for c in changes)
-        state = cast(MachineState, now.state if now.state in get_args(MachineState) else "offline")
+    for m, st in zip(line.machines, now.machines, strict=True):
+        state = cast(MachineState, st.state if st.state in get_args(MachineState) else "offline")
         machines.append(MachineStatus(
-            id=m.id, name=label(m.name, lang, m.id), state=state, reason=_reason(plant, now.reason, lang),
-            since=from_ns(now.since_ns).astimezone(tz) if known else None,
-            last_data=from_ns(last[m.id]).astimezone(tz) if m.id in last else None))
-
-    so_far = figures.shift_so_far(plant, as_of)
-    counts = oee_out = shift_info = None
-    if so_far is not None:
-        w = so_far.window
-        shift_info = shift_out(w, tz)
-        end = so_far.end_so_far
-        ppt_ns = production_ns_in(production_ns(plant, w.start, end), to_ns(w.start), to_ns(end))
-        shift_ppt_ns = production_ns_in(production_ns(plant, w.start, w.end), to_ns(w.start), to_ns(w.end))
-        good = scrap = 0
-        if end > w.start:
-            result = await oee.line_oee_from_store(store, plant, line.id, w.start, end)
-            good, scrap = result.good, result.scrap
-            oee_out = OeeSoFar(availability=result.availability, performance=result.performance,
-                               quality=result.quality, oee=result.oee, no_data=result.no_data)
-        expected = target_of(line, ppt_ns)
-        diff = good - expected
+            id=m.id, name=label(m.name, lang, m.id), state=state, reason=_reason(plant, st.reason, lang),
+            since=st.since.astimezone(tz) if st.since is not None else None,
+            last_data=st.last_data.astimezone(tz) if st.last_data is not None else None))
+    counts = oee_out = None
+    pr = now.progress
+    if pr is not None:
+        if pr.oee is not None:
+            o = pr.oee
+            oee_out = OeeSoFar(availability=o.availability, performance=o.performance, quality=o.quality,
+                               oee=o.oee, no_data=o.no_data)
+        diff = pr.good - pr.expected
         counts = ShiftCounts(
-            good=good, scrap=scrap, target_per_hour=line.target_per_hour, shift_target=target_of(line, shift_ppt_ns),
-            expected=expected, difference=diff, standing=_standing(diff), elapsed_s=so_far.elapsed_s,
-            planned_production_elapsed_s=ppt_ns / 1e9, rate_per_hour=figures.rate_per_hour(good, ppt_ns / 1e9))
+            good=pr.good, scrap=pr.scrap, target_per_hour=line.target_per_hour, shift_target=pr.shift_target,
+            expected=pr.expected, difference=diff, standing=_standing(diff), elapsed_s=pr.elapsed_s,
+            planned_production_elapsed_s=pr.planned_production_elapsed_s,
+            rate_per_hour=figures.rate_per_hour(pr.good, pr.planned_production_elapsed_s))
     return LineStatus(line=line.id, name=label(line.name, lang, line.id), as_of=as_of.astimezone(tz),
-                      shift=shift_info, counts=counts, oee=oee_out, machines=machines)
+                      shift=shift_out(now.shift, tz) if now.shift is not None else None, counts=counts, oee=oee_out,
+                      machines=machines)

@@ -132,6 +132,19 @@ class GaugeBucket:
     count: int
 
 
+CountRange = tuple[Sequence[str], int, int]  # (machines, start_ns, end_ns)
+
+
+@runtime_checkable
+class RangeCounts(Protocol):
+    """What both backends add to :class:`Store` for the read side: several count reads in one request."""
+
+    async def count_ranges(self, signals: Sequence[str], ranges: Sequence[CountRange],
+                           bucket_ns: int) -> list[list[CountBucket]]:
+        """:meth:`Store.count_buckets` for each ``(machines, start_ns, end_ns)`` of ``ranges``, in one
+        request to the store (one snapshot in SQLite); the answers in the order of ``ranges``."""
+
+
 @runtime_checkable
 class Store(Protocol):
     """One protocol, two backends (SQLite, InfluxDB); one contract test suite for both."""

@@ -42,6 +42,7 @@ from core.model import Fact
 from core.store import DATABASE_RE, check_bucket, check_ids
 from core.store.base import (
     CountBucket,
+    CountRange,
     FactRefused,
     GaugeBucket,
     ProductChange,
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 BATCH_LINES = 5000
 _MAX_GET_QUERY = 3000  # longer InfluxQL goes in a POST body rather than the URL
+_RANGES_PER_QUERY = 100  # count_ranges: statements per request (InfluxDB answers each in order)
 
 # Line protocol: tag keys/values escape comma, equals and space. InfluxDB 1.x never unescapes a
 # backslash in a tag, so a backslash before one of those or at the end cannot be written at
@@ -289,6 +291,33 @@ class InfluxStore:
             for t, total in series.get("values", []):
                 if total is not None:
                     out.append(CountBucket(int(t), tags["machine"], tags["signal"], int(total)))
+        return out
+
+    async def count_ranges(self, signals: Sequence[str], ranges: Sequence[CountRange],
+                           bucket_ns: int) -> list[list[CountBucket]]:
+        check_ids("signal", signals)
+        check_bucket(bucket_ns)
+        statements: list[str] = []
+        live: list[int] = []
+        for i, (machines, start_ns, end_ns) in enumerate(ranges):
+            check_ids("machine", machines)
+            if not machines or not signals or start_ns >= end_ns:
+                continue
+            live.append(i)
+            statements.append(f'SELECT sum("inc") FROM "counts" WHERE {_or("machine", machines)} AND '
+                              f'{_or("signal", signals)} AND time >= {int(start_ns)} AND time < {int(end_ns)} '
+                              f'GROUP BY time({int(bucket_ns)}ns), "machine", "signal" fill(none)')
+        out: list[list[CountBucket]] = [[] for _ in ranges]
+        for k in range(0, len(statements), _RANGES_PER_QUERY):  # several statements per request
+            results = await self._query("; ".join(statements[k:k + _RANGES_PER_QUERY]))
+            for j in range(min(_RANGES_PER_QUERY, len(statements) - k)):
+                found: list[CountBucket] = []
+                for series in _series(results, j):
+                    tags = series.get("tags", {})
+                    for t, total in series.get("values", []):
+                        if total is not None:
+                            found.append(CountBucket(int(t), tags["machine"], tags["signal"], int(total)))
+                out[live[k + j]] = found
         return out
 
     async def _changes(self, measurement: str, fields: Sequence[str], machines: Sequence[str], start_ns: int,

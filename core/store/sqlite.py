@@ -23,6 +23,7 @@ from core.model import Fact
 from core.store import check_bucket, check_ids
 from core.store.base import (
     CountBucket,
+    CountRange,
     FactRefused,
     GaugeBucket,
     ProductChange,
@@ -243,6 +244,28 @@ class SqliteStore:
         params = [*machines, *signals, int(start_ns), int(end_ns)]
         rows = await self._run(False, lambda c: c.execute(sql, params).fetchall())
         return [CountBucket(int(b), str(m), str(s), int(t)) for b, m, s, t in rows]
+
+    async def count_ranges(self, signals: Sequence[str], ranges: Sequence[CountRange],
+                           bucket_ns: int) -> list[list[CountBucket]]:
+        check_ids("signal", signals)
+        check_bucket(bucket_ns)
+        queries: list[tuple[str, Sequence[object]]] = []
+        live: list[int] = []
+        for i, (machines, start_ns, end_ns) in enumerate(ranges):
+            check_ids("machine", machines)
+            if not machines or not signals or start_ns >= end_ns:
+                continue
+            live.append(i)
+            queries.append((f"SELECT {_bucket_expr(bucket_ns)} AS b, machine, signal, SUM(inc) FROM counts "
+                            f"WHERE machine IN ({_placeholders(len(machines))}) AND signal IN "
+                            f"({_placeholders(len(signals))}) AND time_ns >= ? AND time_ns < ? "
+                            "GROUP BY machine, signal, b", [*machines, *signals, int(start_ns), int(end_ns)]))
+        out: list[list[CountBucket]] = [[] for _ in ranges]
+        if queries:
+            results = await self._run(False, lambda c: self._read_txn(c, queries))
+            for i, rows in zip(live, results, strict=True):
+                out[i] = [CountBucket(int(b), str(m), str(sg), int(t)) for b, m, sg, t in rows]
+        return out
 
     async def _changes(self, table: str, columns: str, machines: Sequence[str], start_ns: int, end_ns: int
                        ) -> list[list[Any]]:

@@ -138,7 +138,7 @@ async def test_unknown_line_is_404_naming_it(client: httpx.AsyncClient) -> None:
     ({"start": "0001-01-01T00:00:00+09:00", "end": W["end"]}, ["out of range"]),
     ({"shift": "current", "as_of": "9999-12-31T23:59:59-12:00"}, ["as_of", "out of range"]),
     ({"start": W["start"]}, ["end missing", "shift=current"]),
-    ({**W, "shift": "current"}, ["either shift=current or start and end"]),
+    ({**W, "shift": "current"}, ["either shift or start and end", "shift=current|previous"]),
     ({"shift": "current", "as_of": "2026-11-27T10:30:00"}, ["as_of", "no UTC offset"]),
 ])
 async def test_bad_requests_are_422_saying_what_is_allowed(client: httpx.AsyncClient, params: dict[str, str],

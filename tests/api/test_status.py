@@ -240,3 +240,37 @@ async def test_throughput_current_shift_total_target_is_status_expected(client: 
     assert tp["points"][-1]["cumulative_good"] == st["counts"]["good"] == tp["total_good"]
     none = await get_ok(client, TP, shift="current", as_of="2026-11-28T10:30:00+09:00")
     assert (none["points"], none["total_target"], none["target_per_hour"]) == ([], 0.0, TPH)
+
+
+# ---- every window endpoint takes the same windows; tabular ones CSV (issue 11) ------------------------
+
+
+async def test_throughput_takes_previous_and_named_shifts(client: httpx.AsyncClient) -> None:
+    # Friday's day shift, asked three ways: the same points (it refused shift=previous before)
+    prev = await get_ok(client, TP, shift="previous", as_of="2026-11-27T21:00:00+09:00", bucket="3h")
+    named = await get_ok(client, TP, shift="day", date="2026-11-27", as_of="2026-11-28T09:00:00+09:00", bucket="3h")
+    plain = await get_ok(client, TP, start="2026-11-27T08:00:00+09:00", end="2026-11-27T17:00:00+09:00",
+                         bucket="3h")
+    assert prev["shift"]["id"] == named["shift"]["id"] == "day"
+    assert prev["points"] == named["points"] == plain["points"]
+    assert (prev["total_good"], prev["total_scrap"]) == (35, 3)
+
+
+async def test_throughput_answers_csv(client: httpx.AsyncClient) -> None:
+    q = {"start": "2026-11-27T08:00:00+09:00", "end": "2026-11-27T11:00:00+09:00", "bucket": "1h"}
+    for r in (await client.get(TP, params={**q, "format": "csv"}),
+              await client.get(TP, params=q, headers={"Accept": "text/csv"})):
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+        lines = r.text.strip().split("\r\n")
+        assert lines[0] == "start,end,good,scrap,target,cumulative_good,cumulative_target"
+        assert [ln.split(",")[2:4] for ln in lines[1:]] == [["10", "2"], ["20", "1"], ["5", "0"]]
+
+
+async def test_a_window_after_as_of_has_no_state(client: httpx.AsyncClient) -> None:
+    # cnc-1 was last seen running (10:25 on 2026-11-27); a window in 2030 is no data, not 'running'
+    q = {"start": "2030-01-07T08:00:00+09:00", "end": "2030-01-07T09:00:00+09:00",
+         "as_of": "2026-11-28T00:00:00+09:00"}
+    states = await get_ok(client, "/api/v1/machines/cnc-1/states", **q)
+    assert [(x["state"], x["seconds"]) for x in states["timeline"]] == [("offline", 3600.0)]
+    fig = (await get_ok(client, "/api/v1/machines/cnc-1/oee", **q))["figures"]
+    assert fig["no_data"] is True and fig["times"]["running_s"] == 0 and fig["times"]["planned_production_s"] == 0

@@ -186,8 +186,10 @@ def test_dst_shift_is_an_hour_shorter_or_longer() -> None:
         assert w.scheduled_s == hours * 3600
         start = datetime.fromisoformat(f"{day}T12:00:00+00:00")
         end = datetime.fromisoformat(f"{next_day}T12:00:00+00:00")
-        # always running, ideal 1 s, 1 part per real second: A = P = Q = 1
-        r = oee.machine_oee(plant, m, start, end, [sc(start, "running")], [oee.ProductCounts(None, hours * 3600, 0)])
+        # running through the shift and planned outside it (running after hours would be scheduled
+        # time too), ideal 1 s, 1 part per real second: A = P = Q = 1
+        states = [sc(start, "planned"), sc(w.start, "running"), sc(w.end, "planned")]
+        r = oee.machine_oee(plant, m, start, end, states, [oee.ProductCounts(None, hours * 3600, 0)])
         assert r.time.scheduled_s == hours * 3600 and r.time.planned_production_s == hours * 3600
         assert r.availability == 1 and r.performance == 1 and r.oee == 1
         assert r.teep == pytest.approx(hours / 24)  # 24 h of calendar time (UTC noon to noon)
@@ -311,8 +313,9 @@ class Expected:
 def expected(r: Run, machine: str, start: datetime, end: datetime) -> Expected:
     """The figures from the ledger alone. The simulator runs the calendar's breaks and the time
     outside shifts as `planned` on every station, so PPT = window − planned seconds; run time =
-    running + down/idle stretches shorter than micro_stop_s (judged on their whole length, up to the
-    window's end when still open there)."""
+    running + micro-stops. A stop runs from a non-running state to the next running or planned one
+    (reasons and states may change inside); it is a micro-stop when only down/idle and shorter than
+    micro_stop_s as a whole (a stop still open when the ledger ends is not)."""
     plant = r.plant
     m = plant.machine(machine)
     assert m is not None
@@ -320,11 +323,21 @@ def expected(r: Run, machine: str, start: datetime, end: datetime) -> Expected:
     ppt_ms = ms(end) - ms(start) - round(state_s.get("planned", 0) * 1000)
     run_ms = round(state_s.get("running", 0) * 1000)
     micro_ms = round(plant.calendar.micro_stop_s * 1000)
-    for s in state_stretches(r.records, machine):
-        if s.state in ("down", "idle"):
-            until = ms(end) if s.until_ms is None else min(s.until_ms, ms(end))
-            if until - s.since_ms < micro_ms:
-                run_ms += clipped_ms(s, start, end)
+    stretches = state_stretches(r.records, machine)
+    i = 0
+    while i < len(stretches):
+        if stretches[i].state in ("running", "planned"):
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(stretches) and stretches[j + 1].state not in ("running", "planned"):
+            j += 1
+        stop = stretches[i:j + 1]
+        until = stop[-1].until_ms
+        if (until is not None and until - stop[0].since_ms < micro_ms
+                and all(x.state in ("down", "idle") for x in stop)):
+            run_ms += sum(clipped_ms(x, start, end) for x in stop)
+        i = j + 1
     parts = parts_by_product(r.records, machine, start, end)
     good = sum(g for g, _ in parts.values())
     scrap = sum(s for _, s in parts.values())
@@ -484,3 +497,28 @@ def test_inside_ns_equals_the_intersection_it_replaced(raw: list[tuple[int, int]
     b = a + length
     expected = oee._total(oee._intersect([(a, b)], ivs))
     assert oee._inside_ns(ivs, [s for s, _ in ivs], a, b) == expected
+
+
+def test_fast_forward_hours_add_up_to_the_window(run: Run) -> None:
+    """The review's case on a simulated week: a line's hourly OEE series over five hours sums to the
+    five hours as one window for every time and loss, and the line's micro-stop loss is its micro-stop
+    time (its loss tree is the output machine's)."""
+    from core.readside import Figures, Window
+
+    start = jst("2026-12-28T08:00:00")
+    w = Window(start, start + timedelta(hours=5), None, RUN_END)
+
+    async def go(st: Any) -> Any:
+        fig = Figures(run.plant, st)
+        return await fig.oee(fig.line("blade-1"), w, "1h")
+
+    whole, hours = _with_store(run.db, go)
+    assert isinstance(whole, oee.LineOee) and len(hours) == 5
+    assert sum(h.run_s for h in hours) == pytest.approx(whole.run_s, abs=1e-6)
+    assert sum(h.planned_production_s for h in hours) == pytest.approx(whole.planned_production_s, abs=1e-6)
+    for f in ("breakdowns_s", "changeover_s", "idle_s", "micro_stops_s", "offline_s", "starved_blocked_s"):
+        assert sum(getattr(h.losses, f) for h in hours) == pytest.approx(getattr(whole.losses, f), abs=1e-6), f
+    assert whole.losses.micro_stops_s == pytest.approx(whole.output_sum("micro_stop_s"))
+    assert whole.output_sum("running_s") + sum(
+        getattr(whole.losses, f) for f in ("breakdowns_s", "changeover_s", "idle_s", "micro_stops_s", "offline_s",
+                                           "starved_blocked_s")) == pytest.approx(whole.planned_production_s)

@@ -715,3 +715,22 @@ async def test_influx_answering_400_to_a_write_is_a_refusal_of_the_data(influxd_
         assert got[(T, "m1", "good")] in (4, 7)  # the store goes on (1.6 drops the whole conflicting batch)
     finally:
         await store.close()
+
+
+async def test_count_ranges_is_count_buckets_per_range_in_one_request(store: Store) -> None:
+    """The read side asks for every product segment's counts at once; each answer must be what
+    count_buckets gives for that range (unaligned edges included), empty and reversed ranges empty."""
+    from core.store.base import RangeCounts
+
+    await store.write([count(T + k * 7 * S, k + 1, machine=("m1", "m2")[k % 2], signal=("good", "scrap")[k % 3 == 0])
+                       for k in range(60)])
+    assert isinstance(store, RangeCounts)
+    ranges = [(["m1"], T, T + 100 * S), (["m1", "m2"], T + 33 * S + 5, T + 300 * S), (["m2"], T + 50 * S, T),
+              ([], T, T + 400 * S), (["m2"], T + 430 * S, T + 500 * S),
+              *((["m1"], T + i * S, T + (i + 3) * S) for i in range(0, 420, 3))]
+    got = await store.count_ranges(["good", "scrap"], ranges, 60 * S)
+    assert len(got) == len(ranges)
+    for (machines, a, z), answer in zip(ranges, got, strict=True):
+        want = await store.count_buckets(machines, ["good", "scrap"], a, z, 60 * S)
+        assert sums(answer) == sums(want), (machines, a, z)
+    assert got[0] and got[1] and not got[2] and not got[3] and not got[4]

@@ -114,3 +114,25 @@ def parts_by_product(records: list[dict[str, Any]], machine: str, start: datetim
         if r.get("kind") == "part" and r.get("machine") == machine and start <= r["_t"] < end:
             (good if r["good"] else scrap)[r.get("product")] += 1
     return {p: (good[p], scrap[p]) for p in set(good) | set(scrap)}
+
+
+def micro_flags(stretches: list[LedgerStretch], micro_ms: float) -> list[bool]:
+    """Per stretch: is it part of a micro-stop? A stop runs from a non-running state to the next
+    running or planned one, whatever states and reasons change inside; it is a micro-stop when only
+    down/idle and shorter than ``micro_ms`` as a whole (a stop still open when the ledger ends is not)."""
+    out = [False] * len(stretches)
+    i = 0
+    while i < len(stretches):
+        if stretches[i].state in ("running", "planned"):
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(stretches) and stretches[j + 1].state not in ("running", "planned"):
+            j += 1
+        until = stretches[j].until_ms
+        micro = (until is not None and until - stretches[i].since_ms < micro_ms
+                 and all(x.state in ("down", "idle") for x in stretches[i:j + 1]))
+        for k in range(i, j + 1):
+            out[k] = micro
+        i = j + 1
+    return out
