@@ -62,12 +62,13 @@ from collector.sources import (
     SourceRestarted,
 )
 from collector.spool import SpoolFull, SpoolStats
-from core.model import Fact, Sample
+from core.model import COUNTER_SIGNALS, Fact, Sample
 from core.normalize import (
     DEFAULT_MAX_CLOCK_AHEAD_S,
     NormalizeError,
     Normalizer,
     entries_from_snapshot,
+    fastest_cycle_s,
     snapshot_from_entries,
 )
 from core.plant import Plant
@@ -270,6 +271,12 @@ class Collector:
         self.dead_letters = dead_letters
         self.on_write = on_write
         self.normalizer = Normalizer(plant, clock=clock, max_clock_ahead_s=max_clock_ahead_s)
+        unbounded = sorted(m.id for ln, m in plant.machines() if (lines is None or ln.id in lines)
+                           and COUNTER_SIGNALS & m.signals.keys() and fastest_cycle_s(plant, m) is None)
+        if unbounded:
+            # said once: without an ideal cycle a preset or set-back counter cannot be told from production
+            log.warning("machines without ideal_cycle_s: their counter steps are not checked against what "
+                        "they could make (docs/architecture.md, \"Normalize rules\"): %s", ", ".join(unbounded))
         self._start_times: dict[str, datetime] = {}
         self._full_state_due = False  # the next commit saves the whole state, not just its changes
         saved = self.spool.load_entries() if normalizer_state is None else {}

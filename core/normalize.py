@@ -5,8 +5,9 @@ Rules (docs/architecture.md, "Normalize rules"):
 - **Counters** (``good``, ``scrap``, ``total``) become increments. The first value a counter
   reports is a baseline (no fact) unless restored state holds one. A value that drops wrapped
   if ``(new - old) mod 2**bits <= max_step`` (increment = that difference), otherwise the
-  counter was reset (increment = new). An increase is an increase (increment = new - old),
-  however large: a collector that was away for a while legitimately sees a big step.
+  counter was reset (increment = new). An increase is an increase (increment = new - old) as
+  long as the machine could have made it (a collector that was away for a while legitimately
+  sees a big step; see "Counter steps" below for what is too big).
   :meth:`Normalizer.source_restarted` marks the non-retentive counters of a source's machines
   so that their next value is taken as counting from 0 (increment = new), even if it did not
   drop. An increment of 0 makes no fact.
@@ -28,9 +29,22 @@ Rules (docs/architecture.md, "Normalize rules"):
   before it is stamped, so one PLC with a wrong clock can never move a signal's later facts to
   its future (keys are kept increasing per signal, see below). A saved state holding a time
   beyond that bound (from a version without this check) is dropped on restore for the same reason.
-- **Counter steps** must fit the stores' signed 64-bit integers: an increment of 2**63 or more is
-  no production (a 64-bit counter that jumped or was reset to a huge value); the counter is
-  re-baselined on it and the sample refused (``implausible_step``).
+- **Counter steps** must be parts the machine could have made. An increment (a forward step, a
+  wrap, a drop read as a reset, or the first value after a PLC restart) is *implausible* when it
+  is more than ``max(max_step, ceil(elapsed / ideal cycle * STEP_MARGIN))``, ``elapsed`` being the
+  source time since the counter's last value (0 when that is unknown or later), or 2**63 or more
+  (what the stores' signed 64-bit integers cannot hold). An implausible step is no production
+  (a PLC whose counter was preset, set back or reset to a high value while the collector was
+  away, a counter that jumped): the counter is re-baselined on the new value and the sample
+  refused (``implausible_step``), so the counts after it are right again. This holds for the
+  first reading after a collector restart from saved state too (the saved baseline carries its
+  source time). The ideal cycle is the machine's ``ideal_cycle_s``; for a machine with a
+  ``product`` signal it is the fastest of that and the plant's ``products`` ideal cycles (the
+  bound must hold whatever it makes). ``STEP_MARGIN`` (2) lets a machine beat its ideal cycle by
+  half (jitter between the counter's and the sample's times, rounded ideal cycles); beyond that
+  the count is not believable. A machine with no ideal cycle at all has no rate bound: only the
+  64-bit bound applies (its speed is unknown, and refusing real production would lose it), and
+  the collector warns about it once at start.
 - **Outages**: :meth:`Normalizer.source_offline` makes the machines of an unreachable source
   ``offline`` (one state fact each at the moment of loss); :meth:`Normalizer.source_online`
   records when it came back, and the first state after that is stamped no earlier than the
@@ -74,6 +88,8 @@ OFFLINE = "offline"
 MIN_SOURCE_NS = 946_684_800 * 1_000_000_000  # 2000-01-01T00:00:00Z: no plant data is older
 DEFAULT_MAX_CLOCK_AHEAD_S = 3600.0
 MAX_INCREMENT = (1 << 63) - 1  # what a signed 64-bit integer (both stores) holds
+# how much faster than its ideal cycle a machine is believed to count (see "Counter steps" above)
+STEP_MARGIN = 2.0
 
 
 class NormalizeError(Exception):
@@ -159,6 +175,19 @@ def entries_from_snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def fastest_cycle_s(plant: Plant, machine: Machine) -> float | None:
+    """The shortest ideal cycle ``machine`` may run at (see "Counter steps" above), or None."""
+    cycles = [machine.ideal_cycle_s] if machine.ideal_cycle_s is not None else []
+    if PRODUCT_SIGNAL in machine.signals:
+        cycles += [p.ideal_cycle_s for p in plant.products.values()]
+    return min(cycles) if cycles else None
+
+
+def step_allowance(elapsed_ns: int, cycle_s: float, max_step: int) -> int:
+    """The largest believable counter step in ``elapsed_ns`` of source time at ``cycle_s``."""
+    return max(max_step, math.ceil(elapsed_ns * STEP_MARGIN / (cycle_s * 1e9)))
+
+
 def _iso(ns: int) -> str:
     try:
         return from_ns(ns).isoformat()
@@ -204,6 +233,7 @@ class Normalizer:
         self._clock = clock
         self._ahead_ns = int(max_clock_ahead_s * 1_000_000_000)
         self._machines: dict[str, tuple[str, Machine]] = {m.id: (ln.id, m) for ln, m in plant.machines()}
+        self._cycles: dict[str, float | None] = {m.id: fastest_cycle_s(plant, m) for _, m in plant.machines()}
         self._counters: dict[tuple[str, str], _Counter] = {}
         self._times: dict[tuple[str, str], int] = {}
         self._mstate: dict[str, _MachineState] = {}
@@ -421,7 +451,7 @@ class Normalizer:
             # newer value already holds its count; reading it as a reset would count it again.
             # (A plausible step with an older time is a PLC clock set back: it counts.)
             return []
-        old, restarted = c.last, c.restarted
+        old, restarted, old_ns = c.last, c.restarted, c.src_ns
         c.last, c.restarted, c.src_ns = new, False, src_ns
         if restarted:
             inc = new
@@ -434,18 +464,25 @@ class Normalizer:
             inc = wrapped if wrapped <= sig.max_step else new
         if inc == 0:
             return []
-        problem = self._implausible(inc)
+        elapsed_ns = 0 if old_ns is None else max(0, src_ns - old_ns)
+        problem = self._implausible(inc, elapsed_ns, self._cycles.get(machine), sig.max_step)
         if problem is not None:
             # the new value is the baseline now (set above): the counts after it are right again
-            raise NormalizeError("implausible_step", f"{machine}.{name}: {old} -> {new} {problem}; "
+            was = "restart" if restarted else old
+            raise NormalizeError("implausible_step", f"{machine}.{name}: {was} -> {new} {problem}; "
                                  "taken as the new baseline, no parts counted")
         return [Fact("count", self._stamp(machine, name, src_ns), line, machine, name, inc)]
 
     @staticmethod
-    def _implausible(inc: int) -> str | None:
-        """Why an increment cannot be production, or None. (One place for further bounds.)"""
+    def _implausible(inc: int, elapsed_ns: int, cycle_s: float | None, max_step: int) -> str | None:
+        """Why an increment made in ``elapsed_ns`` of source time cannot be production, or None."""
         if inc > MAX_INCREMENT:
             return f"is a step of {inc}, more than a signed 64-bit integer holds"
+        if cycle_s is not None:
+            allowed = step_allowance(elapsed_ns, cycle_s, max_step)
+            if inc > allowed:
+                return (f"is a step of {inc} in {elapsed_ns / 1e9:g}s, more than the {allowed} a machine with a "
+                        f"{cycle_s:g}s ideal cycle can make (x{STEP_MARGIN:g}, at least max_step {max_step})")
         return None
 
     def _state(self, line: str, machine: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
