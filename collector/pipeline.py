@@ -13,6 +13,9 @@ Tasks (all in one ``asyncio.TaskGroup``, all named):
   :class:`~collector.sources.SourceOffline` / :class:`~collector.sources.SourceOnline` to
   ``Normalizer.source_offline`` / ``source_online`` (the source's machines are ``offline`` in
   the store for the outage), :class:`~collector.sources.AckPoint` waits for the next commit.
+- ``silence``, when a selected machine has ``stale_after_s``: every tenth of the shortest one
+  (within 50 ms .. 1 s) asks ``Normalizer.silent`` which machines sent nothing for that long and
+  spools their ``offline`` facts (a broker does not tell when one machine stops publishing).
 - ``committer``: every ``commit_interval_s`` (group commit) appends the facts made since the last
   commit to the spool **together with what changed in the normalizer state** (rows by key:
   counter baselines, last fact times, last states) in one transaction, flushes the
@@ -88,6 +91,7 @@ class CollectorStats:
     facts_out: int = 0  # facts the normalizer made
     facts_by_source: Counter[str] = field(default_factory=Counter)  # facts made, by source id
     offline_facts: int = 0  # offline state facts made for source outages
+    silent_facts: int = 0  # offline state facts made for machines silent past their stale_after_s
     facts_spooled: int = 0  # facts committed to the spool
     facts_written: int = 0  # facts the store confirmed
     pending: int = 0  # facts made but not yet confirmed by the store (unspooled + spooled)
@@ -285,6 +289,12 @@ class Collector:
         elif normalizer_state is not None:
             self.normalizer.restore(normalizer_state)
             self._full_state_due = True
+        # machines watched for silence (Normalizer.silent), and how often: a tenth of the shortest
+        # stale_after_s, within [50 ms, 1 s]; the offline fact carries the exact time either way
+        self._watched = [m.id for ln, m in plant.machines() if (lines is None or ln.id in lines)
+                         and m.stale_after_s is not None]
+        stale = [m.stale_after_s for _, m in plant.machines() if m.id in self._watched and m.stale_after_s]
+        self.silence_check_s = min(1.0, max(0.05, min(stale) / 10)) if stale else 0.0
         self.sources: dict[str, SampleSource] = {
             s.source_id: s for s in (sources if sources is not None else build_sources(
                 plant, lines, client_id=client_id, start_times=self._start_times, dead_letters=dead_letters))}
@@ -345,6 +355,9 @@ class Collector:
         async with asyncio.TaskGroup() as tg:
             source_tasks = [tg.create_task(self._run_source(s), name=f"source:{sid}")
                             for sid, s in self.sources.items()]
+            if self._watched:
+                # stopped with the sources: nothing is declared silent while the collector closes
+                source_tasks.append(tg.create_task(self._silence_watch(), name="silence"))
             tg.create_task(self._committer(), name="committer")
             tg.create_task(self._writer(), name="writer")
             tg.create_task(self._stopper(stop, source_tasks), name="stopper")
@@ -399,6 +412,19 @@ class Collector:
                     # a source with a backlog answers __anext__ without ever suspending; without
                     # this the committer (and every other task) would starve while it drains
                     await asyncio.sleep(0)
+
+    async def _silence_watch(self) -> None:
+        """Machines that stopped publishing while their source stays up (a broker does not tell):
+        ``offline`` once silent for their ``stale_after_s`` (Normalizer.silent)."""
+        machines = {m.id: m for _, m in self.plant.machines()}
+        while True:
+            await asyncio.sleep(self.silence_check_s)
+            for f in self.normalizer.silent(self._watched):
+                m = machines[f.machine]
+                log.warning("%s silent for %gs: offline since %s until data returns", m.id, m.stale_after_s,
+                            f.time.isoformat(timespec="seconds"))
+                self.stats.silent_facts += 1
+                self._enqueue(m.source, [f])
 
     def _take(self, sample: Sample, feed: Callable[[Sample], list[Fact]]) -> None:
         self.stats.samples_in += 1

@@ -51,6 +51,9 @@ Rules (docs/architecture.md, "Normalize rules"):
   recovery, so the store shows ``offline`` for exactly the time the collector had no link.
   Counts made during the outage arrive with the first reading after it (counters are
   cumulative), at that reading's source time.
+- **Silence**: :meth:`Normalizer.silent` makes a machine with ``stale_after_s`` ``offline`` when
+  no sample of it was accepted for that long (the collector calls it periodically); data coming
+  back ends it (see there).
 
 Keys are replay-stable: ``time_ns`` is the sample's source time, bumped to ``last + 1`` when it is
 not after the last fact emitted for the same (machine, signal), so keys are unique within a
@@ -64,7 +67,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -129,6 +132,8 @@ class _MachineState:
     last: _StateFact | None = None
     product: str | None = None
     resume_ns: int | None = None  # source back after an outage: the next state fact is not earlier
+    # offline because it went silent (see Normalizer.silent): the state it was in, given back when data returns
+    before_silence: str | None = None
 
 
 def _counter_entry(c: _Counter) -> dict[str, Any]:
@@ -140,7 +145,8 @@ def _machine_entry(ms: _MachineState) -> dict[str, Any]:
     if ms.last is not None:
         last = {"state": ms.last.state, "reason": ms.last.reason, "src_ns": ms.last.src_ns,
                 "time_ns": ms.last.time_ns, "by_reason": ms.last.by_reason}
-    return {"reason": ms.reason, "last_state": last, "product": ms.product, "resume_ns": ms.resume_ns}
+    return {"reason": ms.reason, "last_state": last, "product": ms.product, "resume_ns": ms.resume_ns,
+            "before_silence": ms.before_silence}
 
 
 def snapshot_from_entries(entries: dict[str, Any]) -> dict[str, Any]:
@@ -238,6 +244,11 @@ class Normalizer:
         self._times: dict[tuple[str, str], int] = {}
         self._mstate: dict[str, _MachineState] = {}
         self._dirty: set[str] = set()  # entry keys changed since the last changes() (see there)
+        # silence (see silent()): collector-clock ns of each machine's last accepted sample, not
+        # saved: after a restart the watch starts over from the start, so data a broker kept for
+        # a persistent session arrives before anything is declared silent
+        self._started_ns = clock()
+        self._seen: dict[str, int] = {}
 
     # ---- public -------------------------------------------------------------------------
     def feed(self, sample: Sample) -> list[Fact]:
@@ -259,16 +270,69 @@ class Normalizer:
         problem = self.time_problem(src_ns)
         if problem is not None:
             raise NormalizeError("bad_time", f"{machine.id}.{sample.signal}: source time {problem}")
-        name = sample.signal
+        facts = self._dispatch(line, machine.id, sample.signal, sig, sample.value, src_ns)
+        # an accepted sample is data: a silent machine is back (a refused one leaves it silent)
+        self._seen[machine.id] = self._clock()
+        ms = self._mstate.get(machine.id)
+        if ms is not None and ms.before_silence is not None:
+            if sample.signal == STATE_SIGNAL:
+                ms.before_silence = None  # its own state says where it is now (or that it is offline)
+                self._dirty.add(f"m/{machine.id}")
+            else:
+                facts += self._heard_again(line, machine.id, ms, src_ns)
+        return facts
+
+    def _dispatch(self, line: str, machine: str, name: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
         if name in COUNTER_SIGNALS:
-            return self._counter(line, machine.id, name, sig, sample.value, src_ns)
+            return self._counter(line, machine, name, sig, value, src_ns)
         if name == STATE_SIGNAL:
-            return self._state(line, machine.id, sig, sample.value, src_ns)
+            return self._state(line, machine, sig, value, src_ns)
         if name == REASON_SIGNAL:
-            return self._reason(line, machine.id, sample.value, src_ns)
+            return self._reason(line, machine, value, src_ns)
         if name == PRODUCT_SIGNAL:
-            return self._product(line, machine.id, sample.value, src_ns)
-        return self._gauge(line, machine.id, name, sig, sample.value, src_ns)
+            return self._product(line, machine, value, src_ns)
+        return self._gauge(line, machine, name, sig, value, src_ns)
+
+    def silent(self, machines: Collection[str] | None = None) -> list[Fact]:
+        """Machines (of ``machines``, default all) with ``stale_after_s`` and a ``state`` signal
+        that have sent no accepted sample for that long (by the collector's clock, counted from
+        this normalizer's start at the earliest) become ``offline``: one state fact each, at the
+        moment the silence reached ``stale_after_s``. When data returns, the machine is back in
+        the state it was in (or the one its new state sample says), stamped at that data's source
+        time and never before the offline fact. A machine never heard of has no state to leave."""
+        now = self._clock()
+        out: list[Fact] = []
+        for machine_id in self._machines if machines is None else machines:
+            entry = self._machines.get(machine_id)
+            if entry is None:
+                continue
+            line, m = entry
+            ms = self._mstate.get(m.id)
+            if m.stale_after_s is None or STATE_SIGNAL not in m.signals or ms is None or ms.last is None:
+                continue
+            if ms.last.state == OFFLINE:
+                continue  # silent already, or its source unreachable
+            since = max(self._seen.get(m.id, self._started_ns), self._started_ns) + int(m.stale_after_s * 1e9)
+            if now < since:
+                continue
+            t = self._stamp(m.id, STATE_SIGNAL, since)
+            ms.before_silence, ms.resume_ns = ms.last.state, None
+            ms.last = _StateFact(OFFLINE, None, since, t, by_reason=False)
+            self._dirty.add(f"m/{m.id}")
+            out.append(Fact("state", t, line, m.id, STATE_SIGNAL, OFFLINE))
+        return out
+
+    def _heard_again(self, line: str, machine: str, ms: _MachineState, src_ns: int) -> list[Fact]:
+        before, ms.before_silence = ms.before_silence, None
+        self._dirty.add(f"m/{machine}")
+        last = ms.last
+        if before is None or last is None or last.state != OFFLINE:
+            return []
+        reason = None if before == "running" else ms.reason
+        t = self._stamp(machine, STATE_SIGNAL, src_ns)  # after the offline fact: never backdated over it
+        ms.last = _StateFact(before, reason, src_ns, t, by_reason=False)
+        log.info("%s: data again after silence; back %s", machine, before)
+        return [Fact("state", t, line, machine, STATE_SIGNAL, before, reason=reason)]
 
     def time_problem(self, src_ns: int) -> str | None:
         """Why a source time (epoch ns) is not sane now, or None when it is."""
@@ -387,9 +451,11 @@ class Normalizer:
                 reason = d["reason"]
                 product = d["product"]
                 resume = d.get("resume_ns")
+                silent = d.get("before_silence")  # absent from states saved before silence was watched
                 mstate[m] = _MachineState(None if reason is None else int(reason), last,
                                           None if product is None else str(product),
-                                          None if resume is None else int(resume))
+                                          None if resume is None else int(resume),
+                                          None if silent is None else str(silent))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed normalizer snapshot: {e!r}") from None
         dropped = self._drop_future(counters, times, mstate)

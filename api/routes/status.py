@@ -42,6 +42,10 @@ class MachineStatus(BaseModel):
                                                "tells, at most 7 days back); null when offline without data")
     last_data: datetime | None = Field(description="Time of the machine's newest fact of any kind in the store "
                                                    "(null: none)")
+    stale: bool = Field(default=False, description="Its newest data is older than the machine's stale_after_s "
+                                                   "at as_of (or there is none): what the store says may be out "
+                                                   "of date, e.g. the collector stopped. Always false for a "
+                                                   "machine without stale_after_s")
 
 
 class ShiftCounts(BaseModel):
@@ -90,10 +94,11 @@ EXAMPLE: dict[str, Any] = {
     "oee": {"availability": 0.93, "performance": 0.88, "quality": 0.985, "oee": 0.806, "no_data": False},
     "machines": [
         {"id": "cnc-1", "name": "5-axis CNC 1", "state": "running", "reason": None,
-         "since": "2026-11-27T10:21:07.412000+09:00", "last_data": "2026-11-27T10:29:58.120000+09:00"},
+         "since": "2026-11-27T10:21:07.412000+09:00", "last_data": "2026-11-27T10:29:58.120000+09:00",
+         "stale": False},
         {"id": "cnc-2", "name": "5-axis CNC 2", "state": "down",
          "reason": {"code": 20, "label": "Spindle fault", "category": "breakdown"},
-         "since": "2026-11-27T10:27:45+09:00", "last_data": "2026-11-27T10:27:45+09:00"},
+         "since": "2026-11-27T10:27:45+09:00", "last_data": "2026-11-27T10:27:45+09:00", "stale": False},
     ],
 }
 
@@ -140,7 +145,9 @@ async def status(line: LineDep, plant: PlantDep, store: StoreDep, as_of: AsOfDep
         machines.append(MachineStatus(
             id=m.id, name=label(m.name, lang, m.id), state=state, reason=_reason(plant, now.reason, lang),
             since=from_ns(now.since_ns).astimezone(tz) if known else None,
-            last_data=from_ns(last[m.id]).astimezone(tz) if m.id in last else None))
+            last_data=from_ns(last[m.id]).astimezone(tz) if m.id in last else None,
+            stale=m.stale_after_s is not None and (m.id not in last
+                                                   or as_of_ns - last[m.id] > m.stale_after_s * 1e9)))
 
     so_far = figures.shift_so_far(plant, as_of)
     counts = oee_out = shift_info = None
