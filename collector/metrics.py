@@ -81,9 +81,9 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as _PromCollector
 
-from collector.pipeline import CollectorStats
 from collector.sources import SourceStats
 from collector.spool import SpoolStats
+from collector.stats import CollectorStats
 
 __all__ = ["WRITE_BUCKETS", "CollectorMetrics", "Observed"]
 
