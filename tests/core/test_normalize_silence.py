@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from itertools import pairwise
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.model import Fact, Sample, to_ns
 from core.normalize import NormalizeError, Normalizer
@@ -145,3 +148,50 @@ def test_a_restart_watches_from_its_start_and_keeps_a_silence_across() -> None:
     third = Normalizer(plant(), clock=clock)
     third.restore(again.snapshot())
     assert states(third.feed(s("m1", "temp", 2.0, 4000))) == [("m1", "running", ns(4000))]
+
+
+# ---- property --------------------------------------------------------------------------------
+
+ops_st = st.lists(st.one_of(
+    st.tuples(st.just("state"), st.floats(0, 50), st.sampled_from([1, 3])),
+    st.tuples(st.just("temp"), st.floats(0, 50), st.just(0)),
+    st.tuples(st.just("check"), st.floats(0, 50), st.just(0)),
+    st.tuples(st.just("restart"), st.floats(0, 50), st.just(0))), max_size=60)
+
+
+@given(ops_st)
+@settings(max_examples=300, deadline=None)
+def test_offline_exactly_for_silences_and_never_backdated(ops: list[tuple[str, float, int]]) -> None:
+    clock = Clock(0)
+    n = Normalizer(plant(), clock=clock)
+    started, seen = 0.0, None  # collector-clock seconds: this run's start, last accepted sample
+    state_facts: list[tuple[str, int]] = []  # (state, time_ns) of m1, in emission order
+    known = False  # m1 has a state (nothing to leave before its first one)
+    for op, dt, code in ops:
+        clock.t += dt
+        if op == "restart":
+            n2 = Normalizer(plant(), clock=clock)
+            n2.restore(n.snapshot())
+            n, started, seen = n2, clock.t, None
+            continue
+        if op == "check":
+            facts = n.silent()
+            ref = max(seen if seen is not None else started, started)
+            silent_now = known and state_facts[-1][0] != "offline" and clock.t - ref >= 30
+            assert bool(facts) == silent_now
+            for f in facts:
+                assert f.time_ns >= ns(ref + 30)  # at the moment the silence reached 30 s (or after)
+                state_facts.append(("offline", f.time_ns))
+            continue
+        was_offline = known and state_facts[-1][0] == "offline"
+        facts = n.feed(s("m1", op, code if op == "state" else 1.5, clock.t))
+        seen = clock.t
+        new = [(str(f.value), f.time_ns) for f in facts if f.kind == "state"]
+        if op == "state":
+            known = True
+        if was_offline:
+            assert new, "data came back but the machine stayed offline"
+        state_facts += new
+    times = [t for _, t in state_facts]
+    assert times == sorted(times) and len(set(times)) == len(times)  # never backdated, keys unique
+    assert all(not (a == b == "offline") for (a, _), (b, _) in pairwise(state_facts))
