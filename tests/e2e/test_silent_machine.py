@@ -25,6 +25,7 @@ import httpx
 from api.app import create_app
 from api.auth import Auth
 from collector.pipeline import Collector
+from collector.spool import Spool
 from core.plant import Plant, parse_plant
 from core.store.sqlite import SqliteStore
 from tests.collector.conftest import Publisher
@@ -145,6 +146,52 @@ async def test_a_silent_machine_is_offline_in_the_api_and_back_when_its_data_ret
             assert ms["lathe"]["state"] == "running"
         changes = await store.state_changes(["press"], 0, 4_000_000_000_000_000_000)
         assert [c.state for c in changes] == ["running", "offline", "running"]
+    finally:
+        pub.close()
+        await store.close()
+
+
+async def test_a_restart_reads_what_the_persistent_session_kept_before_judging_silence(
+        mosquitto_broker: Mosquitto, tmp_path: Path) -> None:
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    p = plant(mosquitto_broker, prefix)
+    db, spool_dir = tmp_path / "facts.db", tmp_path / "spool"
+    store = SqliteStore(db)
+    await store.open()
+    pub = Publisher(mosquitto_broker)
+
+    async def send(mid: str, **values: int) -> None:
+        await pub.publish(f"{prefix}/{mid}", {"ts": now_ms(), **values})
+
+    try:
+        with Spool(spool_dir) as spool:
+            first = Collector(p, store, spool=spool, flush_interval_s=FLUSH_S)
+            async with collector_running(first):
+                async with asyncio.timeout(20):
+                    await first.wait_ready()
+                await send("press", good=0, state=1)
+                async with asyncio.timeout(20):
+                    await first.wait_until(lambda s: s.samples_in >= 2)
+                    await first.wait_idle()
+        # away for longer than stale_after_s (the point of this test), while the press goes on
+        # publishing: the broker keeps its messages for the collector's session
+        await send("press", good=1, state=3)
+        await asyncio.sleep(STALE_S * 1.5)
+        await send("press", good=2, state=3)
+        with Spool(spool_dir) as spool:
+            second = Collector(p, store, spool=spool, flush_interval_s=FLUSH_S)
+            async with collector_running(second), api(p, db) as client:
+                async with asyncio.timeout(20):
+                    await second.wait_ready()
+                    await second.wait_until(lambda s: s.samples_in >= 4)
+                # what waited arrives first: the press is down, not offline for the time it was away
+                ms = await poll(client, "press down", lambda ms: ms["press"]["state"] == "down", 10)
+                down_since = datetime.fromisoformat(ms["press"]["since"])
+                await poll(client, "press offline", lambda ms: ms["press"]["state"] == "offline",
+                           STALE_S + FLUSH_S + SLACK_S + 1)
+        changes = await store.state_changes(["press"], 0, 4_000_000_000_000_000_000)
+        assert [c.state for c in changes] == ["running", "down", "offline"]
+        assert changes[2].time_ns / 1e9 >= down_since.timestamp() + STALE_S
     finally:
         pub.close()
         await store.close()
