@@ -23,8 +23,9 @@ Tasks (all in one ``asyncio.TaskGroup``, all named):
   crash the saved state matches the spooled facts exactly, and whatever was not acknowledged is
   re-delivered by the broker; OPC UA counters are cumulative, so the first reading after a
   restart carries whatever the lost moments counted.
-- ``writer``: reads the oldest spooled batches (up to ``batch_size`` facts, or what is there once
-  the oldest waited ``flush_interval_s``), writes them to the store, and deletes them from the
+- ``writer`` (:class:`~collector.writer.StoreWriter`): reads the oldest spooled batches (up to
+  ``batch_size`` facts, or what is there once the oldest waited ``flush_interval_s``), writes
+  them to the store, and deletes them from the
   spool only once the store confirmed. A store outage leaves them in the spool and is retried with
   capped, jittered backoff; fact keys are replay-stable and store writes idempotent, so a batch
   written twice (crash between write and confirm) is stored once. A batch the store refuses
