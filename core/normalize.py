@@ -329,6 +329,9 @@ class Normalizer:
         if before is None or last is None or last.state != OFFLINE:
             return []
         reason = None if before == "running" else ms.reason
+        if ms.resume_ns is not None:
+            # its source was also unreachable meanwhile: not before it came back (as _state does)
+            src_ns, ms.resume_ns = max(src_ns, ms.resume_ns), None
         t = self._stamp(machine, STATE_SIGNAL, src_ns)  # after the offline fact: never backdated over it
         ms.last = _StateFact(before, reason, src_ns, t, by_reason=False)
         log.info("%s: data again after silence; back %s", machine, before)

@@ -195,3 +195,16 @@ def test_offline_exactly_for_silences_and_never_backdated(ops: list[tuple[str, f
     times = [t for _, t in state_facts]
     assert times == sorted(times) and len(set(times)) == len(times)  # never backdated, keys unique
     assert all(not (a == b == "offline") for (a, _), (b, _) in pairwise(state_facts))
+
+
+def test_a_source_outage_during_a_silence_is_not_backdated_over_either() -> None:
+    clock = Clock(0)
+    n = Normalizer(plant(), clock=clock)
+    n.feed(s("m1", "state", 1, 0))
+    clock.t = 30
+    assert states(n.silent()) == [("m1", "offline", ns(30))]
+    assert n.source_offline("plc-1", T0 + timedelta(seconds=40)) != []  # m2 goes offline; m1 already is
+    n.source_online("plc-1", T0 + timedelta(seconds=100))
+    clock.t = 101
+    # a value kept from before the outage (older source time): back no earlier than the link
+    assert states(n.feed(s("m1", "temp", 3.0, 50))) == [("m1", "running", ns(100))]
