@@ -45,6 +45,8 @@ Store and facts
   facts left unwritten at stop).
 - ``mieruka_offline_facts_total``: ``offline`` state facts the collector made because a source
   was unreachable.
+- ``mieruka_silent_facts_total``: ``offline`` state facts the collector made because a machine
+  sent nothing for its ``stale_after_s`` while its source stayed up.
 - ``mieruka_last_write_timestamp_seconds``: Unix time the store last confirmed a batch; 0
   before the first one.
 
@@ -72,16 +74,46 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as _PromCollector
 
-__all__ = ["WRITE_BUCKETS", "CollectorMetrics"]
+from collector.sources import SourceStats
+from collector.spool import SpoolStats
+from collector.stats import CollectorStats
+
+__all__ = ["WRITE_BUCKETS", "CollectorMetrics", "Observed"]
 
 # store writes: a few ms for a local SQLite batch, up to the timeout of a struggling InfluxDB
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class _HasSourceStats(Protocol):
+    @property
+    def stats(self) -> SourceStats: ...
+
+
+class _HasSpoolStats(Protocol):
+    @property
+    def stats(self) -> SpoolStats: ...
+
+
+class Observed(Protocol):
+    """What the metrics read of a collector (:class:`~collector.pipeline.Collector` is one): its
+    stats, its sources' stats and its spool's stats, typed, so a renamed field fails mypy
+    rather than reading as 0."""
+
+    @property
+    def stats(self) -> CollectorStats: ...
+
+    @property
+    def sources(self) -> Mapping[str, _HasSourceStats]: ...
+
+    @property
+    def spool(self) -> _HasSpoolStats | None: ...
 
 
 def _copy(counter: Mapping[str, int] | None) -> dict[str, int]:
@@ -96,15 +128,10 @@ def _copy(counter: Mapping[str, int] | None) -> dict[str, int]:
     return {}
 
 
-def _num(obj: Any, name: str, default: float = 0) -> float:
-    v = getattr(obj, name, default)
-    return float(v) if v is not None else float(default)
-
-
 class _StatsCollector(_PromCollector):
     """Reads a collector's stats into metric families at scrape time."""
 
-    def __init__(self, collector: Any) -> None:
+    def __init__(self, collector: Observed) -> None:
         self._c = collector
 
     def collect(self) -> Iterable[Metric]:
@@ -112,19 +139,18 @@ class _StatsCollector(_PromCollector):
         stats = c.stats
         yield from self._sources(c, stats)
         yield from self._store(c, stats)
-        spool = getattr(c, "spool", None)
+        spool = c.spool
         if spool is not None:
             yield from self._spool(spool.stats)
         dead = CounterMetricFamily("mieruka_dead_letters_total",
                                    "Samples or messages the collector could not use, by kind.", labels=["kind"])
-        for kind, n in sorted(_copy(getattr(stats, "dead_letters", None)).items()):
+        for kind, n in sorted(_copy(stats.dead_letters).items()):
             dead.add_metric([kind], n)
         yield dead
         yield CounterMetricFamily("mieruka_mqtt_acks_total",
-                                  "MQTT messages acknowledged (once their data was spooled).",
-                                  value=_num(stats, "acks"))
+                                  "MQTT messages acknowledged (once their data was spooled).", value=stats.acks)
 
-    def _sources(self, c: Any, stats: Any) -> Iterator[Metric]:
+    def _sources(self, c: Observed, stats: CollectorStats) -> Iterator[Metric]:
         def fam(name: str, doc: str, gauge: bool = False) -> CounterMetricFamily | GaugeMetricFamily:
             cls = GaugeMetricFamily if gauge else CounterMetricFamily
             return cls(name, doc, labels=["source"])
@@ -138,71 +164,69 @@ class _StatsCollector(_PromCollector):
         restarts = fam("mieruka_source_restarts_total", "Far-end (PLC) restarts seen on the connection.")
         errors = CounterMetricFamily("mieruka_source_errors_total", "Input the source dropped, by kind.",
                                      labels=["source", "kind"])
-        by_source = _copy(getattr(stats, "facts_by_source", None))
-        sources: dict[str, Any] = dict(getattr(c, "sources", None) or {})
+        by_source = _copy(stats.facts_by_source)
+        sources = dict(c.sources)
         for sid in sorted(set(sources) | set(by_source)):
-            s = getattr(sources.get(sid), "stats", None)
             facts.add_metric([sid], by_source.get(sid, 0))
-            if s is None:  # facts of a source the collector no longer lists
+            src = sources.get(sid)
+            if src is None:  # facts of a source the collector no longer lists
                 continue
-            samples.add_metric([sid], _num(s, "samples"))
-            messages.add_metric([sid], _num(s, "messages"))
-            connected.add_metric([sid], 1.0 if getattr(s, "connected", False) else 0.0)
-            reconnects.add_metric([sid], max(0.0, _num(s, "connects") - 1))
-            losses.add_metric([sid], _num(s, "losses"))
-            restarts.add_metric([sid], _num(s, "restarts"))
-            for kind, n in sorted(_copy(getattr(s, "errors", None)).items()):
+            s = src.stats
+            samples.add_metric([sid], s.samples)
+            messages.add_metric([sid], s.messages)
+            connected.add_metric([sid], 1.0 if s.connected else 0.0)
+            reconnects.add_metric([sid], max(0, s.connects - 1))
+            losses.add_metric([sid], s.losses)
+            restarts.add_metric([sid], s.restarts)
+            for kind, n in sorted(_copy(s.errors).items()):
                 errors.add_metric([sid, kind], n)
         yield from (samples, messages, facts, connected, reconnects, losses, restarts, errors)
 
-    def _store(self, c: Any, stats: Any) -> Iterator[Metric]:
+    def _store(self, c: Observed, stats: CollectorStats) -> Iterator[Metric]:
         yield CounterMetricFamily("mieruka_facts_written_total", "Facts the store confirmed.",
-                                  value=_num(stats, "facts_written"))
+                                  value=stats.facts_written)
         yield GaugeMetricFamily("mieruka_facts_pending", "Facts made but not yet confirmed by the store.",
-                                value=_num(stats, "pending"))
-        up = getattr(stats, "store_up", None)
-        if up is None:  # a pipeline from before stats.store_up
-            up = not getattr(c, "_store_down", False)
+                                value=stats.pending)
         yield GaugeMetricFamily("mieruka_store_up", "1 while the store accepts writes, else 0.",
-                                value=1.0 if up else 0.0)
+                                value=1.0 if stats.store_up else 0.0)
         yield CounterMetricFamily("mieruka_store_write_failures_total",
-                                  "Store write attempts that failed and are retried.",
-                                  value=_num(stats, "write_failures"))
+                                  "Store write attempts that failed and are retried.", value=stats.write_failures)
         yield CounterMetricFamily("mieruka_facts_rejected_total",
                                   "Facts the store refused, set aside in the spool's quarantine.",
-                                  value=_num(stats, "facts_rejected"))
-        spool = getattr(c, "spool", None)
+                                  value=stats.facts_rejected)
+        spool = c.spool
         dropped = CounterMetricFamily("mieruka_facts_dropped_total", "Facts given up, by reason.", labels=["reason"])
-        dropped.add_metric(["spool_full"], _num(spool.stats, "dropped_facts") if spool is not None else 0.0)
-        dropped.add_metric(["shutdown"], _num(stats, "facts_dropped"))
+        dropped.add_metric(["spool_full"], spool.stats.dropped_facts if spool is not None else 0.0)
+        dropped.add_metric(["shutdown"], stats.facts_dropped)
         yield dropped
         yield CounterMetricFamily("mieruka_offline_facts_total",
                                   "Offline state facts made because a source was unreachable.",
-                                  value=_num(stats, "offline_facts"))
-        last: datetime | None = getattr(stats, "last_flush", None)
+                                  value=stats.offline_facts)
+        yield CounterMetricFamily("mieruka_silent_facts_total",
+                                  "Offline state facts made because a machine sent nothing for its stale_after_s.",
+                                  value=stats.silent_facts)
+        last = stats.last_flush
         yield GaugeMetricFamily("mieruka_last_write_timestamp_seconds",
                                 "Unix time the store last confirmed a batch; 0 before the first one.",
                                 value=last.timestamp() if last is not None else 0.0)
 
-    def _spool(self, s: Any) -> Iterator[Metric]:
-        yield GaugeMetricFamily("mieruka_spool_facts", "Facts in the spool, waiting for the store.",
-                                value=_num(s, "facts"))
-        yield GaugeMetricFamily("mieruka_spool_bytes", "Bytes the spool takes on disk.", value=_num(s, "bytes"))
-        yield GaugeMetricFamily("mieruka_spool_max_bytes", "The spool's size limit in bytes.",
-                                value=_num(s, "max_bytes"))
-        oldest: datetime | None = getattr(s, "oldest_spooled_at", None)
+    def _spool(self, s: SpoolStats) -> Iterator[Metric]:
+        yield GaugeMetricFamily("mieruka_spool_facts", "Facts in the spool, waiting for the store.", value=s.facts)
+        yield GaugeMetricFamily("mieruka_spool_bytes", "Bytes the spool takes on disk.", value=s.bytes)
+        yield GaugeMetricFamily("mieruka_spool_max_bytes", "The spool's size limit in bytes.", value=s.max_bytes)
+        oldest = s.oldest_spooled_at
         age = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest is not None else 0.0
         yield GaugeMetricFamily("mieruka_spool_oldest_age_seconds",
                                 "Age of the oldest spooled fact in seconds; 0 when the spool is empty.", value=age)
         yield GaugeMetricFamily("mieruka_spool_quarantined_facts",
                                 "Facts the store refused, kept in the spool's quarantine.",
-                                value=_num(s, "quarantined"))
+                                value=s.quarantined)
 
 
 class CollectorMetrics:
-    """The Prometheus view of one collector (duck-typed: ``.stats``, ``.sources``, ``.spool``)."""
+    """The Prometheus view of one collector (:class:`Observed`: ``.stats``, ``.sources``, ``.spool``)."""
 
-    def __init__(self, collector: Any) -> None:
+    def __init__(self, collector: Observed) -> None:
         self.collector = collector
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(collector))
@@ -210,7 +234,7 @@ class CollectorMetrics:
                                        labelnames=["result"], buckets=WRITE_BUCKETS, registry=self.registry)
         self._ok = self.write_seconds.labels(result="ok")
         self._error = self.write_seconds.labels(result="error")
-        self._server: Any = None
+        self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def observe_write(self, seconds: float, ok: bool) -> None:

@@ -13,6 +13,9 @@ Tasks (all in one ``asyncio.TaskGroup``, all named):
   :class:`~collector.sources.SourceOffline` / :class:`~collector.sources.SourceOnline` to
   ``Normalizer.source_offline`` / ``source_online`` (the source's machines are ``offline`` in
   the store for the outage), :class:`~collector.sources.AckPoint` waits for the next commit.
+- ``silence``, when a selected machine has ``stale_after_s``: every tenth of the shortest one
+  (within 50 ms .. 1 s) asks ``Normalizer.silent`` which machines sent nothing for that long and
+  spools their ``offline`` facts (a broker does not tell when one machine stops publishing).
 - ``committer``: every ``commit_interval_s`` (group commit) appends the facts made since the last
   commit to the spool **together with what changed in the normalizer state** (rows by key:
   counter baselines, last fact times, last states) in one transaction, flushes the
@@ -20,8 +23,9 @@ Tasks (all in one ``asyncio.TaskGroup``, all named):
   crash the saved state matches the spooled facts exactly, and whatever was not acknowledged is
   re-delivered by the broker; OPC UA counters are cumulative, so the first reading after a
   restart carries whatever the lost moments counted.
-- ``writer``: reads the oldest spooled batches (up to ``batch_size`` facts, or what is there once
-  the oldest waited ``flush_interval_s``), writes them to the store, and deletes them from the
+- ``writer`` (:class:`~collector.writer.StoreWriter`): reads the oldest spooled batches (up to
+  ``batch_size`` facts, or what is there once the oldest waited ``flush_interval_s``), writes
+  them to the store, and deletes them from the
   spool only once the store confirmed. A store outage leaves them in the spool and is retried with
   capped, jittered backoff; fact keys are replay-stable and store writes idempotent, so a batch
   written twice (crash between write and confirm) is stored once. A batch the store refuses
@@ -42,15 +46,15 @@ nothing survives the process (for tests and one-shot runs; ``mieruka collect`` a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
+from collector.config import CollectorConfig, CollectorKnobs
 from collector.sources import (
     AckPoint,
     Backoff,
@@ -62,62 +66,26 @@ from collector.sources import (
     SourceRestarted,
 )
 from collector.spool import SpoolFull, SpoolStats
-from core.model import Fact, Sample
+from collector.stats import CollectorStats, SpoolLike
+from collector.writer import GiveUp, StoreWriter
+from core.model import COUNTER_SIGNALS, Fact, Sample
 from core.normalize import (
-    DEFAULT_MAX_CLOCK_AHEAD_S,
     NormalizeError,
     Normalizer,
     entries_from_snapshot,
+    fastest_cycle_s,
     snapshot_from_entries,
 )
 from core.plant import Plant
-from core.store.base import FactRefused, Store, StoreError, StoreUnavailable
+from core.store.base import Store
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Collector", "CollectorConfig", "CollectorStats", "MemorySpool", "SourcesFactory", "SpoolLike",
+           "build_sources"]
+
 STATE_VERSION = 1
 META_KEY = "collector"  # the collector's own state entry (version, OPC UA start times) among the normalizer's
-
-
-@dataclass
-class CollectorStats:
-    """Live counters of a :class:`Collector`; wait on them with :meth:`Collector.wait_until`."""
-
-    samples_in: int = 0  # samples taken from the sources
-    facts_out: int = 0  # facts the normalizer made
-    facts_by_source: Counter[str] = field(default_factory=Counter)  # facts made, by source id
-    offline_facts: int = 0  # offline state facts made for source outages
-    facts_spooled: int = 0  # facts committed to the spool
-    facts_written: int = 0  # facts the store confirmed
-    pending: int = 0  # facts made but not yet confirmed by the store (unspooled + spooled)
-    batches_written: int = 0
-    write_failures: int = 0  # store.write attempts that failed and are retried (unavailable, or another error)
-    store_up: bool = True  # the last write attempt succeeded (or none failed yet)
-    facts_rejected: int = 0  # facts the store refused (FactRefused): set aside in the spool's quarantine
-    facts_dropped: int = 0  # facts lost: memory spool not drained at shutdown
-    acks: int = 0  # upstream messages acknowledged after their facts were durable (all sources)
-    commits: int = 0  # spool commits
-    restarts: int = 0  # source restart markers handed to the normalizer
-    dead_letters: Counter[str] = field(default_factory=Counter)  # refused input, by kind
-    last_flush: datetime | None = None  # when the store last confirmed a batch
-
-
-class SpoolLike(Protocol):
-    """What the pipeline needs of a spool (:class:`collector.spool.Spool` or :class:`MemorySpool`)."""
-
-    durable: bool
-
-    @property
-    def stats(self) -> SpoolStats: ...
-
-    def append(self, facts: Sequence[Fact], state: dict[str, Any] | None = None,
-               entries: dict[str, Any] | None = None) -> int | None: ...
-
-    def peek(self, max_facts: int) -> list[tuple[int, list[Fact]]]: ...
-
-    def confirm(self, upto_seq: int, quarantine: Sequence[tuple[Fact, str]] = ()) -> None: ...
-
-    def load_entries(self) -> dict[str, Any]: ...
 
 
 class MemorySpool:
@@ -173,8 +141,12 @@ class MemorySpool:
         return dict(self._entries)
 
 
-class _GiveUp(Exception):
-    pass
+class SourcesFactory(Protocol):
+    """What makes a collector's sources (:func:`build_sources`; a test or an embedding may pass its own)."""
+
+    def __call__(self, plant: Plant, lines: Collection[str] | None = None, *, client_id: str | None = None,
+                 start_times: dict[str, datetime] | None = None,
+                 dead_letters: DeadLetterSink | None = None) -> list[SampleSource]: ...
 
 
 def build_sources(plant: Plant, lines: Collection[str] | None = None, *, client_id: str | None = None,
@@ -226,50 +198,48 @@ def build_sources(plant: Plant, lines: Collection[str] | None = None, *, client_
 class Collector:
     """Collects the plant's (or ``lines``') signals into ``store`` through ``spool`` until stopped.
 
-    The normalizer continues from the state saved in the spool (or ``normalizer_state``, a
-    :meth:`Normalizer.snapshot`, when given). ``sources`` replaces the sources built from the
-    plant (a test seam). ``dead_letters`` receives refused input with its reason and raw bytes.
-    ``on_write(seconds, ok)`` is called after every store write attempt (metrics). Source times
-    more than ``max_clock_ahead_s`` ahead of ``clock`` (epoch ns) are refused (``bad_time``)."""
+    Three parts: its configuration (``config``, a :class:`CollectorConfig`; any of its fields
+    may also be given as a keyword, which overrides it), its sources (made by
+    ``sources_factory``, default :func:`build_sources`; ``sources`` replaces them outright, a
+    test seam) and its :class:`~collector.writer.StoreWriter` (``self.writer``). The normalizer
+    continues from the state saved in the spool (or ``normalizer_state``, a
+    :meth:`Normalizer.snapshot`, when given). ``dead_letters`` receives refused input with its
+    reason and raw bytes. ``on_write(seconds, ok)`` is called after every store write attempt
+    (metrics). Source times more than ``max_clock_ahead_s`` ahead of ``clock`` (epoch ns) are
+    refused (``bad_time``)."""
 
     def __init__(
         self,
         plant: Plant,
         store: Store,
         *,
+        config: CollectorConfig | None = None,
         spool: SpoolLike | None = None,
-        batch_size: int = 5000,
-        flush_interval_s: float = 1.0,
-        commit_interval_s: float = 0.02,
-        max_unspooled: int = 100_000,
         lines: set[str] | None = None,
         client_id: str | None = None,
-        retry_initial_s: float = 0.2,
-        retry_max_s: float = 10.0,
-        drain_timeout_s: float = 30.0,
         normalizer_state: dict[str, Any] | None = None,
         sources: Sequence[SampleSource] | None = None,
+        sources_factory: SourcesFactory = build_sources,
         dead_letters: DeadLetterSink | None = None,
         on_write: Callable[[float, bool], None] | None = None,
-        max_clock_ahead_s: float = DEFAULT_MAX_CLOCK_AHEAD_S,
         clock: Callable[[], int] = time.time_ns,
+        **knobs: Unpack[CollectorKnobs],
     ) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        # the knobs given one by one override ``config`` (CollectorConfig checks them)
+        self.config = replace(config or CollectorConfig(), **knobs)
+        cfg = self.config
         self.plant = plant
         self.store = store
         self.spool: SpoolLike = spool if spool is not None else MemorySpool()
-        self.batch_size = batch_size
-        self.flush_interval_s = flush_interval_s
-        self.commit_interval_s = commit_interval_s
-        self.max_unspooled = max_unspooled
         self.lines = lines
-        self.retry_initial_s = retry_initial_s
-        self.retry_max_s = retry_max_s
-        self.drain_timeout_s = drain_timeout_s
         self.dead_letters = dead_letters
-        self.on_write = on_write
-        self.normalizer = Normalizer(plant, clock=clock, max_clock_ahead_s=max_clock_ahead_s)
+        self.normalizer = Normalizer(plant, clock=clock, max_clock_ahead_s=cfg.max_clock_ahead_s)
+        unbounded = sorted(m.id for ln, m in plant.machines() if (lines is None or ln.id in lines)
+                           and COUNTER_SIGNALS & m.signals.keys() and fastest_cycle_s(plant, m) is None)
+        if unbounded:
+            # said once: without an ideal cycle a preset or set-back counter cannot be told from production
+            log.warning("machines without ideal_cycle_s: their counter steps are not checked against what "
+                        "they could make (docs/architecture.md, \"Normalize rules\"): %s", ", ".join(unbounded))
         self._start_times: dict[str, datetime] = {}
         self._full_state_due = False  # the next commit saves the whole state, not just its changes
         saved = self.spool.load_entries() if normalizer_state is None else {}
@@ -278,8 +248,14 @@ class Collector:
         elif normalizer_state is not None:
             self.normalizer.restore(normalizer_state)
             self._full_state_due = True
+        # machines watched for silence (Normalizer.silent), and how often: a tenth of the shortest
+        # stale_after_s, within [50 ms, 1 s]; the offline fact carries the exact time either way
+        self._watched = [m.id for ln, m in plant.machines() if (lines is None or ln.id in lines)
+                         and m.stale_after_s is not None]
+        stale = [m.stale_after_s for _, m in plant.machines() if m.id in self._watched and m.stale_after_s]
+        self.silence_check_s = min(1.0, max(0.05, min(stale) / 10)) if stale else 0.0
         self.sources: dict[str, SampleSource] = {
-            s.source_id: s for s in (sources if sources is not None else build_sources(
+            s.source_id: s for s in (sources if sources is not None else sources_factory(
                 plant, lines, client_id=client_id, start_times=self._start_times, dead_letters=dead_letters))}
         self.stats = CollectorStats()
         counts = getattr(dead_letters, "counts", None)
@@ -290,11 +266,11 @@ class Collector:
         self._acks: list[AckPoint] = []
         self._dirty = asyncio.Event()  # committer: something to commit, or closing
         self._room = asyncio.Event()  # sources: the unspooled backlog went below max_unspooled
-        self._spooled = asyncio.Event()  # writer: a commit added facts, or closing
         self._progress = asyncio.Event()  # any stats change, for wait_until
         self._closing = False
-        self._committed_all = False
         self._give_up_at = float("inf")
+        self.writer = StoreWriter(store, self.spool, cfg, self.stats, on_write=on_write, progress=self._progress.set,
+                                  sync_pending=self._sync_pending, unspooled=lambda: len(self._unspooled))
         self._spool_full_logged = False
         self._ran = False
         self._sync_pending()
@@ -332,14 +308,17 @@ class Collector:
             raise RuntimeError("a Collector runs once")
         self._ran = True
         log.info("collector: %d sources (%s), batches of %d or every %.1fs, %s spool", len(self.sources),
-                 ", ".join(self.sources) or "none", self.batch_size, self.flush_interval_s,
+                 ", ".join(self.sources) or "none", self.config.batch_size, self.config.flush_interval_s,
                  "durable" if self.spool.durable else "in-memory")
         self._room.set()
         async with asyncio.TaskGroup() as tg:
             source_tasks = [tg.create_task(self._run_source(s), name=f"source:{sid}")
                             for sid, s in self.sources.items()]
+            if self._watched:
+                # stopped with the sources: nothing is declared silent while the collector closes
+                source_tasks.append(tg.create_task(self._silence_watch(), name="silence"))
             tg.create_task(self._committer(), name="committer")
-            tg.create_task(self._writer(), name="writer")
+            tg.create_task(self.writer.run(), name="writer")
             tg.create_task(self._stopper(stop, source_tasks), name="stopper")
         log.info("collector stopped: %d samples in, %d facts written, %d left in the spool", self.stats.samples_in,
                  self.stats.facts_written, self.spool.stats.facts)
@@ -354,9 +333,9 @@ class Collector:
             await asyncio.wait(source_tasks)
         log.info("collector stopping: writing %d pending facts", self.stats.pending)
         self._closing = True
-        self._give_up_at = time.monotonic() + self.drain_timeout_s
+        self._give_up_at = time.monotonic() + self.config.drain_timeout_s
+        self.writer.close(self._give_up_at)
         self._dirty.set()
-        self._spooled.set()
         self._room.set()
 
     async def _run_source(self, source: SampleSource) -> None:
@@ -385,13 +364,26 @@ class Collector:
                         self._start_times[item.source] = item.start_time
                     self._dirty.set()
                 n += 1
-                if len(self._unspooled) >= self.max_unspooled:
+                if len(self._unspooled) >= self.config.max_unspooled:
                     self._room.clear()
                     await self._room.wait()  # the spool is full ("block") or slow: stop reading
                 elif n % 1000 == 0:
                     # a source with a backlog answers __anext__ without ever suspending; without
                     # this the committer (and every other task) would starve while it drains
                     await asyncio.sleep(0)
+
+    async def _silence_watch(self) -> None:
+        """Machines that stopped publishing while their source stays up (a broker does not tell):
+        ``offline`` once silent for their ``stale_after_s`` (Normalizer.silent)."""
+        machines = {m.id: m for _, m in self.plant.machines()}
+        while True:
+            await asyncio.sleep(self.silence_check_s)
+            for f in self.normalizer.silent(self._watched):
+                m = machines[f.machine]
+                log.warning("%s silent for %gs: offline since %s until data returns", m.id, m.stale_after_s,
+                            f.time.isoformat(timespec="seconds"))
+                self.stats.silent_facts += 1
+                self._enqueue(m.source, [f])
 
     def _take(self, sample: Sample, feed: Callable[[Sample], list[Fact]]) -> None:
         self.stats.samples_in += 1
@@ -432,7 +424,7 @@ class Collector:
                 await self._dirty.wait()
                 continue
             if not self._closing:
-                await asyncio.sleep(self.commit_interval_s)  # group commit: let a burst gather
+                await asyncio.sleep(self.config.commit_interval_s)  # group commit: let a burst gather
             self._dirty.clear()
             # facts, acks and state taken at one instant (no await in between): consistent
             facts, self._unspooled = self._unspooled, []
@@ -440,7 +432,7 @@ class Collector:
             state = self._state_entries()
             try:
                 await self._append(facts, state)
-            except _GiveUp:
+            except GiveUp:
                 # stopping, and the spool stayed full ("block") with the store down: MQTT messages
                 # behind these facts were never acknowledged, so the broker delivers them again;
                 # OPC UA counters carry the lost increments into the first reading after a restart
@@ -449,7 +441,7 @@ class Collector:
                 self._unspooled = []
                 self._sync_pending()
                 log.error("spool still full %.0fs after stop: %d facts not spooled (unacknowledged MQTT messages "
-                          "are delivered again at the next start)", self.drain_timeout_s, lost)
+                          "are delivered again at the next start)", self.config.drain_timeout_s, lost)
                 break
             if self.dead_letters is not None:
                 flush = getattr(self.dead_letters, "flush", None)
@@ -464,13 +456,12 @@ class Collector:
             self.stats.commits += 1
             self.stats.facts_spooled += len(facts)
             self._sync_pending()
-            if len(self._unspooled) < self.max_unspooled:
+            if len(self._unspooled) < self.config.max_unspooled:
                 self._room.set()
             if facts:
-                self._spooled.set()
+                self.writer.wake()
             self._progress.set()
-        self._committed_all = True
-        self._spooled.set()
+        self.writer.all_committed()
 
     async def _append(self, facts: list[Fact], entries: dict[str, Any]) -> None:
         backoff = Backoff(0.05, 1.0)
@@ -479,7 +470,7 @@ class Collector:
                 await asyncio.to_thread(self.spool.append, facts, None, entries)
             except SpoolFull:
                 if self._closing and time.monotonic() >= self._give_up_at:
-                    raise _GiveUp from None
+                    raise GiveUp from None
                 if not self._spool_full_logged:
                     self._spool_full_logged = True
                     st = self.spool.stats
@@ -492,133 +483,6 @@ class Collector:
                 self._spool_full_logged = False
                 log.info("spool has room again")
             return
-
-    # ---- writing ---------------------------------------------------------------------------
-    async def _writer(self) -> None:
-        while True:
-            self._spooled.clear()
-            st = self.spool.stats
-            if st.facts == 0:
-                if self._committed_all:
-                    return
-                await self._spooled.wait()
-                continue
-            if st.facts < self.batch_size and not self._closing and st.oldest_spooled_at is not None:
-                age = (datetime.now(UTC) - st.oldest_spooled_at).total_seconds()
-                if age < self.flush_interval_s:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.flush_interval_s - age):
-                            while self.spool.stats.facts < self.batch_size and not self._closing:
-                                self._spooled.clear()
-                                await self._spooled.wait()
-                    continue
-            dropped_before = self.spool.stats.dropped_batches
-            batches = await asyncio.to_thread(self.spool.peek, self.batch_size)
-            if not batches:
-                continue
-            facts = [f for _, fs in batches for f in fs]
-            first_seq = batches[0][0]
-
-            async def still_spooled(dropped_before: int = dropped_before, first_seq: int = first_seq) -> bool:
-                # "drop-oldest" may delete these batches while the store is down: then they are
-                # counted as dropped and must not be written after all
-                if self.spool.stats.dropped_batches == dropped_before:
-                    return True
-                head = await asyncio.to_thread(self.spool.peek, 1)
-                return bool(head) and head[0][0] <= first_seq
-
-            refused: list[tuple[Fact, str]] = []
-            try:
-                # one spool batch (a group commit) may hold more than batch_size facts
-                written = True
-                for i in range(0, len(facts), self.batch_size):
-                    if not await self._write_isolating(facts[i:i + self.batch_size], refused, still_spooled):
-                        written = False
-                        break
-                if not written:
-                    continue
-            except _GiveUp:
-                left = self.spool.stats.facts
-                if self.spool.durable:
-                    log.error("store still unavailable %.0fs after stop: %d facts stay in the spool for the next "
-                              "start", self.drain_timeout_s, left)
-                else:
-                    self.stats.facts_dropped += left + len(self._unspooled)
-                    self.stats.pending = 0
-                    log.error("store still unavailable %.0fs after stop: %d facts are lost (no spool directory)",
-                              self.drain_timeout_s, left)
-                self._progress.set()
-                return
-            await asyncio.to_thread(self.spool.confirm, batches[-1][0], refused)
-            if refused:
-                self.stats.facts_rejected += len(refused)
-                log.error("store refused %d facts (first: %s); they are in the spool's quarantine (%d there now), "
-                          "the others are written", len(refused), refused[0][1], self.spool.stats.quarantined)
-            self._sync_pending()
-            self._progress.set()
-
-    async def _write_isolating(self, batch: list[Fact], refused: list[tuple[Fact, str]],
-                               still_wanted: Callable[[], Awaitable[bool]] | None) -> bool:
-        """Write ``batch``; when the store refuses it (:class:`FactRefused`), halve it until the
-        refused facts are alone and add those to ``refused``. Writes are idempotent by key, so
-        writing again the half that had been fine costs a request, never a double count. False
-        as :meth:`_write`."""
-        parts = [batch]
-        while parts:
-            part = parts.pop()
-            try:
-                if not await self._write(part, still_wanted):
-                    return False
-            except FactRefused as e:
-                if len(part) == 1:
-                    refused.append((part[0], str(e)))
-                else:
-                    mid = len(part) // 2
-                    parts += [part[mid:], part[:mid]]  # first half first
-        return True
-
-    async def _write(self, batch: list[Fact], still_wanted: Callable[[], Awaitable[bool]] | None = None) -> bool:
-        """Write ``batch``, retrying while the store is unavailable; False if ``still_wanted``
-        said no before a retry (the batch left the spool meanwhile)."""
-        backoff = Backoff(self.retry_initial_s, self.retry_max_s)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                await self.store.write(batch)
-            except FactRefused:
-                if self.on_write is not None:
-                    self.on_write(time.perf_counter() - t0, False)
-                raise
-            except StoreError as e:
-                # unavailable, or another failure that is not about these facts (credentials, a
-                # missing database, a broken file): retrying is all we can do, and nothing is lost
-                if self.on_write is not None:
-                    self.on_write(time.perf_counter() - t0, False)
-                self.stats.write_failures += 1
-                self._progress.set()
-                if self.stats.store_up:
-                    self.stats.store_up = False
-                    if isinstance(e, StoreUnavailable):
-                        log.warning("store unavailable (%s); %d facts wait in the spool, retrying", e,
-                                    self.stats.pending)
-                    else:
-                        log.error("store failed the write (%s); %d facts wait in the spool, retrying", e,
-                                  self.stats.pending)
-                if self._closing and time.monotonic() >= self._give_up_at:
-                    raise _GiveUp from e
-                await asyncio.sleep(backoff.next())
-                if still_wanted is not None and not await still_wanted():
-                    return False
-                continue
-            if self.on_write is not None:
-                self.on_write(time.perf_counter() - t0, True)
-            if not self.stats.store_up:
-                self.stats.store_up = True
-                log.info("store available again; %d facts pending", self.stats.pending)
-            self.stats.facts_written += len(batch)
-            self.stats.batches_written += 1
-            self.stats.last_flush = datetime.now(UTC)
-            return True
 
     # ---- waiting (tests, health) -------------------------------------------------------------
     # No timeout parameters: bound them at the call site, `async with asyncio.timeout(10): ...`.

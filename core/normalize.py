@@ -5,8 +5,9 @@ Rules (docs/architecture.md, "Normalize rules"):
 - **Counters** (``good``, ``scrap``, ``total``) become increments. The first value a counter
   reports is a baseline (no fact) unless restored state holds one. A value that drops wrapped
   if ``(new - old) mod 2**bits <= max_step`` (increment = that difference), otherwise the
-  counter was reset (increment = new). An increase is an increase (increment = new - old),
-  however large: a collector that was away for a while legitimately sees a big step.
+  counter was reset (increment = new). An increase is an increase (increment = new - old) as
+  long as the machine could have made it (a collector that was away for a while legitimately
+  sees a big step; see "Counter steps" below for what is too big).
   :meth:`Normalizer.source_restarted` marks the non-retentive counters of a source's machines
   so that their next value is taken as counting from 0 (increment = new), even if it did not
   drop. An increment of 0 makes no fact.
@@ -28,15 +29,31 @@ Rules (docs/architecture.md, "Normalize rules"):
   before it is stamped, so one PLC with a wrong clock can never move a signal's later facts to
   its future (keys are kept increasing per signal, see below). A saved state holding a time
   beyond that bound (from a version without this check) is dropped on restore for the same reason.
-- **Counter steps** must fit the stores' signed 64-bit integers: an increment of 2**63 or more is
-  no production (a 64-bit counter that jumped or was reset to a huge value); the counter is
-  re-baselined on it and the sample refused (``implausible_step``).
+- **Counter steps** must be parts the machine could have made. An increment (a forward step, a
+  wrap, a drop read as a reset, or the first value after a PLC restart) is *implausible* when it
+  is more than ``max(max_step, ceil(elapsed / ideal cycle * STEP_MARGIN))``, ``elapsed`` being the
+  source time since the counter's last value (0 when that is unknown or later), or 2**63 or more
+  (what the stores' signed 64-bit integers cannot hold). An implausible step is no production
+  (a PLC whose counter was preset, set back or reset to a high value while the collector was
+  away, a counter that jumped): the counter is re-baselined on the new value and the sample
+  refused (``implausible_step``), so the counts after it are right again. This holds for the
+  first reading after a collector restart from saved state too (the saved baseline carries its
+  source time). The ideal cycle is the machine's ``ideal_cycle_s``; for a machine with a
+  ``product`` signal it is the fastest of that and the plant's ``products`` ideal cycles (the
+  bound must hold whatever it makes). ``STEP_MARGIN`` (2) lets a machine beat its ideal cycle by
+  half (jitter between the counter's and the sample's times, rounded ideal cycles); beyond that
+  the count is not believable. A machine with no ideal cycle at all has no rate bound: only the
+  64-bit bound applies (its speed is unknown, and refusing real production would lose it), and
+  the collector warns about it once at start.
 - **Outages**: :meth:`Normalizer.source_offline` makes the machines of an unreachable source
   ``offline`` (one state fact each at the moment of loss); :meth:`Normalizer.source_online`
   records when it came back, and the first state after that is stamped no earlier than the
   recovery, so the store shows ``offline`` for exactly the time the collector had no link.
   Counts made during the outage arrive with the first reading after it (counters are
   cumulative), at that reading's source time.
+- **Silence**: :meth:`Normalizer.silent` makes a machine with ``stale_after_s`` ``offline`` when
+  no sample of it was accepted for that long (the collector calls it periodically); data coming
+  back ends it (see there).
 
 Keys are replay-stable: ``time_ns`` is the sample's source time, bumped to ``last + 1`` when it is
 not after the last fact emitted for the same (machine, signal), so keys are unique within a
@@ -50,7 +67,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -74,6 +91,8 @@ OFFLINE = "offline"
 MIN_SOURCE_NS = 946_684_800 * 1_000_000_000  # 2000-01-01T00:00:00Z: no plant data is older
 DEFAULT_MAX_CLOCK_AHEAD_S = 3600.0
 MAX_INCREMENT = (1 << 63) - 1  # what a signed 64-bit integer (both stores) holds
+# how much faster than its ideal cycle a machine is believed to count (see "Counter steps" above)
+STEP_MARGIN = 2.0
 
 
 class NormalizeError(Exception):
@@ -113,6 +132,8 @@ class _MachineState:
     last: _StateFact | None = None
     product: str | None = None
     resume_ns: int | None = None  # source back after an outage: the next state fact is not earlier
+    # offline because it went silent (see Normalizer.silent): the state it was in, given back when data returns
+    before_silence: str | None = None
 
 
 def _counter_entry(c: _Counter) -> dict[str, Any]:
@@ -124,7 +145,8 @@ def _machine_entry(ms: _MachineState) -> dict[str, Any]:
     if ms.last is not None:
         last = {"state": ms.last.state, "reason": ms.last.reason, "src_ns": ms.last.src_ns,
                 "time_ns": ms.last.time_ns, "by_reason": ms.last.by_reason}
-    return {"reason": ms.reason, "last_state": last, "product": ms.product, "resume_ns": ms.resume_ns}
+    return {"reason": ms.reason, "last_state": last, "product": ms.product, "resume_ns": ms.resume_ns,
+            "before_silence": ms.before_silence}
 
 
 def snapshot_from_entries(entries: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +179,19 @@ def entries_from_snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:
     for m, v in snapshot.get("machines", {}).items():
         out[f"m/{m}"] = v
     return out
+
+
+def fastest_cycle_s(plant: Plant, machine: Machine) -> float | None:
+    """The shortest ideal cycle ``machine`` may run at (see "Counter steps" above), or None."""
+    cycles = [machine.ideal_cycle_s] if machine.ideal_cycle_s is not None else []
+    if PRODUCT_SIGNAL in machine.signals:
+        cycles += [p.ideal_cycle_s for p in plant.products.values()]
+    return min(cycles) if cycles else None
+
+
+def step_allowance(elapsed_ns: int, cycle_s: float, max_step: int) -> int:
+    """The largest believable counter step in ``elapsed_ns`` of source time at ``cycle_s``."""
+    return max(max_step, math.ceil(elapsed_ns * STEP_MARGIN / (cycle_s * 1e9)))
 
 
 def _iso(ns: int) -> str:
@@ -204,10 +239,16 @@ class Normalizer:
         self._clock = clock
         self._ahead_ns = int(max_clock_ahead_s * 1_000_000_000)
         self._machines: dict[str, tuple[str, Machine]] = {m.id: (ln.id, m) for ln, m in plant.machines()}
+        self._cycles: dict[str, float | None] = {m.id: fastest_cycle_s(plant, m) for _, m in plant.machines()}
         self._counters: dict[tuple[str, str], _Counter] = {}
         self._times: dict[tuple[str, str], int] = {}
         self._mstate: dict[str, _MachineState] = {}
         self._dirty: set[str] = set()  # entry keys changed since the last changes() (see there)
+        # silence (see silent()): collector-clock ns of each machine's last accepted sample, not
+        # saved: after a restart the watch starts over from the start, so data a broker kept for
+        # a persistent session arrives before anything is declared silent
+        self._started_ns = clock()
+        self._seen: dict[str, int] = {}
 
     # ---- public -------------------------------------------------------------------------
     def feed(self, sample: Sample) -> list[Fact]:
@@ -229,16 +270,72 @@ class Normalizer:
         problem = self.time_problem(src_ns)
         if problem is not None:
             raise NormalizeError("bad_time", f"{machine.id}.{sample.signal}: source time {problem}")
-        name = sample.signal
+        facts = self._dispatch(line, machine.id, sample.signal, sig, sample.value, src_ns)
+        # an accepted sample is data: a silent machine is back (a refused one leaves it silent)
+        self._seen[machine.id] = self._clock()
+        ms = self._mstate.get(machine.id)
+        if ms is not None and ms.before_silence is not None:
+            if sample.signal == STATE_SIGNAL:
+                ms.before_silence = None  # its own state says where it is now (or that it is offline)
+                self._dirty.add(f"m/{machine.id}")
+            else:
+                facts += self._heard_again(line, machine.id, ms, src_ns)
+        return facts
+
+    def _dispatch(self, line: str, machine: str, name: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
         if name in COUNTER_SIGNALS:
-            return self._counter(line, machine.id, name, sig, sample.value, src_ns)
+            return self._counter(line, machine, name, sig, value, src_ns)
         if name == STATE_SIGNAL:
-            return self._state(line, machine.id, sig, sample.value, src_ns)
+            return self._state(line, machine, sig, value, src_ns)
         if name == REASON_SIGNAL:
-            return self._reason(line, machine.id, sample.value, src_ns)
+            return self._reason(line, machine, value, src_ns)
         if name == PRODUCT_SIGNAL:
-            return self._product(line, machine.id, sample.value, src_ns)
-        return self._gauge(line, machine.id, name, sig, sample.value, src_ns)
+            return self._product(line, machine, value, src_ns)
+        return self._gauge(line, machine, name, sig, value, src_ns)
+
+    def silent(self, machines: Collection[str] | None = None) -> list[Fact]:
+        """Machines (of ``machines``, default all) with ``stale_after_s`` and a ``state`` signal
+        that have sent no accepted sample for that long (by the collector's clock, counted from
+        this normalizer's start at the earliest) become ``offline``: one state fact each, at the
+        moment the silence reached ``stale_after_s``. When data returns, the machine is back in
+        the state it was in (or the one its new state sample says), stamped at that data's source
+        time and never before the offline fact. A machine never heard of has no state to leave."""
+        now = self._clock()
+        out: list[Fact] = []
+        for machine_id in self._machines if machines is None else machines:
+            entry = self._machines.get(machine_id)
+            if entry is None:
+                continue
+            line, m = entry
+            ms = self._mstate.get(m.id)
+            if m.stale_after_s is None or STATE_SIGNAL not in m.signals or ms is None or ms.last is None:
+                continue
+            if ms.last.state == OFFLINE:
+                continue  # silent already, or its source unreachable
+            since = max(self._seen.get(m.id, self._started_ns), self._started_ns) + int(m.stale_after_s * 1e9)
+            if now < since:
+                continue
+            t = self._stamp(m.id, STATE_SIGNAL, since)
+            ms.before_silence, ms.resume_ns = ms.last.state, None
+            ms.last = _StateFact(OFFLINE, None, since, t, by_reason=False)
+            self._dirty.add(f"m/{m.id}")
+            out.append(Fact("state", t, line, m.id, STATE_SIGNAL, OFFLINE))
+        return out
+
+    def _heard_again(self, line: str, machine: str, ms: _MachineState, src_ns: int) -> list[Fact]:
+        before, ms.before_silence = ms.before_silence, None
+        self._dirty.add(f"m/{machine}")
+        last = ms.last
+        if before is None or last is None or last.state != OFFLINE:
+            return []
+        reason = None if before == "running" else ms.reason
+        if ms.resume_ns is not None:
+            # its source was also unreachable meanwhile: not before it came back (as _state does)
+            src_ns, ms.resume_ns = max(src_ns, ms.resume_ns), None
+        t = self._stamp(machine, STATE_SIGNAL, src_ns)  # after the offline fact: never backdated over it
+        ms.last = _StateFact(before, reason, src_ns, t, by_reason=False)
+        log.info("%s: data again after silence; back %s", machine, before)
+        return [Fact("state", t, line, machine, STATE_SIGNAL, before, reason=reason)]
 
     def time_problem(self, src_ns: int) -> str | None:
         """Why a source time (epoch ns) is not sane now, or None when it is."""
@@ -357,9 +454,11 @@ class Normalizer:
                 reason = d["reason"]
                 product = d["product"]
                 resume = d.get("resume_ns")
+                silent = d.get("before_silence")  # absent from states saved before silence was watched
                 mstate[m] = _MachineState(None if reason is None else int(reason), last,
                                           None if product is None else str(product),
-                                          None if resume is None else int(resume))
+                                          None if resume is None else int(resume),
+                                          None if silent is None else str(silent))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed normalizer snapshot: {e!r}") from None
         dropped = self._drop_future(counters, times, mstate)
@@ -421,7 +520,7 @@ class Normalizer:
             # newer value already holds its count; reading it as a reset would count it again.
             # (A plausible step with an older time is a PLC clock set back: it counts.)
             return []
-        old, restarted = c.last, c.restarted
+        old, restarted, old_ns = c.last, c.restarted, c.src_ns
         c.last, c.restarted, c.src_ns = new, False, src_ns
         if restarted:
             inc = new
@@ -434,18 +533,25 @@ class Normalizer:
             inc = wrapped if wrapped <= sig.max_step else new
         if inc == 0:
             return []
-        problem = self._implausible(inc)
+        elapsed_ns = 0 if old_ns is None else max(0, src_ns - old_ns)
+        problem = self._implausible(inc, elapsed_ns, self._cycles.get(machine), sig.max_step)
         if problem is not None:
             # the new value is the baseline now (set above): the counts after it are right again
-            raise NormalizeError("implausible_step", f"{machine}.{name}: {old} -> {new} {problem}; "
+            was = "restart" if restarted else old
+            raise NormalizeError("implausible_step", f"{machine}.{name}: {was} -> {new} {problem}; "
                                  "taken as the new baseline, no parts counted")
         return [Fact("count", self._stamp(machine, name, src_ns), line, machine, name, inc)]
 
     @staticmethod
-    def _implausible(inc: int) -> str | None:
-        """Why an increment cannot be production, or None. (One place for further bounds.)"""
+    def _implausible(inc: int, elapsed_ns: int, cycle_s: float | None, max_step: int) -> str | None:
+        """Why an increment made in ``elapsed_ns`` of source time cannot be production, or None."""
         if inc > MAX_INCREMENT:
             return f"is a step of {inc}, more than a signed 64-bit integer holds"
+        if cycle_s is not None:
+            allowed = step_allowance(elapsed_ns, cycle_s, max_step)
+            if inc > allowed:
+                return (f"is a step of {inc} in {elapsed_ns / 1e9:g}s, more than the {allowed} a machine with a "
+                        f"{cycle_s:g}s ideal cycle can make (x{STEP_MARGIN:g}, at least max_step {max_step})")
         return None
 
     def _state(self, line: str, machine: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:

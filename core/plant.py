@@ -502,6 +502,9 @@ class Machine(_Model):
     id: Ident
     name: Name | None = None
     ideal_cycle_s: float | None = Field(default=None, gt=0, le=MAX_CYCLE_S)
+    # no accepted sample for this long: the machine is `offline` until data returns (None: never;
+    # a machine that reports only on change may be quiet for hours while idle)
+    stale_after_s: float | None = Field(default=None, gt=0, le=MAX_CYCLE_S)
     source: str
     output: bool = False
     signals: dict[str, Signal]

@@ -119,6 +119,7 @@ class MachineNow:
     reason: int | None
     since: datetime | None  # None: the store holds no state of it
     last_data: datetime | None
+    stale: bool = False  # newest data older than the machine's stale_after_s at as_of (or none at all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,8 +482,10 @@ class Figures:
         for m in line.machines:
             now = om.state_timeline(changes, m.id, as_of_ns, as_of_ns + 1)[-1]
             known = any(c.machine == m.id for c in changes)
+            stale = m.stale_after_s is not None and (m.id not in last
+                                                     or as_of_ns - last[m.id] > m.stale_after_s * 1e9)
             machines.append(MachineNow(m.id, now.state, now.reason, from_ns(now.since_ns) if known else None,
-                                       from_ns(last[m.id]) if m.id in last else None))
+                                       from_ns(last[m.id]) if m.id in last else None, stale))
         if so_far is not None:
             sw = so_far.window
             shift = sw

@@ -259,7 +259,7 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
             [board_page.head_children(statuses.get(i["id"]), tz, lang) for i in head_ids],
             [board_page.figs_children(line(i), statuses.get(i["id"]), tps.get(i["id"]), w, lang) for i in figs_ids],
             [board_page.progress_children(statuses.get(i["id"]), lang) for i in prog_ids],
-            [board_page.strip_children(statuses.get(i["id"]), lang, query) for i in strip_ids],
+            [board_page.strip_children(statuses.get(i["id"]), lang, query, tz) for i in strip_ids],
             [patch_figure(tile_figure(tps.get(i["id"]), line(i), w, tz, lang, None if single else CHART_HEIGHT))
              for i in chart_ids],
         )

@@ -137,6 +137,7 @@ class MachineStatus:
     reason: Reason | None
     since: datetime | None
     last_data: datetime | None
+    stale: bool = False  # no data for longer than its stale_after_s: the state shown may be out of date
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,7 +417,7 @@ class ApiClient:
                 m["id"], m["name"], _state(m["state"]),
                 None if m.get("reason") is None else Reason(int(m["reason"]["code"]), m["reason"].get("label"),
                                                             m["reason"].get("category")),
-                _time(m.get("since")), _time(m.get("last_data"))) for m in d["machines"]))
+                _time(m.get("since")), _time(m.get("last_data")), m.get("stale") is True) for m in d["machines"]))
 
     def line_oee(self, line_id: str, *, start: datetime, end: datetime, bucket: str | None = None,
                  lang: Lang | None = None) -> Oee:

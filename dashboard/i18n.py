@@ -23,6 +23,8 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "api_error": {"ja": "APIエラー", "en": "API error"},
     "last_data": {"ja": "表示は最終取得時点のデータです", "en": "showing the last data received"},
     "replay": {"ja": "再生", "en": "Replay"},
+    "stale": {"ja": "データ途絶（最終 {time}）", "en": "no data since {time}"},
+    "stale_never": {"ja": "データなし", "en": "no data"},
     "target_line": {"ja": "目標", "en": "Target"},
     "expected": {"ja": "現時点の目標", "en": "Expected by now"},
     "shift_target": {"ja": "シフト目標", "en": "Shift target"},

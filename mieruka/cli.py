@@ -164,7 +164,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
                                   max_clock_ahead_s=args.max_clock_ahead_s)
             if args.metrics_port is not None:
                 metrics = CollectorMetrics(collector)
-                collector.on_write = metrics.observe_write
+                collector.writer.on_write = metrics.observe_write
                 try:
                     port = metrics.serve(args.metrics_port, args.metrics_host)
                 except OSError as e:

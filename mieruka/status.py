@@ -211,6 +211,9 @@ def render_status(text: str, *, now: datetime | None = None) -> str:
     offline = snap.get("mieruka_offline_facts_total")
     if offline:
         lines.append(("offline facts", _n(offline)))
+    silent = snap.get("mieruka_silent_facts_total")
+    if silent:
+        lines.append(("silences", f"{_n(silent)} machines made offline: nothing from them for their stale_after_s"))
 
     out = [k.ljust(_KEY_W) + v for k, v in lines]
 

@@ -40,6 +40,10 @@ class MachineStatus(BaseModel):
                                                "when offline without data")
     last_data: datetime | None = Field(description="Time of the machine's newest fact of any kind in the store "
                                                    "(null: none)")
+    stale: bool = Field(default=False, description="Its newest data is older than the machine's stale_after_s "
+                                                   "at as_of (or there is none): what the store says may be out "
+                                                   "of date, e.g. the collector stopped. Always false for a "
+                                                   "machine without stale_after_s")
 
 
 class ShiftCounts(BaseModel):
@@ -88,10 +92,11 @@ EXAMPLE: dict[str, Any] = {
     "oee": {"availability": 0.93, "performance": 0.88, "quality": 0.985, "oee": 0.806, "no_data": False},
     "machines": [
         {"id": "cnc-1", "name": "5-axis CNC 1", "state": "running", "reason": None,
-         "since": "2026-11-27T10:21:07.412000+09:00", "last_data": "2026-11-27T10:29:58.120000+09:00"},
+         "since": "2026-11-27T10:21:07.412000+09:00", "last_data": "2026-11-27T10:29:58.120000+09:00",
+         "stale": False},
         {"id": "cnc-2", "name": "5-axis CNC 2", "state": "down",
          "reason": {"code": 20, "label": "Spindle fault", "category": "breakdown"},
-         "since": "2026-11-27T10:27:45+09:00", "last_data": "2026-11-27T10:27:45+09:00"},
+         "since": "2026-11-27T10:27:45+09:00", "last_data": "2026-11-27T10:27:45+09:00", "stale": False},
     ],
 }
 
@@ -133,7 +138,7 @@ async def status(line: LineDep, fig: FiguresDep, as_of: AsOfDep, lang: LangDep) 
         machines.append(MachineStatus(
             id=m.id, name=label(m.name, lang, m.id), state=state, reason=_reason(plant, st.reason, lang),
             since=st.since.astimezone(tz) if st.since is not None else None,
-            last_data=st.last_data.astimezone(tz) if st.last_data is not None else None))
+            last_data=st.last_data.astimezone(tz) if st.last_data is not None else None, stale=st.stale))
     counts = oee_out = None
     pr = now.progress
     if pr is not None:

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from dash import dcc, html
 
-from dashboard.client import LineInfo, LineStatus, Throughput
+from dashboard.client import LineInfo, LineStatus, MachineStatus, Throughput
 from dashboard.data import ANDON, GREY, Window, line_state, rate_color
 from dashboard.figures import CHART_HEIGHT, tile_figure
 from dashboard.i18n import (
@@ -118,16 +118,28 @@ def progress_children(st: LineStatus | None, lang: Lang) -> list[Any]:
     ]
 
 
-def strip_children(st: LineStatus | None, lang: Lang, query: str) -> list[Any]:
-    """One cell per machine in flow order, in its state's colour; each links to its machine view."""
+def stale_text(m: MachineStatus, tz: ZoneInfo, lang: Lang) -> str:
+    """Why a machine's cell is marked: since when the store has no data from it."""
+    if m.last_data is None:
+        return t("stale_never", lang)
+    return t("stale", lang, time=fmt_time(m.last_data.astimezone(tz)))
+
+
+def strip_children(st: LineStatus | None, lang: Lang, query: str, tz: ZoneInfo) -> list[Any]:
+    """One cell per machine in flow order, in its state's colour; each links to its machine view. A
+    machine whose data is older than its ``stale_after_s`` gets a marker: the state shown may be
+    out of date (the collector or its link stopped)."""
     if st is None:
         return []
-    return [dcc.Link(href=f"/machine/{m.id}{query}", className="cell-link", title=state_name(m.state, lang),
-                     children=html.Div(className=f"cell state-{m.state}", style={"background": ANDON[m.state]},
-                                       **attrs(machine=m.id, state=m.state), children=[
+    return [dcc.Link(href=f"/machine/{m.id}{query}", className="cell-link",
+                     title=state_name(m.state, lang) + (f" · {stale_text(m, tz, lang)}" if m.stale else ""),
+                     children=html.Div(className=f"cell state-{m.state}" + (" stale" if m.stale else ""),
+                                       style={"background": ANDON[m.state]},
+                                       **attrs(machine=m.id, state=m.state, stale="1" if m.stale else "0"), children=[
                          html.Span(m.name, className="cell-name"),
                          html.Span(m.reason.label or f"#{m.reason.code}" if m.reason is not None
                                    else state_name(m.state, lang), className="cell-state"),
+                         *([html.Span("⚠ " + stale_text(m, tz, lang), className="cell-stale")] if m.stale else []),
                      ]))
             for m in st.machines]
 
@@ -144,7 +156,7 @@ def tile(line: LineInfo, st: LineStatus | None, tp: Throughput | None, w: Window
         ]),
         html.Div(figs_children(line, st, tp, w, lang), className="figures", id=bid("figs", lid)),
         html.Div(progress_children(st, lang), className="progress", id=bid("prog", lid)),
-        html.Div(strip_children(st, lang, query), className="strip", id=bid("strip", lid)),
+        html.Div(strip_children(st, lang, query, tz), className="strip", id=bid("strip", lid)),
         dcc.Graph(id=bid("chart", lid), className="chart",
                   figure=tile_figure(tp, line, w, tz, lang, None if single else CHART_HEIGHT),
                   config={"displayModeBar": False, "staticPlot": True},

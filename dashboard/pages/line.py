@@ -71,7 +71,7 @@ def line_page(line: LineInfo, st: LineStatus | None, figs: dict[str, dict[str, A
             ]),
             html.Div(figs_children(line, st, None, w, lang), className="figures", id=bid("figs", lid)),
             html.Div(progress_children(st, lang), className="progress", id=bid("prog", lid)),
-            html.Div(strip_children(st, lang, query), className="strip", id=bid("strip", lid)),
+            html.Div(strip_children(st, lang, query, tz), className="strip", id=bid("strip", lid)),
         ]),
         html.Div(className="charts", children=[
             dcc.Graph(id=chart_id(lid, c), className=f"chart chart-{c}", figure=figs[c],

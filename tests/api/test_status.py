@@ -137,7 +137,7 @@ async def test_states_reasons_since_and_last_data(client: httpx.AsyncClient) -> 
     assert (by["cnc-2"]["state"], by["cnc-2"]["since"]) == ("idle", "2026-11-27T09:00:00+09:00")
     assert by["cnc-2"]["reason"] == {"code": 30, "label": "Waiting for material", "category": "starved"}
     assert by["deburr-1"] == {"id": "deburr-1", "name": "Deburring 1", "state": "offline", "reason": None,
-                              "since": None, "last_data": None}
+                              "since": None, "last_data": None, "stale": False}
     assert (by["inspect-1"]["state"], by["inspect-1"]["reason"]) == ("running", None)
     # last data: the newest fact of any kind in the store
     assert by["cnc-1"]["last_data"] == "2026-11-27T10:25:00+09:00"

@@ -1,5 +1,6 @@
-"""CollectorMetrics over a fake collector (plain dataclasses shaped like the pipeline's stats: a
-seam we own), scraped over real HTTP on 127.0.0.1."""
+"""CollectorMetrics over a fake collector (dataclasses holding the pipeline's own stats classes: a
+seam we own, checked by mypy against ``collector.metrics.Observed``), scraped over real HTTP on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -15,36 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from collector.metrics import CollectorMetrics
 from collector.pipeline import CollectorStats
 from collector.sources import SourceStats
-
-
-@dataclass
-class OldStats:
-    """CollectorStats as it was before facts_by_source, store_up, acks and offline_facts."""
-
-    facts_written: int = 0
-    pending: int = 0
-    write_failures: int = 0
-    facts_rejected: int = 0
-    facts_dropped: int = 0
-    dead_letters: Counter[str] = field(default_factory=Counter)
-    last_flush: datetime | None = None
-
-
-@dataclass
-class FakeSpoolStats:
-    facts: int = 0
-    batches: int = 0
-    bytes: int = 0
-    max_bytes: int = 64 << 20
-    oldest_spooled_at: datetime | None = None
-    dropped_facts: int = 0
-    full_events: int = 0
-    quarantined: int = 0
+from collector.spool import SpoolStats
 
 
 @dataclass
 class FakeSpool:
-    stats: FakeSpoolStats = field(default_factory=FakeSpoolStats)
+    stats: SpoolStats = field(default_factory=lambda: SpoolStats(0, 0, 0, 64 << 20, None))
 
 
 @dataclass
@@ -54,7 +31,7 @@ class FakeSource:
 
 @dataclass
 class FakeCollector:
-    stats: CollectorStats | OldStats = field(default_factory=CollectorStats)
+    stats: CollectorStats = field(default_factory=CollectorStats)
     sources: dict[str, FakeSource] = field(default_factory=dict)
     spool: FakeSpool | None = None
 
@@ -68,9 +45,10 @@ def troubled_collector() -> FakeCollector:
         stats=CollectorStats(samples_in=1680, facts_out=900, facts_written=12345, pending=1500, write_failures=17,
                         facts_rejected=3, facts_dropped=0, dead_letters=Counter({"not_json": 5, "unmapped_state": 1}),
                         last_flush=datetime.now(UTC) - timedelta(minutes=5), store_up=False, acks=470,
-                        facts_by_source=Counter({"plc-1": 600, "broker": 300}), offline_facts=2),
+                        facts_by_source=Counter({"plc-1": 600, "broker": 300}), offline_facts=2,
+                        silent_facts=4),
         sources={"plc-1": FakeSource(plc), "broker": FakeSource(broker)},
-        spool=FakeSpool(FakeSpoolStats(facts=1500, batches=3, bytes=32 << 20, max_bytes=64 << 20,
+        spool=FakeSpool(SpoolStats(facts=1500, batches=3, bytes=32 << 20, max_bytes=64 << 20,
                                        oldest_spooled_at=datetime.now(UTC) - timedelta(minutes=5),
                                        dropped_facts=11, full_events=1, quarantined=3)),
     )
@@ -124,6 +102,7 @@ def test_scrape_reads_the_stats_of_the_moment(served: tuple[CollectorMetrics, Fa
     assert ("mieruka_facts_dropped_total", frozenset({("reason", "store_rejected")})) not in m  # kept, not dropped
     assert value(m, "mieruka_facts_dropped_total", reason="shutdown") == 0
     assert value(m, "mieruka_offline_facts_total") == 2
+    assert value(m, "mieruka_silent_facts_total") == 4
     assert fake.stats.last_flush is not None
     assert value(m, "mieruka_last_write_timestamp_seconds") == pytest.approx(fake.stats.last_flush.timestamp())
     # spool
@@ -168,8 +147,8 @@ def test_write_latency_histogram(served: tuple[CollectorMetrics, FakeCollector, 
     assert value(m, "mieruka_store_write_seconds_bucket", result="error", le="10.0") == 1
 
 
-def test_without_spool_and_with_stats_from_before_the_new_fields() -> None:
-    fake = FakeCollector(stats=OldStats(facts_written=7, pending=2, facts_dropped=4),
+def test_without_spool() -> None:
+    fake = FakeCollector(stats=CollectorStats(facts_written=7, pending=2, facts_dropped=4),
                          sources={"plc-1": FakeSource(SourceStats(connected=True, connects=2, samples=9))})
     metrics = CollectorMetrics(fake)
     port = metrics.serve(0, host="127.0.0.1")

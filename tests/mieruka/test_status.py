@@ -53,6 +53,7 @@ def test_render_a_troubled_collector(troubled: tuple[FakeCollector, str]) -> Non
                                                  "collector and run mieruka spool retry-quarantine")
     assert row(text, "write retries")[1] == "17"
     assert row(text, "MQTT acks")[1] == "470"
+    assert row(text, "silences")[1] == "4 machines made offline: nothing from them for their stale_after_s"
 
     assert row(text, "source") == ["source", "connected", "samples", "facts", "reconnects", "errors"]
     assert row(text, "broker") == ["broker", "NO", "480", "300", "3", "7"]
