@@ -50,6 +50,8 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
             try:
                 await store.open()
                 app.state.store_open = True
+                # /healthz's answer while its first ping is still queued behind heavy reads
+                app.state.store_ok = True
             except StoreUnavailable as e:
                 # Serve anyway: /healthz says so, figures answer 503 and each request tries again.
                 log.warning("store unavailable at startup (%s); answering 503 until it is back", e)

@@ -185,10 +185,7 @@ class SqliteStore:
         states: list[tuple[object, ...]] = []
         gauges: list[tuple[object, ...]] = []
         products: list[tuple[object, ...]] = []
-        for f in facts:
-            check_ids("line", [f.line])
-            check_ids("machine", [f.machine])
-            check_ids("signal", [f.signal])
+        for f in facts:  # ids checked by check_facts above
             if f.kind == "count":
                 counts.append((f.machine, f.signal, f.time_ns, f.line, int(f.value)))
             elif f.kind == "state":
@@ -335,8 +332,20 @@ class SqliteStore:
     async def ping(self) -> bool:
         if self._rconn is None:
             return False
+
+        def probe() -> None:
+            # a connection of its own: the shared read connection may be busy for seconds with
+            # heavy figure reads, and a busy store is not a down one
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, check_same_thread=False)
+            try:
+                conn.execute("SELECT 1 FROM counts LIMIT 1").fetchall()
+            finally:
+                conn.close()
+
         try:
-            await self._run(False, lambda c: c.execute("SELECT 1 FROM counts LIMIT 1").fetchall())
-        except StoreError:
+            await asyncio.to_thread(probe)
+        except sqlite3.Error as e:
+            log.debug("SQLite store %s ping failed: %s", self.path, e)
             return False
         return True
