@@ -42,6 +42,12 @@ connection yields one :class:`~collector.sources.SourceOffline` per outage (its 
 ``offline``). A persistent session does not: the broker keeps the messages for us and they
 arrive, late but complete, after the reconnect.
 
+Sparkplug B (``payload: sparkplug``): the source subscribes to its edge node's births, data and
+deaths instead of the signals' topics and hands each message to a
+:class:`~collector.sources.sparkplug.SparkplugNode` (births, aliases, ``seq``, ``bdSeq``), which
+says what it means; the source publishes the node's rebirth requests (``NCMD``). Everything else
+(connection markers, acknowledgement after durability, dead letters) is as for JSON.
+
 Malformed input goes to ``dead_letters`` (a :class:`collector.deadletter.DeadLetters`) with
 its raw payload and reason when one is given (it is acked like any other message: its reason
 and bytes are kept there, a re-delivery would fail the same way).
@@ -55,6 +61,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,6 +84,7 @@ from collector.sources import (
     SourceStats,
     coerce_value,
 )
+from collector.sources.sparkplug import Outcome, SparkplugNode
 from core.model import Sample, from_ns
 from core.plant import MqttBroker, Signal, mqtt_topic_filter_problem
 
@@ -84,6 +92,15 @@ log = logging.getLogger(__name__)
 
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _ALIVE_CHECK_S = 1.0  # how often a waiting source checks that paho's network thread still runs
+
+
+@dataclass(frozen=True, slots=True)
+class _NewSession:
+    """Inbox marker (paho's thread): a connection began; Sparkplug B node state starts over."""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +134,11 @@ class MqttSource:
         self.client_id = client_id or broker.client_id
         self.stats = SourceStats()
         self._routes: dict[str, list[_Route]] = {}
-        for machine, name, sig in signals:
+        # Sparkplug B: the node's protocol state parses instead of the JSON routes
+        self._spb: SparkplugNode | None = None
+        if broker.payload == "sparkplug":
+            self._spb = SparkplugNode(source_id, broker, signals)
+        for machine, name, sig in signals if self._spb is None else ():
             if not sig.topic or not sig.field:
                 raise ValueError(f"{machine}.{name}: an MQTT signal needs 'topic' and 'field'")
             # the plant model refuses these already; a source built by hand must not kill paho's thread
@@ -133,7 +154,7 @@ class MqttSource:
         # paho's thread appends here (deque appends are thread-safe) and wakes the event loop only
         # when the consumer waits for mail (see _on_message)
         # messages as (topic, payload, received, mid, qos, connection generation), and markers
-        self._inbox: deque[tuple[str, bytes | bytearray, datetime, int, int, int] | SourceItem] = deque()
+        self._inbox: deque[tuple[str, bytes | bytearray, datetime, int, int, int] | SourceItem | _NewSession] = deque()
         self._generation = 0  # paho's thread: connections so far
         self._offline = False  # paho's thread: a SourceOffline is queued and no connection since
         self._dead_letters = dead_letters
@@ -153,7 +174,12 @@ class MqttSource:
 
     @property
     def topics(self) -> list[str]:
-        return list(self._routes)
+        return self._spb.topics if self._spb is not None else list(self._routes)
+
+    @property
+    def sparkplug(self) -> SparkplugNode | None:
+        """The Sparkplug B node state (its ``stats``), or None for JSON payloads."""
+        return self._spb
 
     # ---- context manager / iterator --------------------------------------------------------
     async def __aenter__(self) -> MqttSource:
@@ -251,6 +277,10 @@ class MqttSource:
         generation = -1
         for _ in range(min(len(self._inbox), 1000)):
             entry = self._inbox.popleft()
+            if isinstance(entry, _NewSession):
+                if self._spb is not None:
+                    self._sparkplug_outcome(self._spb.reset())
+                continue
             if not isinstance(entry, tuple):
                 if acks:
                     self._pending.append(AckPoint(self.source_id, (generation, acks)))
@@ -291,8 +321,16 @@ class MqttSource:
         await self._ready.wait()
 
     # ---- parsing (event loop) ---------------------------------------------------------------
-    def parse(self, topic: str, payload: bytes | bytearray, received: datetime) -> list[Sample]:
-        """Samples in one message; malformed input is counted, logged once per kind, skipped."""
+    def parse(self, topic: str, payload: bytes | bytearray, received: datetime) -> list[SourceItem]:
+        """Samples (and Sparkplug B markers) in one message; malformed input is counted, logged
+        once per kind, skipped."""
+        if self._spb is not None:
+            def problem(kind: str, message: str) -> None:
+                self._problem(kind, topic, payload, "%s", message)
+
+            outcome = self._spb.handle(topic, payload, received, problem)
+            self._sparkplug_outcome(outcome)
+            return outcome.items
         routes = self._routes.get(topic)
         if routes is None:
             routes = [r for pattern, rs in self._wild if mqtt.topic_matches_sub(pattern, topic) for r in rs]
@@ -314,7 +352,7 @@ class MqttSource:
             self._problem("not_object", topic, payload, "%s: payload on %s is not a JSON object: %s",
                           self.source_id, topic, _excerpt(payload))
             return []
-        out: list[Sample] = []
+        out: list[SourceItem] = []
         present = 0
         for r in routes:
             if r.field not in obj:
@@ -349,6 +387,17 @@ class MqttSource:
         except ValueError as e:
             self._problem("bad_time", topic, payload, "%s: time field %r on %s: %s", self.source_id, tf, topic, e)
             return None
+
+    def _sparkplug_outcome(self, outcome: Outcome) -> None:
+        """Ask the node for a rebirth when the message (or a new connection) calls for one."""
+        client = self._client
+        if not outcome.rebirth or self._spb is None or client is None:
+            return
+        # QoS 0, as the specification has commands sent; a lost request is asked again on the
+        # next message that needs a birth
+        client.publish(self._spb.command_topic, SparkplugNode.rebirth_payload(_now_ms()), qos=0)
+        log.info("%s: asked Sparkplug B node %s/%s for a rebirth", self.source_id, self._spb.group_id,
+                 self._spb.edge_node_id)
 
     def _problem(self, kind: str, topic: str, payload: bytes | bytearray, msg: str, *args: object) -> None:
         if self._dead_letters is None:
@@ -408,9 +457,14 @@ class MqttSource:
         self._offline = False
         self._mark(SourceOnline(self.source_id, datetime.now(UTC)))
         qos = int(self.broker.qos)
-        topics: list[tuple[str, int]] = [(topic, qos) for topic in self._routes]
+        topics: list[tuple[str, int]] = [(topic, qos) for topic in self.topics]
         _, mid = client.subscribe(topics)
         self._sub_mid = mid
+        if self._spb is not None:
+            # in order with this connection's messages: the node state starts over and a rebirth
+            # is asked (published after the SUBSCRIBE, so the births reach the subscription)
+            self._inbox.append(_NewSession())
+            self._wake()
         self._to_loop(self._connected, flags.session_present)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -425,7 +479,7 @@ class MqttSource:
                       properties: Any) -> None:
         if mid != self._sub_mid:
             return
-        refused = [f"{topic} ({rc})" for topic, rc in zip(self._routes, reason_codes, strict=False) if rc.is_failure]
+        refused = [f"{topic} ({rc})" for topic, rc in zip(self.topics, reason_codes, strict=False) if rc.is_failure]
         if refused:
             # the signals of these topics would never arrive: better no collector than a quiet one
             self._fail(f"the broker {self.broker.host}:{self.broker.port} refused the subscription to "
