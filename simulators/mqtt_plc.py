@@ -272,6 +272,9 @@ class MqttPlc:
         client_id = broker.client_id or f"mieruka-sim-{source_id}-{os.getpid()}-{os.urandom(3).hex()}"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv311, clean_session=True)
+        tls = broker.ssl_context()  # the plant's tls: the same CA, and the client pair if given
+        if tls is not None:
+            self.client.tls_set_context(tls)
         if broker.username:
             self.client.username_pw_set(broker.username, broker.resolve_password())
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)

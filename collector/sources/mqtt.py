@@ -60,6 +60,8 @@ import contextlib
 import json
 import logging
 import math
+import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -91,6 +93,7 @@ from core.plant import MqttBroker, Signal, mqtt_topic_filter_problem
 log = logging.getLogger(__name__)
 
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+_LOGIN_REFUSED = frozenset({"Not authorized", "Bad user name or password"})  # CONNACK reasons of a login
 _ALIVE_CHECK_S = 1.0  # how often a waiting source checks that paho's network thread still runs
 
 
@@ -148,6 +151,9 @@ class MqttSource:
             self._routes.setdefault(sig.topic, []).append(_Route(machine, name, sig, sig.field))
         # plant files name concrete topics; wildcards are allowed but matched the slow way
         self._wild = [(t, r) for t, r in self._routes.items() if "+" in t or "#" in t]
+        # TLS files are read now: a CA or key that cannot be used is a configuration error
+        # (CredentialError, a ValueError), not something to retry
+        self._ssl = broker.ssl_context()
         self._keepalive_s = keepalive_s
         self._gather_s = gather_s
         self._reconnect = (reconnect_min_s, reconnect_max_s)
@@ -190,6 +196,8 @@ class MqttSource:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or "",
                              clean_session=not persistent, protocol=mqtt.MQTTv311,
                              manual_ack=self.broker.qos > 0)
+        if self._ssl is not None:
+            client.tls_set_context(self._ssl)
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.resolve_password())
         client.reconnect_delay_set(*self._reconnect)
@@ -448,8 +456,9 @@ class MqttSource:
             self._went_offline(f"broker refused the connection: {reason_code}")
             if not self._connect_failing:
                 self._connect_failing = True
-                log.warning("%s: broker %s:%d refused the connection: %s; retrying",
-                            self.source_id, self.broker.host, self.broker.port, reason_code)
+                hint = " (check username and its password)" if str(reason_code) in _LOGIN_REFUSED else ""
+                log.warning("%s: broker %s:%d refused the connection: %s%s; retrying",
+                            self.source_id, self.broker.host, self.broker.port, reason_code, hint)
             return
         self._connect_failing = False
         # paho's thread reads packets in order: this marker precedes every message of this connection
@@ -468,12 +477,16 @@ class MqttSource:
         self._to_loop(self._connected, flags.session_present)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError:` around the connection attempt and
+        # does not pass the error on; it is the exception being handled (a refused TCP
+        # connection, a TLS handshake that failed, ...)
+        reason = _connect_error(sys.exception())
         self._to_loop(self._connect_failed)
-        self._went_offline("cannot connect")
+        self._went_offline(f"cannot connect: {reason}")
         if not self._connect_failing:
             self._connect_failing = True
-            log.warning("%s: cannot connect to %s:%d; paho retries (up to every %ds)",
-                        self.source_id, self.broker.host, self.broker.port, self._reconnect[1])
+            log.warning("%s: cannot connect to %s:%d: %s; paho retries (up to every %ds)",
+                        self.source_id, self.broker.host, self.broker.port, reason, self._reconnect[1])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[Any],
                       properties: Any) -> None:
@@ -542,6 +555,19 @@ def parse_time(raw: object, unit: str) -> datetime:
     if not 0 <= ns < 253_402_300_800 * 1_000_000_000:  # year 10000
         raise ValueError(f"epoch {raw!r} {unit} is out of range")
     return from_ns(ns)
+
+
+def _connect_error(e: BaseException | None) -> str:
+    """Why a connection attempt failed, for a person: what TLS said about the broker's
+    certificate, or the socket error."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return (f"the broker's TLS certificate is not trusted ({e.verify_message}; check tls.ca and that the "
+                "certificate names the host)")
+    if isinstance(e, ssl.SSLError):
+        return f"TLS handshake failed ({e.reason or e}; check tls.cert/tls.key and that the port speaks TLS)"
+    if isinstance(e, OSError):
+        return e.strerror or str(e) or type(e).__name__
+    return "unknown error" if e is None else f"{type(e).__name__}: {e}"
 
 
 def _excerpt(payload: bytes | bytearray, n: int = 120) -> str:
