@@ -291,6 +291,10 @@ class OpcUaEndpoint(_Model):
     allow_password_without_security: bool = False
     certificate: str | None = None
     private_key: str | None = None
+    # with security on, the server's certificate is trusted when it is in `trust_dir` (DER or PEM
+    # files; relative to the plant file) or its SHA-256 is `server_cert_sha256`; otherwise refused
+    trust_dir: str | None = None
+    server_cert_sha256: str | None = None
     # the bundled simulator's side (ignored by the collector): where it keeps its own certificate
     # and the generated client pair (default: the folder of `certificate`, else ./mieruka-certs),
     # and the users it accepts (default: `username`/`password`, if given)
@@ -322,6 +326,21 @@ class OpcUaEndpoint(_Model):
                              "sign_and_encrypt (with certificate and private_key), or, on a network you trust, "
                              "set allow_password_without_security: true")
         return self
+
+    @field_validator("server_cert_sha256")
+    @classmethod
+    def _fingerprint(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        hexdigits = v.strip().replace(":", "").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", hexdigits):
+            raise ValueError(f"{_q(v)} is not a SHA-256 fingerprint; write 64 hex digits (colons allowed), as "
+                             "'openssl x509 -noout -fingerprint -sha256' prints it")
+        return hexdigits
+
+    def trust_dir_path(self) -> Path | None:
+        """``trust_dir`` relative to the plant file's folder."""
+        return None if self.trust_dir is None else _plant_path(self.trust_dir, self._base_dir)
 
     @field_validator("endpoint")
     @classmethod
