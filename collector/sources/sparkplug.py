@@ -21,7 +21,7 @@ What the specification asks of a host, and how it is met here:
   metric its birth did not declare asks for a rebirth.
 - **seq.** Every message of a node but ``NDEATH`` carries ``seq``, +1 per message from 0 at
   ``NBIRTH``, wrapping after 255. A gap (a message lost or garbled on the way) is counted
-  (``seq_gap``), logged once per kind and answered with a rebirth request; the message itself is
+  (``stats.seq_gaps``), logged once and answered with a rebirth request; the message itself is
   still read (its values are genuine readings), and the new births bring every current value,
   so what the lost message said is restored (counters: exactly; states: from the birth's time).
 - **Deaths.** ``NDEATH`` (the node's MQTT Will, or sent before a clean disconnect) carries the
@@ -34,14 +34,16 @@ What the specification asks of a host, and how it is met here:
 - **Time.** Each sample's time is its metric's ``timestamp`` (ms since the epoch), else the
   payload's, else when it arrived.
 
-Malformed input (bytes that are no protobuf: ``not_protobuf``; a value of the wrong type:
-``wrong_type``/``bad_value``; a metric without value: ``missing_field``; a bad timestamp:
-``bad_time``; a birth without ``bdSeq``: ``bad_birth``) is reported through ``problem`` and
-skipped; the node goes on.
+Input that cannot be used (bytes that are no protobuf: ``not_protobuf``; a value of the wrong
+type: ``wrong_type``/``bad_value``; a metric without value: ``missing_field``; a bad timestamp:
+``bad_time``; a birth without ``bdSeq``: ``bad_birth``; data without ``seq``: ``bad_seq``; an
+alias or metric no birth declared: ``unknown_metric``) is reported through ``problem`` (a dead
+letter) and skipped; the node goes on.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +53,8 @@ from collector.sources import BadValue, SourceItem, SourceOffline, SourceOnline,
 from core import sparkplug as spb
 from core.model import Sample, from_ns
 from core.plant import MqttBroker, Signal
+
+log = logging.getLogger(__name__)
 
 NODE_TYPES = ("NBIRTH", "NDATA", "NDEATH")
 DEVICE_TYPES = ("DBIRTH", "DDATA", "DDEATH")
@@ -219,9 +223,12 @@ class SparkplugNode:
             return False
         self._next_seq = (msg.seq + 1) % 256
         if expected is not None and msg.seq != expected:
+            # not a dead letter: the message itself is read; the ones before it are missing
             self.stats.seq_gaps += 1
-            problem("seq_gap", f"{self.source_id}: {kind} on {topic} has seq {msg.seq}, expected {expected}: "
-                               "messages were lost; asking for a rebirth")
+            log.log(logging.WARNING if self.stats.seq_gaps == 1 else logging.DEBUG,
+                    "%s: %s on %s has seq %d, expected %d: messages were lost; asking for a rebirth%s",
+                    self.source_id, kind, topic, msg.seq, expected,
+                    " (logged once; further gaps are counted)" if self.stats.seq_gaps == 1 else "")
             return False
         return True
 
@@ -230,8 +237,6 @@ class SparkplugNode:
         if bd is None:
             problem("bad_birth", f"{self.source_id}: NBIRTH without a bdSeq metric; asking for a rebirth")
             return self._ask(out)
-        if msg.seq not in (None, 0):
-            problem("bad_seq", f"{self.source_id}: NBIRTH has seq {msg.seq}, a birth has 0")
         self._bd_seq = bd
         self._next_seq = 1
         self._node_aliases = {m.alias: m.name for m in msg.metrics if m.alias is not None and m.name is not None}

@@ -88,3 +88,11 @@ def test_status_reads_a_running_collectors_metrics(tmp_path: Path) -> None:
     gone = subprocess.run([sys.executable, "-m", "mieruka.cli", "status", "--metrics", url],
                           capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1 and url in gone.stderr
+
+
+def test_a_tls_file_that_cannot_be_read_is_refused_at_start(tmp_path: Path) -> None:
+    raw = yaml.safe_load(dump_plant(fast_plant(free_port(), free_port())))
+    raw["sources"]["broker"]["mqtt"]["tls"] = {"ca": "no-such-ca.pem"}
+    r = _collect(tmp_path, yaml.safe_dump(raw, allow_unicode=True))
+    assert r.returncode == 2, r.stderr
+    assert "cannot use tls.ca" in r.stderr and "no-such-ca.pem" in r.stderr
