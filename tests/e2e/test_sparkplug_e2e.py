@@ -17,6 +17,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
+
+from collector.metrics import CollectorMetrics
 from collector.pipeline import Collector
 from collector.sources.mqtt import MqttSource
 from core.plant import parse_plant
@@ -100,7 +103,9 @@ async def test_sparkplug_totals_equal_the_ledger_across_a_seq_gap_and_a_node_res
                 return node.stats.deaths == 2  # the simulator's NDEATH at its stop, after its last data
 
             await wait_until(stop_seen, 10, "the NDEATH of the simulator's stop")
-        # the faults happened, and the collector saw them as Sparkplug B says
+        # the faults happened, and the collector saw them as Sparkplug B says (and its metrics tell)
+        scraped = generate_latest(CollectorMetrics(collector).registry).decode()
+        assert f'mieruka_sparkplug_seq_gaps_total{{source="edge"}} {float(node.stats.seq_gaps)}' in scraped
         faults = [r["fault"] for r in records if r.get("kind") == "fault"]
         assert faults == ["seq_gap", "restart", "seq_gap"], faults
         assert node.stats.seq_gaps >= 2, node.stats
