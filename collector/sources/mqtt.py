@@ -15,7 +15,8 @@ yields one sample. Malformed payloads are counted per kind in ``stats.errors`` (
 ``not_object``, ``missing_field``, ``wrong_type``, ``bad_value``, ``missing_time``,
 ``bad_time``), logged once per kind, and skipped; the source goes on.
 
-Reconnection is paho's (``reconnect_delay_set`` caps it); every (re)connect subscribes again.
+Reconnection is paho's (``reconnect_delay_set`` caps it, at a scale each source draws once
+between 0.5 and 1, since paho's own doubling has no jitter); every (re)connect subscribes again.
 A source that cannot work fails loudly instead of sitting connected to nothing: a topic filter
 that is not a valid MQTT filter is refused when the source is made (``ValueError``); a
 subscription the broker refuses, an exception in one of our paho callbacks, or paho's network
@@ -60,6 +61,7 @@ import contextlib
 import json
 import logging
 import math
+import random
 import ssl
 import sys
 import threading
@@ -200,7 +202,11 @@ class MqttSource:
             client.tls_set_context(self._ssl)
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.resolve_password())
-        client.reconnect_delay_set(*self._reconnect)
+        # paho doubles its delay from min to max but draws no jitter; each source draws its own
+        # scale once (x0.5-1), so collectors that lose one broker together do not retry in step
+        scale = random.uniform(0.5, 1.0)
+        # (paho annotates the delays as int, but only multiplies and compares them)
+        client.reconnect_delay_set(self._reconnect[0] * scale, self._reconnect[1] * scale)  # type: ignore[arg-type]
         # an exception escaping a callback ends paho's network thread: each one is guarded
         client.on_connect = self._guarded(self._on_connect)
         client.on_connect_fail = self._guarded(self._on_connect_fail)
