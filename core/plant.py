@@ -327,6 +327,13 @@ class OpcUaEndpoint(_Model):
                              "set allow_password_without_security: true")
         return self
 
+    @field_validator("trust_dir")
+    @classmethod
+    def _trust_dir(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "\x00" in v):
+            raise ValueError("trust_dir must be a folder path (relative to the plant file, or absolute)")
+        return v
+
     @field_validator("server_cert_sha256")
     @classmethod
     def _fingerprint(cls, v: str | None) -> str | None:

@@ -203,7 +203,7 @@ class SparkplugNode:
         if kind == "NDATA":
             for m in msg.metrics:
                 if m.name is None and m.alias not in self._node_aliases:
-                    problem("unknown_alias", f"{self.source_id}: NDATA names alias {m.alias}, which the NBIRTH "
+                    problem("unknown_metric", f"{self.source_id}: NDATA names alias {m.alias}, which the NBIRTH "
                                              "did not declare; asking for a rebirth")
                     return self._ask(out)
             return out  # no plant signal lives on the node itself

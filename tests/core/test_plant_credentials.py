@@ -142,3 +142,17 @@ def test_mqtt_tls_keys(tmp_path: Path) -> None:
     with pytest.raises(CredentialError, match=r"cannot use tls.ca .*tls/ca\.pem"):
         broker.ssl_context()
     assert parse_plant(with_sources()).sources["broker"].mqtt.ssl_context() is None  # type: ignore[union-attr]
+
+
+def test_opcua_server_trust_keys(tmp_path: Path) -> None:
+    """`server_cert_sha256` is 64 hex digits (colons and capitals as openssl prints them are
+    fine); `trust_dir` is relative to the plant file."""
+    pin = "AB:" * 31 + "AB"
+    plant = parse_plant(with_sources(opcua={"server_cert_sha256": pin}))
+    assert plant.sources["plc-1"].opcua.server_cert_sha256 == "ab" * 32  # type: ignore[union-attr]
+    with pytest.raises(PlantFileError, match="not a SHA-256 fingerprint"):
+        parse_plant(with_sources(opcua={"server_cert_sha256": "abc"}))
+    with pytest.raises(PlantFileError, match="trust_dir must be a folder path"):
+        parse_plant(with_sources(opcua={"trust_dir": " "}))
+    plant = load_plant(write_plant(tmp_path, with_sources(opcua={"trust_dir": "pki/servers"})))
+    assert plant.sources["plc-1"].opcua.trust_dir_path() == tmp_path / "pki" / "servers"  # type: ignore[union-attr]
