@@ -19,11 +19,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from esio_spb_builder.core import sparkplug_b_pb2 as tahu
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.deadletter import DeadLetters
 from collector.sources import SourceOffline, SourceOnline
 from collector.sources.mqtt import MqttSource
+from collector.sources.sparkplug import SparkplugNode
 from core.model import Sample
 from core.plant import Plant
 from tests.collector.conftest import build_plant, eventually, running, take
@@ -230,3 +233,74 @@ async def test_a_sparkplug_source_acks_after_the_pipeline_says_so(mosquitto_brok
                             qos=1).wait_for_publish(5)
         await take(got, 3)
         await eventually(lambda: src.stats.acks >= 1, what="the QoS 1 birth acknowledged")
+
+
+@given(st.binary(max_size=300), st.sampled_from(["NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH"]))
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_are_a_reading_or_a_dead_letter_never_an_exception(data: bytes, kind: str) -> None:
+    from core import sparkplug as spb
+    from core.plant import parse_plant
+
+    p = parse_plant({"site": {"id": "fz"}, "sources": {"edge": {"mqtt": {
+        "payload": "sparkplug", "group_id": "g", "edge_node_id": "n"}}}, "lines": [{"id": "ln", "machines": [
+            {"id": "m1", "source": "edge", "signals": {"good": {"counter_bits": 16}, "state": {"map": STATE_MAP},
+                                                         "temp": {}}}]}]})
+    broker = p.sources["edge"].mqtt
+    assert broker is not None
+    node = SparkplugNode("edge", broker, [("m1", n, s) for n, s in p.lines[0].machines[0].signals.items()])
+    problems: list[str] = []
+    # born, so data reaches the metric decoding
+    birth = tahu.Payload(seq=0)
+    birth.metrics.add(name="bdSeq", datatype=tahu.Int64, long_value=1)
+    node.handle("spBv1.0/g/NBIRTH/n", birth.SerializeToString(), datetime.now(UTC), lambda k, m: problems.append(k))
+    try:
+        spb.decode(data)
+    except ValueError:
+        pass
+    topic = f"spBv1.0/g/{kind}/n" + ("/m1" if kind.startswith("D") else "")
+    node.handle(topic, data, datetime.now(UTC), lambda k, m: problems.append(k))
+
+
+_metric = st.fixed_dictionaries({}, optional={
+    "name": st.sampled_from(["good", "state", "temp", "bdSeq", "other", ""]),
+    "alias": st.integers(0, 2**64 - 1),
+    "timestamp": st.integers(0, 2**64 - 1),
+    "datatype": st.integers(0, 40),
+    "is_null": st.booleans(),
+    "int_value": st.integers(0, 2**32 - 1),
+    "long_value": st.integers(0, 2**64 - 1),
+    "double_value": st.floats(allow_nan=True, allow_infinity=True),
+    "float_value": st.floats(width=32, allow_nan=True, allow_infinity=True),
+    "boolean_value": st.booleans(),
+    "string_value": st.text(max_size=20),
+})
+
+
+@given(st.lists(_metric, max_size=5), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+       st.lists(st.sampled_from(["NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH"]), min_size=1, max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_any_sparkplug_payload_is_a_reading_or_a_dead_letter(metrics: list[dict[str, Any]], seq: int, ts: int,
+                                                            kinds: list[str]) -> None:
+    """Payloads built with the reference module, with any field values (a value field set last
+    wins, as protobuf's oneof does): the node takes each as readings or dead letters."""
+    from core.plant import parse_plant
+
+    p = parse_plant({"site": {"id": "fz"}, "sources": {"edge": {"mqtt": {
+        "payload": "sparkplug", "group_id": "g", "edge_node_id": "n"}}}, "lines": [{"id": "ln", "machines": [
+            {"id": "m1", "source": "edge", "signals": {"good": {"counter_bits": 16}, "state": {"map": STATE_MAP},
+                                                         "temp": {}}}]}]})
+    broker = p.sources["edge"].mqtt
+    assert broker is not None
+    node = SparkplugNode("edge", broker, [("m1", n, s) for n, s in p.lines[0].machines[0].signals.items()])
+    payload = tahu.Payload(seq=seq, timestamp=ts)
+    for fields in metrics:
+        m = payload.metrics.add()
+        for k, v in fields.items():
+            setattr(m, k, v)
+    data = payload.SerializeToString()
+    for kind in kinds:
+        topic = f"spBv1.0/g/{kind}/n" + ("/m1" if kind.startswith("D") else "")
+        out = node.handle(topic, data, datetime.now(UTC), lambda k, m: None)
+        for item in out.items:
+            if isinstance(item, Sample):
+                assert item.machine == "m1" and item.signal in ("good", "state", "temp")
