@@ -130,6 +130,10 @@ async def test_a_server_limiting_monitored_items_per_call_is_subscribed_in_full(
     gauges = 28
     plant = parse_plant(plant_raw(port, gauges=gauges))
     plc = OpcUaPlc(plant, "plc", max_monitored_items_per_call=7)
+    # the collector's plant names one more node, in a namespace this server does not have
+    raw = plant_raw(port, gauges=gauges)
+    raw["lines"][0]["machines"][0]["signals"]["gx"] = {"node": "nsu=urn:not:here;s=ln.m1.GX"}
+    collected = parse_plant(raw)
     await start(plc)
     try:
         # the server refuses a call over its limit as a whole
@@ -146,12 +150,13 @@ async def test_a_server_limiting_monitored_items_per_call_is_subscribed_in_full(
                 await sub.create_monitored_items(requests)  # 14 items, limit 7
             assert plc.monitor_calls_refused == 1
 
-        src = source(plant)
+        src = source(collected)
         async with running(src) as got:
             samples = await take_samples(got, gauges + 2)
             assert {s.signal for s in samples} == set(plant.lines[0].machines[0].signals)
             assert src.monitor_calls == 5 and plc.monitor_calls_refused == 1  # 30 items, 7 a call
-            assert src.namespace_reads == 1 and not src.stats.errors  # 14 nsu= nodes, one read
+            assert src.namespace_reads == 1  # 15 nsu= nodes, one read
+            assert src.stats.errors == {"bad_node": 1}  # the unknown namespace: that node only
             # a new connection resolves the namespaces again, once
             await plc.restart(0.2)
             await eventually(lambda: src.stats.connects == 2, within_s=20, what="the reconnect")
