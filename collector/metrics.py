@@ -29,6 +29,13 @@ Per source (label ``source``: the plant file's source id)
 - ``mieruka_source_errors_total`` (labels ``source``, ``kind``): input the source dropped, by
   kind (``not_json``, ``wrong_type``, ``unknown_topic``, ...).
 
+Sparkplug B sources only (label ``source``)
+
+- ``mieruka_sparkplug_births_total``: NBIRTHs taken (the first, and one per rebirth or new session).
+- ``mieruka_sparkplug_deaths_total``: NDEATHs of the node's current session: outages.
+- ``mieruka_sparkplug_seq_gaps_total``: ``seq`` gaps (messages lost on the way).
+- ``mieruka_sparkplug_rebirth_requests_total``: rebirth requests sent.
+
 Store and facts
 
 - ``mieruka_facts_written_total``: facts the store confirmed.
@@ -181,6 +188,23 @@ class _StatsCollector(_PromCollector):
             for kind, n in sorted(_copy(s.errors).items()):
                 errors.add_metric([sid, kind], n)
         yield from (samples, messages, facts, connected, reconnects, losses, restarts, errors)
+        yield from self._sparkplug(sources)
+
+    def _sparkplug(self, sources: dict[str, Any]) -> Iterator[Metric]:
+        nodes = {sid: getattr(s, "sparkplug", None) for sid, s in sources.items()}
+        nodes = {sid: n.stats for sid, n in nodes.items() if n is not None}
+        if not nodes:
+            return
+        for name, attr, doc in (
+                ("mieruka_sparkplug_births_total", "births", "Sparkplug B NBIRTHs taken."),
+                ("mieruka_sparkplug_deaths_total", "deaths", "Sparkplug B NDEATHs of the current session (outages)."),
+                ("mieruka_sparkplug_seq_gaps_total", "seq_gaps", "Sparkplug B seq gaps (messages lost on the way)."),
+                ("mieruka_sparkplug_rebirth_requests_total", "rebirth_requests",
+                 "Sparkplug B rebirth requests sent (NCMD Node Control/Rebirth).")):
+            family = CounterMetricFamily(name, doc, labels=["source"])
+            for sid, st in sorted(nodes.items()):
+                family.add_metric([sid], _num(st, attr))
+            yield family
 
     def _store(self, c: Observed, stats: CollectorStats) -> Iterator[Metric]:
         yield CounterMetricFamily("mieruka_facts_written_total", "Facts the store confirmed.",

@@ -179,10 +179,6 @@ def build_sources(plant: Plant, lines: Collection[str] | None = None, *, client_
                 (m.id, name, sig.node, sig) for m in machines for name, sig in m.signals.items() if sig.node],
                 start_time=(start_times or {}).get(source_id), dead_letters=dead_letters))
         elif spec.mqtt is not None:
-            if spec.mqtt.payload != "json":
-                raise ValueError(f"source '{source_id}' sends {spec.mqtt.payload} payloads, which the collector "
-                                 "does not read yet (it reads MQTT JSON); collect the other lines with --lines, "
-                                 "or publish JSON")
             cid = spec.mqtt.client_id
             if client_id is not None:
                 # one id per broker: a collector may read several brokers

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, time
@@ -302,6 +303,10 @@ class OpcUaEndpoint(_Model):
     allow_password_without_security: bool = False
     certificate: str | None = None
     private_key: str | None = None
+    # with security on, the server's certificate is trusted when it is in `trust_dir` (DER or PEM
+    # files; relative to the plant file) or its SHA-256 is `server_cert_sha256`; otherwise refused
+    trust_dir: str | None = None
+    server_cert_sha256: str | None = None
     # the bundled simulator's side (ignored by the collector): where it keeps its own certificate
     # and the generated client pair (default: the folder of `certificate`, else ./mieruka-certs),
     # and the users it accepts (default: `username`/`password`, if given)
@@ -334,6 +339,28 @@ class OpcUaEndpoint(_Model):
                              "set allow_password_without_security: true")
         return self
 
+    @field_validator("trust_dir")
+    @classmethod
+    def _trust_dir(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "\x00" in v):
+            raise ValueError("trust_dir must be a folder path (relative to the plant file, or absolute)")
+        return v
+
+    @field_validator("server_cert_sha256")
+    @classmethod
+    def _fingerprint(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        hexdigits = v.strip().replace(":", "").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", hexdigits):
+            raise ValueError(f"{_q(v)} is not a SHA-256 fingerprint; write 64 hex digits (colons allowed), as "
+                             "'openssl x509 -noout -fingerprint -sha256' prints it")
+        return hexdigits
+
+    def trust_dir_path(self) -> Path | None:
+        """``trust_dir`` relative to the plant file's folder."""
+        return None if self.trust_dir is None else _plant_path(self.trust_dir, self._base_dir)
+
     @field_validator("endpoint")
     @classmethod
     def _ep(cls, v: str) -> str:
@@ -353,6 +380,34 @@ class OpcUaEndpoint(_Model):
         return v
 
 
+def _plant_path(value: str, base_dir: Path | None) -> Path:
+    path = Path(value)
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
+
+
+class MqttTls(_Model):
+    """TLS to the broker: the CA that signed the broker's certificate, and optionally the
+    client's certificate and key (mutual TLS); paths relative to the plant file."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+
+    @field_validator("ca", "cert", "key")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "\x00" in v):
+            raise ValueError("a file path (relative to the plant file, or absolute)")
+        return v
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give 'cert' and 'key' together (the client's certificate and its private key), "
+                             "or neither")
+        return self
+
+
 class MqttBroker(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -364,6 +419,8 @@ class MqttBroker(_Model):
     password_env: str | None = None
     password_file: str | None = None
     client_id: str | None = None
+    # TLS: the broker's certificate must be signed by `ca` (and name `host`); cert/key: mutual TLS
+    tls: MqttTls | None = None
     # what goes over this broker: JSON objects on the signals' topics (one message per topic and
     # event, or one per signal), or Sparkplug B (protobuf, spBv1.0/<group_id>/.../<edge_node_id>)
     payload: Literal["json", "sparkplug"] = "json"
@@ -375,6 +432,28 @@ class MqttBroker(_Model):
     def resolve_password(self) -> str | None:
         """The password the collector logs in with; :class:`CredentialError` names what is missing."""
         return _resolve_password(self, self._base_dir)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of ``tls`` (None without it): TLS 1.2 or later, the broker's
+        certificate verified against ``ca`` and its name against ``host``, the client's
+        certificate and key loaded when given. :class:`CredentialError` names a file that
+        cannot be read or used."""
+        if self.tls is None:
+            return None
+        ca = _plant_path(self.tls.ca, self._base_dir)
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+        except (OSError, ssl.SSLError) as e:
+            raise CredentialError(f"cannot use tls.ca {ca}: {getattr(e, 'strerror', None) or e}") from None
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.tls.cert is not None and self.tls.key is not None:
+            cert, key = _plant_path(self.tls.cert, self._base_dir), _plant_path(self.tls.key, self._base_dir)
+            try:
+                ctx.load_cert_chain(str(cert), str(key))
+            except (OSError, ssl.SSLError) as e:
+                raise CredentialError(f"cannot use tls.cert {cert} with tls.key {key}: "
+                                      f"{getattr(e, 'strerror', None) or e}") from None
+        return ctx
 
     @field_validator("group_id", "edge_node_id")
     @classmethod

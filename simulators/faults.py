@@ -3,13 +3,17 @@
 A fault is written ``KIND[:VALUE][@AT[+DURATION]][/SOURCE]``:
 
 - ``restart@60s`` — the PLC restarts 60 s after start: OPC UA server away (default 5 s), back with
-  non-retentive counters at 0 and a new ``ServerStatus.StartTime``.
+  non-retentive counters at 0 and a new ``ServerStatus.StartTime``; a Sparkplug B edge node drops
+  its MQTT connection (the broker publishes its NDEATH), sets non-retentive counters to 0 and is
+  born again after that time with the next ``bdSeq``.
 - ``rollover`` — counters start a few parts short of their width, so they wrap soon after start.
 - ``silence@30s+20s`` — server alive, no value updates for 20 s (MQTT: nothing published).
 - ``bad_quality@10s+5s`` — OPC UA values written with a Bad status code for 5 s.
 - ``skew:5s@10s+30s`` — source timestamps 5 s ahead (negative: behind) for 30 s.
 - ``malformed:5%`` or ``malformed:0.05@0s+60s`` — that share of MQTT messages malformed.
 - ``disconnect@20s+5s`` — the MQTT publisher drops its broker connection for 5 s.
+- ``seq_gap@10s`` or ``seq_gap:3@10s`` — a Sparkplug B edge node loses its next (3) data
+  messages on the way: their ``seq`` numbers are used, the messages never arrive.
 
 ``/SOURCE`` limits a fault to one source of the plant (default: every source it applies to).
 Times are ``500ms``, ``30s``, ``2m``, ``1h`` or plain seconds. A faults file is YAML or JSON: a
@@ -28,14 +32,16 @@ import yaml
 
 from core.plant import Plant, Simulation
 
-FaultKind = Literal["restart", "rollover", "silence", "bad_quality", "skew", "malformed", "disconnect"]
+FaultKind = Literal["restart", "rollover", "silence", "bad_quality", "skew", "malformed", "disconnect", "seq_gap"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 OPCUA_ONLY = frozenset({"restart", "bad_quality"})
-MQTT_ONLY = frozenset({"malformed", "disconnect"})
+MQTT_ONLY = frozenset({"malformed", "disconnect", "seq_gap"})
+SPARKPLUG_TOO = frozenset({"restart"})  # OPC UA faults a Sparkplug B edge node has as well
+SPARKPLUG_ONLY = frozenset({"seq_gap"})
 
 DEFAULT_DURATION_S: dict[str, float | None] = {
     "restart": 5.0, "rollover": None, "silence": 10.0, "bad_quality": 5.0, "skew": None,
-    "malformed": None, "disconnect": 5.0,
+    "malformed": None, "disconnect": 5.0, "seq_gap": None,
 }
 ROLLOVER_MARGIN = 3  # parts before a counter wraps, with the `rollover` fault
 
@@ -88,6 +94,8 @@ def _fault(kind: str, at: float, duration: float | None, value: float | None, so
         raise FaultSpecError(f"fault '{kind}': the duration must be positive")
     if kind == "skew" and value is None:
         raise FaultSpecError("fault 'skew' needs an offset, e.g. skew:5s@10s+30s")
+    if kind == "seq_gap" and value is not None and (value < 1 or not float(value).is_integer()):
+        raise FaultSpecError(f"fault 'seq_gap': {value:g} is not a number of messages (1, 2, ...)")
     if kind == "malformed":
         if value is None:
             raise FaultSpecError("fault 'malformed' needs a rate, e.g. malformed:5% or malformed:0.05")
@@ -101,6 +109,8 @@ def _value(kind: str, text: str) -> float:
     if kind == "malformed":
         if text.endswith("%"):
             return float(text[:-1]) / 100
+        return float(text)
+    if kind == "seq_gap":
         return float(text)
     return parse_duration(text)
 
@@ -157,8 +167,13 @@ def check_sources(faults: list[Fault], plant: Plant) -> None:
         if src is None:
             raise FaultSpecError(f"fault '{f.kind}': unknown source '{f.source}'; the plant has "
                                  f"{', '.join(plant.sources)}")
-        if f.kind in OPCUA_ONLY and src.kind != "opcua":
-            raise FaultSpecError(f"fault '{f.kind}' applies to OPC UA sources, '{f.source}' is MQTT")
+        sparkplug = src.mqtt is not None and src.mqtt.payload == "sparkplug"
+        if f.kind in OPCUA_ONLY and src.kind != "opcua" and not (f.kind in SPARKPLUG_TOO and sparkplug):
+            also = " and Sparkplug B edge nodes" if f.kind in SPARKPLUG_TOO else ""
+            raise FaultSpecError(f"fault '{f.kind}' applies to OPC UA sources{also}, '{f.source}' is MQTT")
+        if f.kind in SPARKPLUG_ONLY and not sparkplug:
+            raise FaultSpecError(f"fault '{f.kind}' applies to Sparkplug B sources (payload: sparkplug), "
+                                 f"'{f.source}' is not one")
         if f.kind in MQTT_ONLY and src.kind != "mqtt":
             raise FaultSpecError(f"fault '{f.kind}' applies to MQTT sources, '{f.source}' is OPC UA")
 

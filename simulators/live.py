@@ -39,11 +39,11 @@ def wall_ms() -> int:
 
 
 class _Plcs:
-    def __init__(self, plant: Plant, seed: int = 0) -> None:
+    def __init__(self, plant: Plant, seed: int = 0, sparkplug_aliases: bool = False) -> None:
         used = {m.source for _, m in plant.machines()}
         self.opcua = {sid: OpcUaPlc(plant, sid) for sid, s in plant.sources.items()
                       if sid in used and s.kind == "opcua"}
-        self.mqtt = {sid: MqttPlc(plant, sid, seed=seed) for sid, s in plant.sources.items()
+        self.mqtt = {sid: MqttPlc(plant, sid, seed=seed, aliases=sparkplug_aliases) for sid, s in plant.sources.items()
                      if sid in used and s.kind == "mqtt"}
         self.source_of = {m.id: m.source for _, m in plant.machines()}
 
@@ -53,7 +53,12 @@ class _Plcs:
         mqtt = [q for sid, q in self.mqtt.items() if fault.source in (None, sid)]
         dur = fault.duration_s
         if fault.kind == "restart":
-            await asyncio.gather(*(o.restart(dur or 5.0) for o in opcua))
+            await asyncio.gather(*(o.restart(dur or 5.0) for o in opcua),
+                                 *(q.restart(dur or 5.0) for q in mqtt if q.sparkplug))
+        elif fault.kind == "seq_gap":
+            for q in mqtt:
+                if q.sparkplug:
+                    q.seq_gap(int(fault.value or 1))
         elif fault.kind == "disconnect":
             await asyncio.gather(*(q.disconnect(dur or 5.0) for q in mqtt))
         elif fault.kind == "silence":
@@ -117,11 +122,12 @@ async def _run_faults(plcs: _Plcs, faults: Sequence[Fault], ledger: LedgerWriter
 
 async def run_live(plant: Plant, seed: int, *, duration_s: float | None, truth_path: Path,
                    stop: asyncio.Event | None = None, ready: asyncio.Event | None = None,
-                   tick_s: float = TICK_S, faults: Sequence[Fault] = ()) -> None:
+                   tick_s: float = TICK_S, faults: Sequence[Fault] = (), sparkplug_aliases: bool = False) -> None:
     """Run the simulated plant live until ``stop`` is set or ``duration_s`` has passed (None:
     until ``stop``). Serves one OPC UA server per OPC UA source at its endpoint and publishes to
     each MQTT source's broker; writes the ledger to ``truth_path`` as it goes. ``ready`` is set
-    once the servers listen and the initial values are published."""
+    once the servers listen and the initial values are published. ``sparkplug_aliases``: Sparkplug
+    B births give metrics aliases and data messages carry only those."""
     stop = stop if stop is not None else asyncio.Event()
     check_sources(list(faults), plant)
     rollover = [f for f in faults if f.kind == "rollover"]
@@ -129,7 +135,7 @@ async def run_live(plant: Plant, seed: int, *, duration_s: float | None, truth_p
     if rollover:
         only = {f.source for f in rollover if f.source is not None}
         plant = with_rollover(plant, None if any(f.source is None for f in rollover) else only)
-    plcs = _Plcs(plant, seed)
+    plcs = _Plcs(plant, seed, sparkplug_aliases)
     async with contextlib.AsyncExitStack() as stack:
         for o in plcs.opcua.values():
             stack.push_async_callback(o.stop)

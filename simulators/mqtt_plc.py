@@ -61,9 +61,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
+from core import sparkplug as spb
 from core.model import MEANINGFUL_SIGNALS
 from core.plant import Plant, Signal
-from simulators import sparkplug as spb
 from simulators.model import Event, RawValue, derive_seed, iso_ms
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class MqttPlc:
     ``disconnects`` (simulated ones).
     """
 
-    def __init__(self, plant: Plant, source_id: str, *, seed: int = 0) -> None:
+    def __init__(self, plant: Plant, source_id: str, *, seed: int = 0, aliases: bool = False) -> None:
         broker = plant.sources[source_id].mqtt
         if broker is None:
             raise ValueError(f"source '{source_id}' is not an MQTT source")
@@ -223,6 +223,16 @@ class MqttPlc:
         self._topic_of: dict[tuple[str, str], _Topic] = {}
         self._route_of: dict[tuple[str, str], _Route] = {}
         self._devices: dict[str, dict[str, tuple[str, spb.DataType]]] = {}
+        # Sparkplug B aliases (``aliases=True``): births name each metric and give it an alias
+        # (1, 2, ... per device), data messages carry the alias alone, as the specification allows
+        self.aliases = aliases
+        self._alias: dict[tuple[str, str], int] = {}
+        # counters as the PLC shows them: (event value - offset) mod 2^bits; a restart of a
+        # Sparkplug B node sets the offset of its non-retentive counters (they count from 0)
+        self._counter_bits: dict[tuple[str, str], int] = {}
+        self._retentive: set[tuple[str, str]] = set()
+        self._raw: dict[tuple[str, str], int] = {}
+        self._offset: dict[tuple[str, str], int] = {}
         self.group_id = broker.group_id or ""
         self.edge_node_id = broker.edge_node_id or ""
         if self.sparkplug:
@@ -236,6 +246,11 @@ class MqttPlc:
                                          f"Sparkplug metric '{metric}'; give one of them another 'metric'")
                     by_metric[metric] = name
                     metrics[name] = (metric, spb.datatype_of(name, sig))
+                    self._alias[(m.id, name)] = len(by_metric)
+                    if sig.counter_bits is not None:
+                        self._counter_bits[(m.id, name)] = sig.counter_bits
+                        if sig.retentive:
+                            self._retentive.add((m.id, name))
                 self._devices[m.id] = metrics
         elif self.per_signal:
             users = Counter(sig.topic for m in machines for sig in m.signals.values() if sig.topic)
@@ -257,6 +272,9 @@ class MqttPlc:
         client_id = broker.client_id or f"mieruka-sim-{source_id}-{os.getpid()}-{os.urandom(3).hex()}"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv311, clean_session=True)
+        tls = broker.ssl_context()  # the plant's tls: the same CA, and the client pair if given
+        if tls is not None:
+            self.client.tls_set_context(tls)
         if broker.username:
             self.client.username_pw_set(broker.username, broker.resolve_password())
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -303,6 +321,9 @@ class MqttPlc:
         self.births = 0
         self.rebirths = 0
         self.disconnects = 0
+        self.restarts = 0
+        self.lost = 0  # Sparkplug B data messages lost on purpose (seq_gap)
+        self._lose = 0
 
     # ---- state -----------------------------------------------------------------------------
     @property
@@ -402,6 +423,10 @@ class MqttPlc:
         changed: list[str] = []
         for signal, value in event.raw:
             if signal in known:
+                bits = self._counter_bits.get((event.machine, signal))
+                if bits is not None and isinstance(value, int):
+                    self._raw[(event.machine, signal)] = value
+                    value = (value - self._offset.get((event.machine, signal), 0)) % (1 << bits)
                 regs[signal] = value
                 changed_at[signal] = event.t_ms
                 if signal not in changed:
@@ -496,17 +521,19 @@ class MqttPlc:
         self._seq = (seq + 1) % 256
         return seq
 
-    def _metric(self, machine: str, signal: str, t_ms: int) -> spb.Metric:
-        name, dt = self._devices[machine][signal]
+    def _metric(self, machine: str, signal: str, t_ms: int, *, birth: bool = False) -> spb.Metric:
+        metric, dt = self._devices[machine][signal]
         value = self._registers[machine].get(signal)
         ts = self._stamp(t_ms)
+        alias = self._alias[(machine, signal)] if self.aliases else None
+        name = metric if birth or alias is None else None  # with aliases, data names the alias alone
         if value is None:
-            return spb.Metric(name, None, dt, ts, is_null=True)
+            return spb.Metric(name, None, dt, ts, alias, is_null=True)
         if dt == spb.DataType.Double:
-            return spb.Metric(name, float(value), dt, ts)
+            return spb.Metric(name, float(value), dt, ts, alias)
         if dt == spb.DataType.String:
-            return spb.Metric(name, str(value), dt, ts)
-        return spb.Metric(name, int(value), dt, ts)
+            return spb.Metric(name, str(value), dt, ts, alias)
+        return spb.Metric(name, int(value), dt, ts, alias)
 
     def _birth_if_due(self) -> None:
         if self._online and self._seeded and not self._born:
@@ -522,7 +549,7 @@ class MqttPlc:
                       0, False)
         for machine, metrics in self._devices.items():
             changed_at = self._changed_at[machine]
-            ms = sorted((self._metric(machine, s, changed_at.get(s, now)) for s in metrics),
+            ms = sorted((self._metric(machine, s, changed_at.get(s, now), birth=True) for s in metrics),
                         key=lambda m: m.timestamp or 0)  # chronological order, as births must be
             payload = spb.Payload(tuple(ms), self._stamp(now), self._next_seq())
             self._publish(self._topic("DBIRTH", machine), spb.encode(payload), 0, False)
@@ -536,6 +563,11 @@ class MqttPlc:
         if not metrics:
             return
         payload = spb.Payload(tuple(metrics), max(m.timestamp or 0 for m in metrics), self._next_seq())
+        if self._lose > 0:
+            # lost on the way (seq_gap): its seq number is used, the message never arrives
+            self._lose -= 1
+            self.lost += 1
+            return
         kind = self._draw_malformed()
         if kind is None:
             data = spb.encode(payload, datatypes=False)  # data messages should not repeat datatypes
@@ -565,6 +597,35 @@ class MqttPlc:
                 self._birth()
 
     # ---- faults -----------------------------------------------------------------------------
+    def seq_gap(self, messages: int = 1) -> None:
+        """Sparkplug B: lose the next ``messages`` data messages on the way (their ``seq`` numbers
+        are used, nothing is published), so a host sees a gap in ``seq``. Counters are cumulative:
+        the next message, or the births a host asks for, carry every part made meanwhile."""
+        if not self.sparkplug:
+            raise ValueError(f"MQTT simulator {self.source_id}: seq_gap is a Sparkplug B fault")
+        if messages < 1:
+            raise ValueError(f"messages must be at least 1, got {messages}")
+        self._lose += messages
+        log.info("MQTT simulator %s: losing the next %d data messages", self.source_id, messages)
+
+    async def restart(self, down_s: float) -> None:
+        """Sparkplug B: the edge node restarts. Its connection drops without a DISCONNECT (the
+        broker publishes its NDEATH), its non-retentive counters are set to 0 and count from
+        there, and after ``down_s`` seconds it connects again with the next ``bdSeq`` and new
+        births. The model runs on meanwhile: after the restart a non-retentive counter shows
+        exactly the parts made since the restart began (modulo its width)."""
+        if not self.sparkplug:
+            raise ValueError(f"MQTT simulator {self.source_id}: restart is a Sparkplug B edge node fault")
+        for key in self._counter_bits:
+            if key not in self._retentive:
+                machine, signal = key
+                self._offset[key] = self._raw.get(key, 0)
+                self._registers[machine][signal] = 0
+                self._changed_at[machine][signal] = wall_ms()
+        self.restarts += 1
+        log.info("MQTT simulator %s: edge node restart, away for %.1f s", self.source_id, down_s)
+        await self.disconnect(down_s)
+
     def malformed(self, rate: float, duration_s: float | None = None) -> None:
         """From now on, for ``duration_s`` seconds (None: until called again), replace about
         ``rate`` (0–1) of the data messages by malformed ones, a kind drawn evenly for each

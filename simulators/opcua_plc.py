@@ -308,7 +308,8 @@ class OpcUaPlc:
     """
 
     def __init__(self, plant: Plant, source_id: str, *, on_reset: ResetHook | None = None,
-                 write_path: WritePath = "fast", seed: int = 0) -> None:
+                 write_path: WritePath = "fast", seed: int = 0,
+                 max_monitored_items_per_call: int | None = None) -> None:
         src = plant.sources[source_id].opcua
         if src is None:
             raise ValueError(f"source '{source_id}' is not an OPC UA source")
@@ -337,6 +338,10 @@ class OpcUaPlc:
         self._wake = asyncio.Event()
         self._housekeeper: asyncio.Task[None] | None = None
         self._restart_lock = asyncio.Lock()
+        if max_monitored_items_per_call is not None and max_monitored_items_per_call < 1:
+            raise ValueError("max_monitored_items_per_call must be at least 1")
+        self.max_monitored_items_per_call = max_monitored_items_per_call
+        self.monitor_calls_refused = 0
 
     # ---- building ------------------------------------------------------------------------
     async def _namespaces(self) -> dict[str, int]:
@@ -379,6 +384,24 @@ class OpcUaPlc:
         self.server.iserver.set_user_manager(
             cast(Any, _Access(users, None if src.security == "none" else self._trusted)))
 
+    async def _limit_monitored_items(self, limit: int) -> None:
+        """Behave like a PLC with a small ``MaxMonitoredItemsPerCall``: state it in the server's
+        operation limits (ns=0;i=11714) and refuse a CreateMonitoredItems call with more items
+        as a whole (BadTooManyOperations), as such PLCs do; asyncua states 10 000 and enforces none."""
+        limits = ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall
+        node = self.server.get_node(ua.NodeId(ua.Int32(limits)))
+        await node.write_value(ua.Variant(limit, ua.VariantType.UInt32))
+        service = self.server.iserver.subscription_service
+        create = service.create_monitored_items
+
+        async def limited(params: ua.CreateMonitoredItemsParameters) -> list[ua.MonitoredItemCreateResult]:
+            if len(params.ItemsToCreate) > limit:
+                self.monitor_calls_refused += 1
+                raise ServiceError(StatusCodes.BadTooManyOperations)
+            return await create(params)
+
+        service.create_monitored_items = limited  # type: ignore[method-assign]
+
     async def _validate_certificate(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
         if certs.der(cert) not in self._trusted:
             log.warning("OPC UA simulator %s: rejected an untrusted client certificate (%s)", self.endpoint,
@@ -389,6 +412,8 @@ class OpcUaPlc:
         """Build the server and its address space; takes ~2 s (asyncua's own init) plus
         ~0.2 ms a variable."""
         await self.server.init()
+        if self.max_monitored_items_per_call is not None:
+            await self._limit_monitored_items(self.max_monitored_items_per_call)
         await self.server.set_application_uri(certs.server_app_uri(self.source_id))
         self.server.set_endpoint(self.endpoint)
         self.server.set_server_name(f"mieruka simulator ({self.source_id})")

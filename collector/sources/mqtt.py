@@ -15,7 +15,8 @@ yields one sample. Malformed payloads are counted per kind in ``stats.errors`` (
 ``not_object``, ``missing_field``, ``wrong_type``, ``bad_value``, ``missing_time``,
 ``bad_time``), logged once per kind, and skipped; the source goes on.
 
-Reconnection is paho's (``reconnect_delay_set`` caps it); every (re)connect subscribes again.
+Reconnection is paho's (``reconnect_delay_set`` caps it, at a scale each source draws once
+between 0.5 and 1, since paho's own doubling has no jitter); every (re)connect subscribes again.
 A source that cannot work fails loudly instead of sitting connected to nothing: a topic filter
 that is not a valid MQTT filter is refused when the source is made (``ValueError``); a
 subscription the broker refuses, an exception in one of our paho callbacks, or paho's network
@@ -42,6 +43,12 @@ connection yields one :class:`~collector.sources.SourceOffline` per outage (its 
 ``offline``). A persistent session does not: the broker keeps the messages for us and they
 arrive, late but complete, after the reconnect.
 
+Sparkplug B (``payload: sparkplug``): the source subscribes to its edge node's births, data and
+deaths instead of the signals' topics and hands each message to a
+:class:`~collector.sources.sparkplug.SparkplugNode` (births, aliases, ``seq``, ``bdSeq``), which
+says what it means; the source publishes the node's rebirth requests (``NCMD``). Everything else
+(connection markers, acknowledgement after durability, dead letters) is as for JSON.
+
 Malformed input goes to ``dead_letters`` (a :class:`collector.deadletter.DeadLetters`) with
 its raw payload and reason when one is given (it is acked like any other message: its reason
 and bytes are kept there, a re-delivery would fail the same way).
@@ -54,7 +61,11 @@ import contextlib
 import json
 import logging
 import math
+import random
+import ssl
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,13 +88,24 @@ from collector.sources import (
     SourceStats,
     coerce_value,
 )
+from collector.sources.sparkplug import Outcome, SparkplugNode
 from core.model import Sample, from_ns
 from core.plant import MqttBroker, Signal, mqtt_topic_filter_problem
 
 log = logging.getLogger(__name__)
 
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+_LOGIN_REFUSED = frozenset({"Not authorized", "Bad user name or password"})  # CONNACK reasons of a login
 _ALIVE_CHECK_S = 1.0  # how often a waiting source checks that paho's network thread still runs
+
+
+@dataclass(frozen=True, slots=True)
+class _NewSession:
+    """Inbox marker (paho's thread): a connection began; Sparkplug B node state starts over."""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +139,11 @@ class MqttSource:
         self.client_id = client_id or broker.client_id
         self.stats = SourceStats()
         self._routes: dict[str, list[_Route]] = {}
-        for machine, name, sig in signals:
+        # Sparkplug B: the node's protocol state parses instead of the JSON routes
+        self._spb: SparkplugNode | None = None
+        if broker.payload == "sparkplug":
+            self._spb = SparkplugNode(source_id, broker, signals)
+        for machine, name, sig in signals if self._spb is None else ():
             if not sig.topic or not sig.field:
                 raise ValueError(f"{machine}.{name}: an MQTT signal needs 'topic' and 'field'")
             # the plant model refuses these already; a source built by hand must not kill paho's thread
@@ -127,13 +153,16 @@ class MqttSource:
             self._routes.setdefault(sig.topic, []).append(_Route(machine, name, sig, sig.field))
         # plant files name concrete topics; wildcards are allowed but matched the slow way
         self._wild = [(t, r) for t, r in self._routes.items() if "+" in t or "#" in t]
+        # TLS files are read now: a CA or key that cannot be used is a configuration error
+        # (CredentialError, a ValueError), not something to retry
+        self._ssl = broker.ssl_context()
         self._keepalive_s = keepalive_s
         self._gather_s = gather_s
         self._reconnect = (reconnect_min_s, reconnect_max_s)
         # paho's thread appends here (deque appends are thread-safe) and wakes the event loop only
         # when the consumer waits for mail (see _on_message)
         # messages as (topic, payload, received, mid, qos, connection generation), and markers
-        self._inbox: deque[tuple[str, bytes | bytearray, datetime, int, int, int] | SourceItem] = deque()
+        self._inbox: deque[tuple[str, bytes | bytearray, datetime, int, int, int] | SourceItem | _NewSession] = deque()
         self._generation = 0  # paho's thread: connections so far
         self._offline = False  # paho's thread: a SourceOffline is queued and no connection since
         self._dead_letters = dead_letters
@@ -153,7 +182,12 @@ class MqttSource:
 
     @property
     def topics(self) -> list[str]:
-        return list(self._routes)
+        return self._spb.topics if self._spb is not None else list(self._routes)
+
+    @property
+    def sparkplug(self) -> SparkplugNode | None:
+        """The Sparkplug B node state (its ``stats``), or None for JSON payloads."""
+        return self._spb
 
     # ---- context manager / iterator --------------------------------------------------------
     async def __aenter__(self) -> MqttSource:
@@ -164,9 +198,15 @@ class MqttSource:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or "",
                              clean_session=not persistent, protocol=mqtt.MQTTv311,
                              manual_ack=self.broker.qos > 0)
+        if self._ssl is not None:
+            client.tls_set_context(self._ssl)
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.resolve_password())
-        client.reconnect_delay_set(*self._reconnect)
+        # paho doubles its delay from min to max but draws no jitter; each source draws its own
+        # scale once (x0.5-1), so collectors that lose one broker together do not retry in step
+        scale = random.uniform(0.5, 1.0)
+        # (paho annotates the delays as int, but only multiplies and compares them)
+        client.reconnect_delay_set(self._reconnect[0] * scale, self._reconnect[1] * scale)  # type: ignore[arg-type]
         # an exception escaping a callback ends paho's network thread: each one is guarded
         client.on_connect = self._guarded(self._on_connect)
         client.on_connect_fail = self._guarded(self._on_connect_fail)
@@ -251,6 +291,10 @@ class MqttSource:
         generation = -1
         for _ in range(min(len(self._inbox), 1000)):
             entry = self._inbox.popleft()
+            if isinstance(entry, _NewSession):
+                if self._spb is not None:
+                    self._sparkplug_outcome(self._spb.reset())
+                continue
             if not isinstance(entry, tuple):
                 if acks:
                     self._pending.append(AckPoint(self.source_id, (generation, acks)))
@@ -291,8 +335,16 @@ class MqttSource:
         await self._ready.wait()
 
     # ---- parsing (event loop) ---------------------------------------------------------------
-    def parse(self, topic: str, payload: bytes | bytearray, received: datetime) -> list[Sample]:
-        """Samples in one message; malformed input is counted, logged once per kind, skipped."""
+    def parse(self, topic: str, payload: bytes | bytearray, received: datetime) -> list[SourceItem]:
+        """Samples (and Sparkplug B markers) in one message; malformed input is counted, logged
+        once per kind, skipped."""
+        if self._spb is not None:
+            def problem(kind: str, message: str) -> None:
+                self._problem(kind, topic, payload, "%s", message)
+
+            outcome = self._spb.handle(topic, payload, received, problem)
+            self._sparkplug_outcome(outcome)
+            return outcome.items
         routes = self._routes.get(topic)
         if routes is None:
             routes = [r for pattern, rs in self._wild if mqtt.topic_matches_sub(pattern, topic) for r in rs]
@@ -314,7 +366,7 @@ class MqttSource:
             self._problem("not_object", topic, payload, "%s: payload on %s is not a JSON object: %s",
                           self.source_id, topic, _excerpt(payload))
             return []
-        out: list[Sample] = []
+        out: list[SourceItem] = []
         present = 0
         for r in routes:
             if r.field not in obj:
@@ -349,6 +401,17 @@ class MqttSource:
         except ValueError as e:
             self._problem("bad_time", topic, payload, "%s: time field %r on %s: %s", self.source_id, tf, topic, e)
             return None
+
+    def _sparkplug_outcome(self, outcome: Outcome) -> None:
+        """Ask the node for a rebirth when the message (or a new connection) calls for one."""
+        client = self._client
+        if not outcome.rebirth or self._spb is None or client is None:
+            return
+        # QoS 0, as the specification has commands sent; a lost request is asked again on the
+        # next message that needs a birth
+        client.publish(self._spb.command_topic, SparkplugNode.rebirth_payload(_now_ms()), qos=0)
+        log.info("%s: asked Sparkplug B node %s/%s for a rebirth", self.source_id, self._spb.group_id,
+                 self._spb.edge_node_id)
 
     def _problem(self, kind: str, topic: str, payload: bytes | bytearray, msg: str, *args: object) -> None:
         if self._dead_letters is None:
@@ -399,8 +462,9 @@ class MqttSource:
             self._went_offline(f"broker refused the connection: {reason_code}")
             if not self._connect_failing:
                 self._connect_failing = True
-                log.warning("%s: broker %s:%d refused the connection: %s; retrying",
-                            self.source_id, self.broker.host, self.broker.port, reason_code)
+                hint = " (check username and its password)" if str(reason_code) in _LOGIN_REFUSED else ""
+                log.warning("%s: broker %s:%d refused the connection: %s%s; retrying",
+                            self.source_id, self.broker.host, self.broker.port, reason_code, hint)
             return
         self._connect_failing = False
         # paho's thread reads packets in order: this marker precedes every message of this connection
@@ -408,24 +472,33 @@ class MqttSource:
         self._offline = False
         self._mark(SourceOnline(self.source_id, datetime.now(UTC)))
         qos = int(self.broker.qos)
-        topics: list[tuple[str, int]] = [(topic, qos) for topic in self._routes]
+        topics: list[tuple[str, int]] = [(topic, qos) for topic in self.topics]
         _, mid = client.subscribe(topics)
         self._sub_mid = mid
+        if self._spb is not None:
+            # in order with this connection's messages: the node state starts over and a rebirth
+            # is asked (published after the SUBSCRIBE, so the births reach the subscription)
+            self._inbox.append(_NewSession())
+            self._wake()
         self._to_loop(self._connected, flags.session_present)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError:` around the connection attempt and
+        # does not pass the error on; it is the exception being handled (a refused TCP
+        # connection, a TLS handshake that failed, ...)
+        reason = _connect_error(sys.exception())
         self._to_loop(self._connect_failed)
-        self._went_offline("cannot connect")
+        self._went_offline(f"cannot connect: {reason}")
         if not self._connect_failing:
             self._connect_failing = True
-            log.warning("%s: cannot connect to %s:%d; paho retries (up to every %ds)",
-                        self.source_id, self.broker.host, self.broker.port, self._reconnect[1])
+            log.warning("%s: cannot connect to %s:%d: %s; paho retries (up to every %ds)",
+                        self.source_id, self.broker.host, self.broker.port, reason, self._reconnect[1])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[Any],
                       properties: Any) -> None:
         if mid != self._sub_mid:
             return
-        refused = [f"{topic} ({rc})" for topic, rc in zip(self._routes, reason_codes, strict=False) if rc.is_failure]
+        refused = [f"{topic} ({rc})" for topic, rc in zip(self.topics, reason_codes, strict=False) if rc.is_failure]
         if refused:
             # the signals of these topics would never arrive: better no collector than a quiet one
             self._fail(f"the broker {self.broker.host}:{self.broker.port} refused the subscription to "
@@ -488,6 +561,19 @@ def parse_time(raw: object, unit: str) -> datetime:
     if not 0 <= ns < 253_402_300_800 * 1_000_000_000:  # year 10000
         raise ValueError(f"epoch {raw!r} {unit} is out of range")
     return from_ns(ns)
+
+
+def _connect_error(e: BaseException | None) -> str:
+    """Why a connection attempt failed, for a person: what TLS said about the broker's
+    certificate, or the socket error."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return (f"the broker's TLS certificate is not trusted ({e.verify_message}; check tls.ca and that the "
+                "certificate names the host)")
+    if isinstance(e, ssl.SSLError):
+        return f"TLS handshake failed ({e.reason or e}; check tls.cert/tls.key and that the port speaks TLS)"
+    if isinstance(e, OSError):
+        return e.strerror or str(e) or type(e).__name__
+    return "unknown error" if e is None else f"{type(e).__name__}: {e}"
 
 
 def _excerpt(payload: bytes | bytearray, n: int = 120) -> str:

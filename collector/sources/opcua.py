@@ -24,18 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.subscription import DataChangeNotif
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from collector.sources import (
     Backoff,
@@ -56,6 +61,15 @@ from core.plant import OpcUaEndpoint, Signal
 log = logging.getLogger(__name__)
 
 START_TIME_NODE = ua.NodeId(ua.Int32(ObjectIds.Server_ServerStatus_StartTime))  # ns=0;i=2257
+MAX_MONITORED_ITEMS_NODE = ua.NodeId(
+    ua.Int32(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall))  # ns=0;i=11714
+# items per CreateMonitoredItems call when the server states no limit: small enough for any
+# message size limit, large enough that 20 000 signals take 20 calls
+DEFAULT_MONITOR_BATCH = 1000
+
+
+class UntrustedServer(Exception):
+    """The server's certificate is neither in ``trust_dir`` nor pinned by ``server_cert_sha256``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +154,8 @@ class OpcUaSource:
         self._closed = False
         self._problem = OncePerKind(log, self.stats.errors)
         self._connect_failing = False
+        self.namespace_reads = 0  # reads of the server's namespace array (one per connection with nsu= nodes)
+        self.monitor_calls = 0  # CreateMonitoredItems calls of the last connection
 
     # ---- context manager / iterator --------------------------------------------------------
     async def __aenter__(self) -> OpcUaSource:
@@ -235,11 +251,19 @@ class OpcUaSource:
         if password:
             client.set_password(password)
         if self.endpoint.security != "none":
-            mode = "Sign" if self.endpoint.security == "sign" else "SignAndEncrypt"
             if not (self.endpoint.certificate and self.endpoint.private_key):
                 raise ValueError(f"security '{self.endpoint.security}' needs 'certificate' and 'private_key'")
-            await client.set_security_string(
-                f"Basic256Sha256,{mode},{self.endpoint.certificate},{self.endpoint.private_key}")
+            mode = (ua.MessageSecurityMode.Sign if self.endpoint.security == "sign"
+                    else ua.MessageSecurityMode.SignAndEncrypt)
+            # the server's certificate from its endpoint list (over an unsecured channel, which
+            # carries nothing secret), checked before a secure channel is opened or a password sent
+            async with asyncio.timeout(self._request_timeout_s * 2):
+                endpoints = await client.connect_and_get_server_endpoints()
+            found = Client.find_endpoint(endpoints, mode, SecurityPolicyBasic256Sha256.URI)
+            server_der = _first_der(found.ServerCertificate or b"")
+            self._trust(server_der)
+            await client.set_security(SecurityPolicyBasic256Sha256, self.endpoint.certificate,
+                                      self.endpoint.private_key, server_certificate=server_der, mode=mode)
 
         async def lost(exc: Exception) -> None:
             self._queue.put_nowait(_Lost(generation, _describe(exc)))
@@ -262,13 +286,32 @@ class OpcUaSource:
         self._queue.put_nowait(SourceOnline(self.source_id, datetime.now(UTC), start))
 
         requests = []
+        wanted = []
         self._handles = {}
+        # nsu= node ids name their namespace by URI: one read of the namespace array per
+        # connection (a restarted server may number its namespaces differently), not one per node
+        namespaces: dict[str, int] | None = None
+        if any(node.startswith("nsu=") for _, _, node, _ in self._signals):
+            array = await client.get_namespace_array()
+            self.namespace_reads += 1
+            namespaces = {uri: i for i, uri in enumerate(array)}
         for handle, (machine, name, node, spec) in enumerate(self._signals, start=1):
+            node_id = _resolve(node, namespaces)
+            if node_id is None:
+                self._problem("bad_node", "%s: cannot monitor %s (%s.%s): the server has no namespace %r",
+                              self.source_id, node, machine, name, node[4:].partition(";")[0])
+                continue
             self._handles[handle] = (machine, name, spec)
-            requests.append(self._request(await _resolve(client, node), handle))
+            requests.append(self._request(node_id, handle))
+            wanted.append((machine, name, node))
         sub = await client.create_subscription(self._publishing_interval_ms, _Handler(self, generation))
-        results = await sub.create_monitored_items(requests) if requests else []
-        for (machine, name, node, _), res in zip(self._signals, results, strict=True):
+        batch = await self._batch_size(client)
+        results: list[Any] = []
+        # within the server's MaxMonitoredItemsPerCall: a PLC refuses a larger call as a whole
+        for i in range(0, len(requests), batch):
+            results += await sub.create_monitored_items(requests[i:i + batch])
+        self.monitor_calls = -(-len(requests) // batch)
+        for (machine, name, node), res in zip(wanted, results, strict=True):
             if isinstance(res, ua.StatusCode):
                 self._problem("bad_node", "%s: cannot monitor %s (%s.%s): %s",
                               self.source_id, node, machine, name, res.name)
@@ -279,6 +322,35 @@ class OpcUaSource:
         self._ready.set()
         log.info("%s: connected to %s, %d signals subscribed", self.source_id, self.endpoint.endpoint,
                  len(requests))
+
+    async def _batch_size(self, client: Client) -> int:
+        """Monitored items per CreateMonitoredItems call: the server's
+        ``OperationLimits.MaxMonitoredItemsPerCall`` (0: no limit), else ``DEFAULT_MONITOR_BATCH``."""
+        try:
+            limit = await client.get_node(MAX_MONITORED_ITEMS_NODE).read_value()
+        except Exception as e:  # a server without operation limits answers BadNodeIdUnknown
+            log.debug("%s: no MaxMonitoredItemsPerCall (%s); batches of %d", self.source_id, _describe(e),
+                      DEFAULT_MONITOR_BATCH)
+            return DEFAULT_MONITOR_BATCH
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            return min(limit, DEFAULT_MONITOR_BATCH)
+        return DEFAULT_MONITOR_BATCH
+
+    def _trust(self, der: bytes) -> None:
+        """Refuse a server certificate that is neither pinned nor in ``trust_dir``
+        (:class:`UntrustedServer`, naming its fingerprint so a person can pin it)."""
+        fingerprint = hashlib.sha256(der).hexdigest()
+        pinned = self.endpoint.server_cert_sha256
+        if pinned is not None and pinned == fingerprint:
+            return
+        folder = self.endpoint.trust_dir_path()
+        if folder is not None and der and der in _trusted_ders(folder):
+            return
+        given = [f"pinned (server_cert_sha256 {pinned})"] if pinned else []
+        given += [f"in trust_dir {folder}"] if folder is not None else []
+        where = " nor ".join(given) if given else "trusted: set trust_dir or server_cert_sha256"
+        raise UntrustedServer(f"the server's certificate (SHA-256 {fingerprint}) is not {where}; if this is the "
+                              "right server, copy its certificate into trust_dir or pin that fingerprint")
 
     def _request(self, node_id: ua.NodeId, handle: int) -> ua.MonitoredItemCreateRequest:
         rv = ua.ReadValueId()
@@ -386,14 +458,44 @@ def _check_node_id(node: str) -> None:
     ua.NodeId.from_string(node)
 
 
-async def _resolve(client: Client, node: str) -> ua.NodeId:
-    """``nsu=<uri>;s=...`` names its namespace by URI: look the index up on this connection
-    (a restarted server may number its namespaces differently)."""
+def _resolve(node: str, namespaces: dict[str, int] | None) -> ua.NodeId | None:
+    """The NodeId of ``node``; ``nsu=<uri>;s=...`` through this connection's namespace indexes
+    (None when the server has no such namespace)."""
     if node.startswith("nsu="):
         uri, _, rest = node[4:].partition(";")
-        idx = await client.get_namespace_index(uri)
-        return ua.NodeId.from_string(f"ns={idx};{rest}")
+        idx = (namespaces or {}).get(uri)
+        return None if idx is None else ua.NodeId.from_string(f"ns={idx};{rest}")
     return ua.NodeId.from_string(node)
+
+
+def _first_der(data: bytes) -> bytes:
+    """The first certificate of a DER chain (a server may send its chain concatenated)."""
+    if len(data) < 2 or data[0] != 0x30:
+        return data
+    n = data[1]
+    if n < 0x80:
+        return data[:2 + n]
+    k = n & 0x7F
+    return data[:2 + k + int.from_bytes(data[2:2 + k], "big")]
+
+
+def _trusted_ders(folder: Path) -> set[bytes]:
+    """DER bytes of the certificates in ``folder`` (DER or PEM files), read at every connection
+    so a certificate added later is trusted from the next attempt; unreadable files are skipped."""
+    out: set[bytes] = set()
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return out
+    for p in files:
+        try:
+            data = p.read_bytes()
+            cert = (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----BEGIN")
+                    else x509.load_der_x509_certificate(data))
+        except (OSError, ValueError):
+            continue
+        out.add(cert.public_bytes(serialization.Encoding.DER))
+    return out
 
 
 def _describe(e: BaseException) -> str:

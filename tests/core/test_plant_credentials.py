@@ -127,3 +127,32 @@ def test_collect_warns_at_the_default_log_level_and_names_a_missing_variable(tmp
     assert r.returncode == 2, r.stderr[-3000:]
     assert "sources.plc-1: the environment variable MIERUKA_TEST_OPC_PW (password_env) is not set" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_mqtt_tls_keys(tmp_path: Path) -> None:
+    """`tls: {ca, cert?, key?}`: cert and key go together; paths are relative to the plant file and
+    read when the collector connects (a plant that names files of another machine still checks)."""
+    with pytest.raises(PlantFileError, match="give 'cert' and 'key' together"):
+        parse_plant(with_sources(mqtt={"tls": {"ca": "ca.pem", "cert": "client.pem"}}))
+    with pytest.raises(PlantFileError, match="ca"):
+        parse_plant(with_sources(mqtt={"tls": {"cert": "c.pem", "key": "k.pem"}}))
+    plant = load_plant(write_plant(tmp_path, with_sources(mqtt={"tls": {"ca": "tls/ca.pem"}})))
+    broker = plant.sources["broker"].mqtt
+    assert broker is not None and broker.tls is not None
+    with pytest.raises(CredentialError, match=r"cannot use tls.ca .*tls/ca\.pem"):
+        broker.ssl_context()
+    assert parse_plant(with_sources()).sources["broker"].mqtt.ssl_context() is None  # type: ignore[union-attr]
+
+
+def test_opcua_server_trust_keys(tmp_path: Path) -> None:
+    """`server_cert_sha256` is 64 hex digits (colons and capitals as openssl prints them are
+    fine); `trust_dir` is relative to the plant file."""
+    pin = "AB:" * 31 + "AB"
+    plant = parse_plant(with_sources(opcua={"server_cert_sha256": pin}))
+    assert plant.sources["plc-1"].opcua.server_cert_sha256 == "ab" * 32  # type: ignore[union-attr]
+    with pytest.raises(PlantFileError, match="not a SHA-256 fingerprint"):
+        parse_plant(with_sources(opcua={"server_cert_sha256": "abc"}))
+    with pytest.raises(PlantFileError, match="trust_dir must be a folder path"):
+        parse_plant(with_sources(opcua={"trust_dir": " "}))
+    plant = load_plant(write_plant(tmp_path, with_sources(opcua={"trust_dir": "pki/servers"})))
+    assert plant.sources["plc-1"].opcua.trust_dir_path() == tmp_path / "pki" / "servers"  # type: ignore[union-attr]

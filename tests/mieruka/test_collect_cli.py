@@ -25,12 +25,19 @@ def _collect(tmp_path: Path, plant_text: str, *extra: str) -> subprocess.Complet
                           capture_output=True, text=True, timeout=60)
 
 
-def test_sparkplug_source_is_refused_with_the_way_out(tmp_path: Path) -> None:
+def test_two_signals_on_one_sparkplug_metric_are_refused(tmp_path: Path) -> None:
+    """A Sparkplug B source is collected now; one that cannot be read unambiguously is refused."""
     raw = yaml.safe_load(dump_plant(fast_plant(4840, 1883)))
     raw["sources"]["broker"]["mqtt"].update(payload="sparkplug", group_id="g", edge_node_id="n")
+    for line in raw["lines"]:
+        for m in line["machines"]:
+            if m["source"] == "broker":
+                for name, sig in m["signals"].items():
+                    sig.pop("topic", None), sig.pop("field", None), sig.pop("time_field", None)
+                    sig["metric"] = "Counts/Good" if name in ("good", "scrap") else name
     r = _collect(tmp_path, yaml.safe_dump(raw, allow_unicode=True))
     assert r.returncode == 2, r.stderr
-    assert "sparkplug" in r.stderr and "--lines" in r.stderr
+    assert "both Sparkplug metric 'Counts/Good'" in r.stderr
 
 
 def test_unknown_line_is_refused(tmp_path: Path) -> None:
@@ -81,3 +88,11 @@ def test_status_reads_a_running_collectors_metrics(tmp_path: Path) -> None:
     gone = subprocess.run([sys.executable, "-m", "mieruka.cli", "status", "--metrics", url],
                           capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1 and url in gone.stderr
+
+
+def test_a_tls_file_that_cannot_be_read_is_refused_at_start(tmp_path: Path) -> None:
+    raw = yaml.safe_load(dump_plant(fast_plant(free_port(), free_port())))
+    raw["sources"]["broker"]["mqtt"]["tls"] = {"ca": "no-such-ca.pem"}
+    r = _collect(tmp_path, yaml.safe_dump(raw, allow_unicode=True))
+    assert r.returncode == 2, r.stderr
+    assert "cannot use tls.ca" in r.stderr and "no-such-ca.pem" in r.stderr

@@ -23,6 +23,8 @@ from tests.e2e.plants import fast_plant
     ("malformed:5%", Fault("malformed", 0.0, None, 0.05)),
     ("malformed:0.2@1s+3s/broker", Fault("malformed", 1.0, 3.0, 0.2, "broker")),
     ("disconnect@20s", Fault("disconnect", 20.0, 5.0)),
+    ("seq_gap@10s", Fault("seq_gap", 10.0)),
+    ("seq_gap:3@10s/edge", Fault("seq_gap", 10.0, None, 3.0, "edge")),
 ])
 def test_parse(text: str, fault: Fault) -> None:
     assert parse_fault(text) == fault
@@ -36,6 +38,7 @@ def test_parse(text: str, fault: Fault) -> None:
     ("skew@5s", "needs an offset"),
     ("silence@5s+0s", "must be positive"),
     ("restart 60s", "is not a fault"),
+    ("seq_gap:0.5@1s", "not a number of messages"),
 ])
 def test_bad_specs_say_what_is_allowed(text: str, message: str) -> None:
     with pytest.raises(FaultSpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -66,6 +69,21 @@ def test_sources_are_checked() -> None:
         check_sources([parse_fault("restart@1s/broker")], plant)
     with pytest.raises(FaultSpecError, match="applies to MQTT sources"):
         check_sources([parse_fault("malformed:5%/plc")], plant)
+
+
+def test_sparkplug_nodes_restart_and_lose_messages_json_publishers_do_not() -> None:
+    import yaml
+
+    from core.plant import dump_plant, parse_plant
+
+    raw = yaml.safe_load(dump_plant(_plant()))
+    raw["sources"]["edge"] = {"mqtt": {"port": 1884, "payload": "sparkplug", "group_id": "g", "edge_node_id": "n"}}
+    plant = parse_plant(raw)
+    check_sources([parse_fault("restart@1s/edge"), parse_fault("seq_gap@1s/edge")], plant)
+    with pytest.raises(FaultSpecError, match="applies to OPC UA sources and Sparkplug B edge nodes"):
+        check_sources([parse_fault("restart@1s/broker")], plant)
+    with pytest.raises(FaultSpecError, match="applies to Sparkplug B sources"):
+        check_sources([parse_fault("seq_gap@1s/broker")], plant)
 
 
 def test_rollover_starts_counters_just_short_of_their_width() -> None:

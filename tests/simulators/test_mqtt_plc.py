@@ -151,8 +151,8 @@ class Recorder:
 class Rig:
     """The plant model on a virtual clock feeding one MqttPlc, with its ledger."""
 
-    def __init__(self, plant: Plant, truth: Path, seed: int = 7) -> None:
-        self.plc = MqttPlc(plant, "broker", seed=seed)
+    def __init__(self, plant: Plant, truth: Path, seed: int = 7, *, aliases: bool = False) -> None:
+        self.plc = MqttPlc(plant, "broker", seed=seed, aliases=aliases)
         self.start_ms = wall_ms()
         self.now_ms = self.start_ms
         self.model = PlantModel(plant, seed, self.start_ms)
@@ -464,6 +464,74 @@ async def test_sparkplug_disconnect_is_a_new_session(mosquitto_broker: Mosquitto
         seen = counter_series(msgs, mid, "Counts/Good")
         counted = sum((b - a) % (1 << bits) for (_, a), (_, b) in itertools.pairwise(seen))
         assert counted == len(parts(ledger, mid, True, seen[0][0], seen[-1][0]))
+
+
+def aliased_series(msgs: list[Msg], machine: str, metric: str) -> list[tuple[int, int]]:
+    """:func:`counter_series` where data name metrics by the alias their device's birth gave."""
+    out, alias = [], None
+    for m in msgs:
+        if not m.topic.endswith(f"/{machine}"):
+            continue
+        p = decode(m)
+        if mtype(m) == "DBIRTH":
+            alias = metrics_by_name(p)[metric].alias
+        for mm in p.metrics if mtype(m) in ("DBIRTH", "DDATA") else ():
+            if mm.name == metric or (not mm.name and mm.alias == alias):
+                out.append((mm.timestamp, value(mm)))
+    return out
+
+
+async def test_sparkplug_aliases_seq_gap_and_restart(mosquitto_broker: Mosquitto, prefix: str, tmp_path: Path,
+                                                     recorders: list[Recorder]) -> None:
+    """With aliases, births name each metric with an alias and data carry the alias alone; a
+    seq_gap loses data messages (their seq numbers skipped); a restart is an unclean
+    disconnect (the broker's NDEATH) with non-retentive counters from 0 and the next bdSeq."""
+    plant = sparkplug_plant(mosquitto_broker, prefix)
+    rec = await subscribe(mosquitto_broker, f"spBv1.0/{prefix}/#", recorders)
+    rig = Rig(plant, tmp_path / "truth.jsonl", aliases=True)
+    await rig.start()
+    try:
+        await rig.run(5)
+        rig.plc.seq_gap(2)
+        await rig.run(30, until=lambda: rig.plc.lost == 2)
+        await rig.run(5)
+        await rig.plc.flush()
+        bd0 = rig.plc.bd_seq
+        restart = asyncio.create_task(rig.plc.restart(0.5), name="restart")
+        await asyncio.sleep(0)  # the restart sets the counters to 0 before its first await
+        restart_ms = rig.now_ms
+        await rig.run(120, until=restart.done)
+        await restart
+        await rig.run(5)
+        await rig.plc.flush()
+    finally:
+        await rig.close()
+    msgs = rec.all()
+    births = {m.topic: decode(m) for m in msgs[:3]}
+    for mid, *_ in MACHINES:
+        birth = births[f"spBv1.0/{prefix}/DBIRTH/sim-edge/{mid}"]
+        assert all(m.name and m.alias > 0 for m in birth.metrics)
+        aliases = {m.alias for m in birth.metrics}
+        data = [decode(m) for m in msgs if mtype(m) == "DDATA" and m.topic.endswith(f"/{mid}")]
+        assert data and all(not m.name and m.alias in aliases for p in data for m in p.metrics)
+    kinds = [mtype(m) for m in msgs]
+    will = kinds.index("NDEATH")
+    # the two lost messages: seq skips by three once in the first session, nowhere else
+    seqs = [decode(m).seq for m in msgs[:will]]
+    steps = [(b - a) % 256 for a, b in itertools.pairwise(seqs)]
+    assert steps.count(3) == 1 and set(steps) == {1, 3}, repr(steps)
+    assert value(decode(msgs[will]).metrics[0]) == bd0
+    assert kinds[will + 1:will + 4] == ["NBIRTH", "DBIRTH", "DBIRTH"]
+    # after the restart the counters show the parts made since it began (from 0)
+    ledger = rig.records()
+    for i, (mid, _, _, bits, start) in enumerate(MACHINES):
+        good = metrics_by_name(decode(msgs[will + 2 + i]))["Counts/Good"]
+        made = len(parts(ledger, mid, True, restart_ms, good.timestamp))
+        assert value(good) == made, (mid, value(good), made)
+        # the data before the restart counted on from the start (aliases resolved through the birth)
+        seen = aliased_series(msgs[:will], mid, "Counts/Good")
+        assert seen[-1][1] == (start + len(parts(ledger, mid, True, rig.start_ms, seen[-1][0]))) % (1 << bits)
+    assert rig.plc.restarts == 1
 
 
 async def test_live_run_publishes_sparkplug_births_with_the_initial_values(

@@ -1,20 +1,23 @@
-"""Sparkplug B (Eclipse Sparkplug 3.0) for the MQTT simulator: topics, datatypes, and a small
-protobuf encoder and decoder for the part of the Sparkplug B ``Payload`` the simulator speaks.
+"""Sparkplug B (Eclipse Sparkplug 3.0) wire format: topics, datatypes, and a small protobuf
+encoder and decoder for the part of the Sparkplug B ``Payload`` mieruka speaks. The simulator
+(``simulators/mqtt_plc.py``) encodes with it; the collector (``collector/sources/sparkplug.py``)
+decodes with it.
 
-Why a hand-written encoder rather than a generated ``sparkplug_b_pb2``: the simulator is
-runtime code, and the PyPI packages that ship Eclipse Tahu's generated module either pin
-paho-mqtt below 2 (``pysparkplug``, ``mqtt-spb-wrapper``), which this project cannot install
-beside its own paho-mqtt 2, or are young single-release packages; taking one on would add it
-and ``protobuf`` to every installation for ~150 lines of wire format. The subset is small and
-fixed: ``Payload{timestamp=1, metrics=2, seq=3}`` and ``Metric{name=1, alias=2, timestamp=3,
-datatype=4, is_null=7, int_value=10, long_value=11, float_value=12, double_value=13,
-boolean_value=14, string_value=15}`` from Tahu's ``sparkplug_b.proto``. The tests decode
-everything this module writes with the Tahu-generated module from PyPI (test extra), so the
-encoder is checked against the reference schema rather than against itself.
+Why a hand-written codec rather than a generated ``sparkplug_b_pb2`` with ``protobuf``: both
+the simulator and the collector are runtime code, and the PyPI packages that ship Eclipse Tahu's
+generated module either pin paho-mqtt below 2 (``pysparkplug``, ``mqtt-spb-wrapper``), which
+this project cannot install beside its own paho-mqtt 2, or are young single-release packages;
+taking one on would add it and ``protobuf`` to every installation for ~200 lines of wire format.
+The subset is small and fixed: ``Payload{timestamp=1, metrics=2, seq=3}`` and ``Metric{name=1,
+alias=2, timestamp=3, datatype=4, is_null=7, int_value=10, long_value=11, float_value=12,
+double_value=13, boolean_value=14, string_value=15}`` from Tahu's ``sparkplug_b.proto``. The
+tests decode everything this module writes with the Tahu-generated module from PyPI (test
+extra), and encode with it what the collector's tests feed the decoder, so both directions are
+checked against the reference schema rather than against themselves.
 
-The decoder reads what a host sends an Edge Node (``NCMD``: ``Node Control/Rebirth``) and
-skips every field it does not know, as protobuf parsers do; it raises ``ValueError`` on bytes
-that are not a protobuf message.
+The decoder skips every field it does not know (metadata, properties, datasets, templates), as
+protobuf parsers do, and raises ``ValueError`` (only) on bytes that are not a protobuf message:
+a collector reads it from the network.
 """
 
 from __future__ import annotations
