@@ -190,9 +190,11 @@ class _StatsCollector(_PromCollector):
         yield from (samples, messages, facts, connected, reconnects, losses, restarts, errors)
         yield from self._sparkplug(sources)
 
-    def _sparkplug(self, sources: dict[str, Any]) -> Iterator[Metric]:
-        nodes = {sid: getattr(s, "sparkplug", None) for sid, s in sources.items()}
-        nodes = {sid: n.stats for sid, n in nodes.items() if n is not None}
+    def _sparkplug(self, sources: Mapping[str, object]) -> Iterator[Metric]:
+        from collector.sources.mqtt import MqttSource
+
+        nodes = {sid: s.sparkplug.stats for sid, s in sources.items()
+                 if isinstance(s, MqttSource) and s.sparkplug is not None}
         if not nodes:
             return
         for name, attr, doc in (
@@ -203,7 +205,7 @@ class _StatsCollector(_PromCollector):
                  "Sparkplug B rebirth requests sent (NCMD Node Control/Rebirth).")):
             family = CounterMetricFamily(name, doc, labels=["source"])
             for sid, st in sorted(nodes.items()):
-                family.add_metric([sid], _num(st, attr))
+                family.add_metric([sid], float(getattr(st, attr)))
             yield family
 
     def _store(self, c: Observed, stats: CollectorStats) -> Iterator[Metric]:
