@@ -10,12 +10,13 @@ import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Header, HTTPException, Path, Query
+from fastapi import Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 
+from api.cache import now_of
 from api.deps import PlantDep, parse_time
 from api.work import check_span
 from core import figures, oee
@@ -71,6 +72,7 @@ class Window:
 
 
 def _window(
+    request: Request,
     plant: PlantDep,
     start: Annotated[str | None, Query(description="Window start, inclusive, ISO-8601 with offset",
                                        examples=["2026-11-27T08:00:00+09:00"])] = None,
@@ -85,7 +87,7 @@ def _window(
                                        "(ISO-8601 with offset); default: now",
                                        examples=["2026-11-27T10:30:00+09:00"])] = None,
 ) -> tuple[Window, datetime]:
-    now = parse_time("as_of", as_of) if as_of is not None else datetime.now(UTC)
+    now = parse_time("as_of", as_of) if as_of is not None else now_of(request)  # aligned to the refresh period
     return resolve_window(plant, now, start, end, shift, date), now
 
 

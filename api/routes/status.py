@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, tzinfo
 from typing import Any, Literal, cast, get_args
 
 from fastapi import APIRouter
@@ -16,12 +16,12 @@ from api.work import OffloadedRoute
 from core import figures, oee
 from core.model import from_ns, to_ns
 from core.plant import Plant, label
+from core.since import current_states
 
 router = APIRouter(prefix="/api/v1", tags=["figures"], route_class=OffloadedRoute)
 
-# How far back a machine's state is traced to find since when it has been in it: a state older
-# than this is reported from this far back (the store hands over the last change before it).
-SINCE_LOOKBACK = timedelta(days=7)
+# A machine's state and since when come from a few bounded reads (core.since), not from days of
+# state changes re-read on every refresh of every screen.
 
 MachineState = Literal["running", "idle", "down", "changeover", "planned", "offline"]
 
@@ -39,7 +39,7 @@ class MachineStatus(BaseModel):
     state: MachineState = Field(description="The state at as_of; 'offline' when the store has no state for it")
     reason: ReasonOut | None
     since: datetime | None = Field(description="When the machine entered this state (as far as the store "
-                                               "tells, at most 7 days back); null when offline without data")
+                                               "tells); null when offline without data")
     last_data: datetime | None = Field(description="Time of the machine's newest fact of any kind in the store "
                                                    "(null: none)")
 
@@ -130,7 +130,7 @@ async def status(line: LineDep, plant: PlantDep, store: StoreDep, as_of: AsOfDep
     figures.check_time("as_of", as_of)
     ids = [m.id for m in line.machines]
     as_of_ns = to_ns(as_of)
-    changes = await store.state_changes(ids, max(0, to_ns(as_of - SINCE_LOOKBACK)), as_of_ns + 1)
+    changes = await current_states(store, ids, as_of_ns)
     last = await store.last_times(ids)
     machines: list[MachineStatus] = []
     for m in line.machines:
