@@ -41,8 +41,8 @@ async def current_states(store: Store, machines: Sequence[str], as_of_ns: int,
                 earlier[p.machine] = p
         next_open: dict[str, StateChange] = {}
         for machine, c in open_.items():
-            p = earlier.get(machine)
-            if p is not None and (p.state, p.reason) == (c.state, c.reason):
-                first[machine] = next_open[machine] = p
+            before = earlier.get(machine)
+            if before is not None and (before.state, before.reason) == (c.state, c.reason):
+                first[machine] = next_open[machine] = before
         open_ = next_open
     return sorted(first.values(), key=lambda c: (c.time_ns, c.machine))
