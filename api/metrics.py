@@ -91,15 +91,23 @@ class MeteredStore:
         return read
 
 
-def route_template(routes: list[BaseRoute], scope: Scope) -> str:
+def flat_routes(routes: list[BaseRoute]) -> list[tuple[BaseRoute, str]]:
+    """Each endpoint route with its full path template (included routers flattened)."""
+    try:
+        from fastapi.routing import iter_route_contexts  # a FastAPI that keeps included routers as branches
+    except ImportError:
+        return [(r, r.path) for r in routes if isinstance(getattr(r, "path", None), str)]  # type: ignore[attr-defined]
+    return [(c.route, c.path) for c in iter_route_contexts(routes) if c.path]
+
+
+def route_template(routes: list[tuple[BaseRoute, str]], scope: Scope) -> str:
     """The path template of the route that serves ``scope`` (``unmatched`` if none)."""
     partial: str | None = None
-    for route in routes:
+    for route, path in routes:
         match, _ = route.matches(scope)
-        path = getattr(route, "path", None)
-        if match == Match.FULL and isinstance(path, str):
+        if match == Match.FULL:
             return path
-        if match == Match.PARTIAL and partial is None and isinstance(path, str):
+        if match == Match.PARTIAL and partial is None:
             partial = path
     return partial or "unmatched"
 
@@ -113,12 +121,15 @@ class RequestMetrics:
         self.metrics = metrics
         self.routes = routes
         self.untimed = untimed
+        self._flat: list[tuple[BaseRoute, str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = route_template(self.routes(), scope)
+        if self._flat is None:  # on the first request: every route is in place by then
+            self._flat = flat_routes(self.routes())
+        route = route_template(self._flat, scope)
         method = str(scope.get("method", ""))
         status = 500
         started = time.perf_counter()
