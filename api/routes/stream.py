@@ -272,19 +272,31 @@ async def stream(request: Request, plant: PlantDep, lang: LangDep,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def close_streams(app: Any) -> None:
+    """End the streams of ``app`` (or of the app that uvicorn's wrappers hold)."""
+    while app is not None and not hasattr(app, "state"):
+        app = getattr(app, "app", None)
+    hub = getattr(getattr(app, "state", None), "stream", None)
+    if isinstance(hub, StatusStream):
+        hub.close()
+
+
+class ClosesStreams:
+    """A mixin for ``uvicorn.Server``: end the app's streams when the server shuts down (else uvicorn
+    waits for them forever before the app's own shutdown runs)."""
+
+    config: Any
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        close_streams(self.config.loaded_app)
+        await super().shutdown(sockets)  # type: ignore[misc]
+
+
 def uvicorn_server(config: Any) -> Any:
-    """A uvicorn server that ends the app's streams when it shuts down (else uvicorn would wait for
-    them forever before the app's own shutdown runs)."""
+    """A ``uvicorn.Server`` for ``config`` that ends the app's streams when it shuts down."""
     import uvicorn
 
-    class Server(uvicorn.Server):
-        async def shutdown(self, sockets: Any = None) -> None:
-            app = self.config.loaded_app
-            while app is not None and not hasattr(app, "state"):
-                app = getattr(app, "app", None)  # uvicorn's wrappers around the app
-            hub = getattr(getattr(app, "state", None), "stream", None)
-            if isinstance(hub, StatusStream):
-                hub.close()
-            await super().shutdown(sockets)
+    class Server(ClosesStreams, uvicorn.Server):
+        pass
 
     return Server(config)
