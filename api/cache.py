@@ -79,8 +79,15 @@ class Refresh:
         return int(self.clock() * NS) // self.period_ns if self.on else 0
 
 
+NOW_KEY = "mieruka.now_ns"  # the scope key where AnswerCache pins the period's start for a computation
+
+
 def now_of(request: Request) -> datetime:
-    """What "now" means for this request: the start of the current refresh period."""
+    """What "now" means for this request: the start of the refresh period it is answered for (pinned
+    by :class:`AnswerCache`, so an answer computed across a period's end is still about its period)."""
+    pinned = request.scope.get(NOW_KEY)
+    if isinstance(pinned, int):
+        return from_ns(pinned)
     refresh: Refresh | None = getattr(request.app.state, "refresh", None)
     return (refresh or Refresh(0)).now()
 
@@ -155,6 +162,7 @@ class AnswerCache:
             await self.app(scope, receive, send)  # the route refuses it, in its own words
             return
         period = self.refresh.index()
+        scope[NOW_KEY] = period * self.refresh.period_ns
         self._turn(period)
         key = self.key(scope, period)
         answer = self._answers.get(key)

@@ -228,3 +228,21 @@ def test_the_refresh_period_setting() -> None:
             Settings.from_env({**env, "MIERUKA_REFRESH_PERIOD_S": bad})
     with pytest.raises(ValueError, match="refresh period"):
         Refresh(-1.0)
+
+
+class SteppingClock(Clock):
+    """A clock that moves 5 s on every reading: any second reading is in the next period."""
+
+    def __call__(self) -> float:
+        t = self.t
+        self.t += 5.0
+        return t
+
+
+async def test_an_answer_computed_across_the_end_of_its_period_is_about_its_period(plant: Plant, db: Path) -> None:
+    app = create_app(plant, SqliteStore(db), auth=OPEN, refresh=Refresh(5.0, SteppingClock()))
+    async with serve(app) as c:
+        r = await c.get(f"{V1}/lines/blade-1/throughput", params={"shift": "current"})
+    assert r.status_code == 200
+    # the period the cache filed it under, not the clock's next reading
+    assert datetime.fromisoformat(r.json()["as_of"]) == jst(2026, 11, 27, 10, 30, 0)
