@@ -145,7 +145,8 @@ class StatusStream:
     async def _run(self) -> None:
         while self.subscribers and not self.closed:
             period_s = self.refresh.period_s
-            await asyncio.sleep(period_s - (self.refresh.clock() % period_s))
+            # just past the boundary: a timer that fires a hair early would still be in the last period
+            await asyncio.sleep(period_s - (self.refresh.clock() % period_s) + 0.002)
             if not self.subscribers:
                 break
             try:
