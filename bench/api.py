@@ -339,7 +339,16 @@ def run(args: argparse.Namespace) -> str:
             f"{platform.python_version()}; {args.hours:g} h of data, {LINES * MACHINES} machines; the run took "
             f"{took:.0f} s. The machine was shared and noisy during the run (other builds and tests on its 2 CPUs): "
             "compare figures within a table, not across runs.\n")
-    return head + "\n" + "\n".join(out)
+    how = ("How to read it: *before (base code)* is the code this work started from, run from a copy made with "
+           "`git archive 60a0a8b | tar -x -C DIR` (`--base DIR`); *cache off* is this code with `--refresh-period 0`, "
+           "every request computed; *cache on* repeats the same rounds with the default 5 s period, as a board "
+           "does: a question asked again within a period gets the kept answer (p50: a hit), the first one of a "
+           "period is computed (the p95 is mostly those). The six figures are of one line (the lines in turn) over "
+           "windows ending at the period's start. ✗: the target is missed. In the polling tables each client is "
+           "a wall board (the shift, and per line its status and the shift's throughput by hour) at its own phase "
+           "in the period; *store reads per period* is the increase of `mieruka_api_store_queries_total` over whole "
+           "periods divided by their number.\n")
+    return head + "\n" + how + "\n" + "\n".join(out)
 
 
 def write_readme(section: str) -> None:
