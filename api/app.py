@@ -112,7 +112,8 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
     app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.routes, untimed=is_stream)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET"],
-                           allow_headers=["Authorization", "Accept", "Accept-Language", "Last-Event-ID"], allow_credentials=False)
+                           allow_headers=["Authorization", "Accept", "Accept-Language", "Last-Event-ID"],
+                           allow_credentials=False)
 
     app.include_router(health.router)
     readers = [Depends(require_role("read"))]
