@@ -24,6 +24,7 @@ from api.app import create_app
 from api.auth import Auth
 from api.cache import Refresh
 from api.routes.stream import StatusStream, uvicorn_server
+from core.model import Fact
 from core.plant import Plant, load_plant
 from core.store.sqlite import SqliteStore
 from tests.api.support import shift_facts, write_facts
@@ -238,3 +239,28 @@ async def test_a_slow_listener_is_dropped_not_buffered() -> None:
     assert [x async for x in hub.events(slow, 1000)] == ["retry: 1000\n\n"]  # its stream just ends
     hub.close()
     assert [x async for x in reader] == []
+
+
+async def test_a_state_change_in_the_store_reaches_the_listener(plant: Plant, tmp_path: Path) -> None:
+    """A fact written while a client listens shows in a later event: the machine's new state and
+    reason, and it is no longer stale."""
+    path = tmp_path / "live.db"
+    await asyncio.to_thread(write_facts, path, shift_facts(plant))
+    with stream_server(plant, path) as s:
+        async with asyncio.timeout(30), listen(s.url, {"lines": "blade-1", "lang": "en"}) as a:
+            before = (await a.take(1))[0].data
+            assert "cnc-1" in before["stale"]
+            now_ns = time.time_ns()
+            writer = SqliteStore(path)
+            await writer.open()
+            try:
+                await writer.write([Fact("state", now_ns, "blade-1", "cnc-1", "state", "down", 20)])
+            finally:
+                await writer.close()
+            while True:  # bounded by the timeout above
+                e = (await a.take(1))[0]
+                cnc1 = next(m for m in e.data["status"]["machines"] if m["id"] == "cnc-1")
+                if datetime.fromisoformat(e.data["as_of"]).timestamp() * 1e9 >= now_ns:
+                    break
+        assert (cnc1["state"], cnc1["reason"]["code"], cnc1["reason"]["label"]) == ("down", 20, "Spindle fault")
+        assert "cnc-1" not in e.data["stale"] and "cnc-2" in e.data["stale"]
