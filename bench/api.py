@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -273,7 +274,7 @@ def row(name: str, xs: list[float]) -> tuple[float, float]:
 
 def run(args: argparse.Namespace) -> str:
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="mieruka-bench-api-"))
+    work = args.work = Path(tempfile.mkdtemp(prefix="mieruka-bench-api-"))
     plant = work / "plant.yaml"
     plant.write_text(plant_yaml(), encoding="utf-8")
     end_s = int(time.time()) // 60 * 60 + 120  # data up to two minutes ahead: "now" has fresh data all run
@@ -374,6 +375,7 @@ def main() -> None:
     ap.add_argument("--periods", type=int, default=None, help="polling periods (default 6; 3 quick)")
     ap.add_argument("--base", default=None, metavar="DIR", help="also time the code checked out in DIR")
     ap.add_argument("--write-readme", action="store_true", help="put the figures into bench/README.md")
+    ap.add_argument("--keep", action="store_true", help="keep the generated plant, stores and API logs")
     args = ap.parse_args()
     args.hours = args.hours or (4.0 if args.quick else 24.0)
     args.repeats = args.repeats or (12 if args.quick else 40)
@@ -382,6 +384,10 @@ def main() -> None:
     args.base_label = "DIR" if args.base else None
     section = run(args)
     print(section)
+    if args.keep:
+        print(f"kept: {args.work}")
+    else:
+        shutil.rmtree(args.work, ignore_errors=True)  # a day of data is about a gigabyte
     if args.write_readme:
         write_readme(section)
 
