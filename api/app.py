@@ -11,16 +11,20 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.types import Scope
 
-from api.auth import Auth, require_role
+from api.auth import Auth, bearer, require_role
+from api.cache import DEFAULT_REFRESH_PERIOD_S, AnswerCache, Refresh
 from api.errors import TIMED_OUT, install_error_handlers, problem, problem_openapi
+from api.metrics import ApiMetrics, MeteredStore, RequestMetrics
+from api.metrics import router as metrics_router
 from api.routes import figures as figure_routes
-from api.routes import health, plant_detail, shifts, status, throughput
+from api.routes import health, plant_detail, shifts, status, stream, throughput
 from api.routes import plant as plant_routes
 from api.settings import Settings, SettingsError
 from api.work import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_WORKERS, HomeLoopStore, TimeLimit, Workers, loop_bound
@@ -34,18 +38,23 @@ API_VERSION = "0.1.0"
 
 def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5,
                request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, workers: int = DEFAULT_WORKERS,
-               cors_origins: Sequence[str] = ()) -> FastAPI:
+               cors_origins: Sequence[str] = (), refresh: Refresh | float = DEFAULT_REFRESH_PERIOD_S,
+               stream_options: dict[str, Any] | None = None) -> FastAPI:
     """An API over ``plant`` and ``store``; the app owns the store from startup to shutdown.
 
     ``auth`` says who may ask (there is no default on purpose: the caller decides whether reads are
-    anonymous); every request gets ``request_timeout_s``; figures run on ``workers`` threads."""
+    anonymous); every request gets ``request_timeout_s``; figures run on ``workers`` threads;
+    ``refresh`` is the refresh period in seconds (0: no cache, no alignment; see :mod:`api.cache`) or a
+    :class:`~api.cache.Refresh` with its clock; ``stream_options`` go to the stream's producer."""
     pool = Workers(workers)
+    period = refresh if isinstance(refresh, Refresh) else Refresh(float(refresh))
+    metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool.start()
         if loop_bound(store):
-            app.state.store_here = HomeLoopStore(store, asyncio.get_running_loop())
+            app.state.store_here = MeteredStore(HomeLoopStore(store, asyncio.get_running_loop()), metrics)
         try:
             try:
                 await store.open()
@@ -57,6 +66,7 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
                 log.warning("store unavailable at startup (%s); answering 503 until it is back", e)
             yield
         finally:
+            app.state.stream.close()
             pool.stop()
             await store.close()
 
@@ -73,24 +83,44 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
     )
     app.state.plant = plant
     app.state.store = store
-    app.state.store_here = store  # a HomeLoopStore once the lifespan runs, if the store needs one
+    # every read counted (api.metrics); wrapped around a HomeLoopStore once the lifespan runs, if the store needs one
+    app.state.store_here = MeteredStore(store, metrics)
     app.state.store_open = False
     app.state.auth = auth
     app.state.workers = pool
+    app.state.refresh = period
+    app.state.metrics = metrics
+    app.state.stream = stream.StatusStream(
+        stream.status_compute(app), refresh=period, on_event=metrics.stream_events.inc,
+        on_drop=metrics.stream_dropped.inc, on_count=metrics.stream_subscribers.set, **(stream_options or {}))
     install_error_handlers(app, retry_after_s=retry_after_s)
 
     def timed_out(scope: Scope, limit_s: float) -> Response:
         return problem(503, TIMED_OUT.format(limit=limit_s), headers={"Retry-After": str(retry_after_s)})
 
-    app.add_middleware(TimeLimit, limit_s=request_timeout_s, on_timeout=timed_out)
+    def is_stream(path: str) -> bool:
+        return path == stream.STREAM_PATH
+
+    read_role = require_role("read")
+
+    async def may_read(request: Request) -> None:
+        await read_role(request, await bearer(request))
+
+    # innermost first: the time limit (not for the stream), the once-per-period answers (inside CORS,
+    # whose headers depend on the caller's Origin), the request metrics (they see cached answers too)
+    app.add_middleware(TimeLimit, limit_s=request_timeout_s, on_timeout=timed_out, exempt=is_stream)
+    app.add_middleware(AnswerCache, refresh=period, authorize=may_read, skip=is_stream,
+                       on_result=lambda kind: metrics.answers.labels(kind).inc())
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.routes, untimed=is_stream)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET"],
-                           allow_headers=["Authorization", "Accept", "Accept-Language"], allow_credentials=False)
+                           allow_headers=["Authorization", "Accept", "Accept-Language", "Last-Event-ID"],
+                           allow_credentials=False)
 
     app.include_router(health.router)
     readers = [Depends(require_role("read"))]
     for r in (plant_routes.router, shifts.router, throughput.router, plant_detail.router, figure_routes.router,
-              status.router):
+              status.router, stream.router, metrics_router):
         app.include_router(r, dependencies=readers)
     app.openapi = problem_openapi(app, secured=lambda path: path != "/healthz")  # type: ignore[method-assign]
     return app
@@ -121,11 +151,13 @@ def create_app_from_settings(settings: Settings) -> FastAPI:
     plant = load_plant(settings.plant_file)
     store = reader_store(settings.store_url)
     return create_app(plant, store, auth=settings.auth(), retry_after_s=settings.retry_after_s,
-                      request_timeout_s=settings.request_timeout_s, cors_origins=settings.cors_origins)
+                      request_timeout_s=settings.request_timeout_s, cors_origins=settings.cors_origins,
+                      refresh=settings.refresh_period_s)
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Run the API with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app_from_settings(settings), host=host, port=port, log_level=log_level)
+    config = uvicorn.Config(create_app_from_settings(settings), host=host, port=port, log_level=log_level)
+    stream.uvicorn_server(config).run()

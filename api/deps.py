@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Depends, Header, HTTPException, Path, Query, Request
 
+from api.cache import now_of
 from core import figures
 from core.plant import Line, Plant
 from core.store.base import Store
@@ -113,10 +114,12 @@ def parse_time(name: str, value: str) -> datetime:
 
 
 def get_as_of(
+    request: Request,
     as_of: Annotated[str | None, Query(description="The instant 'current' refers to (ISO-8601 with "
                                        "offset); default: now", examples=["2026-11-27T10:30:00+09:00"])] = None,
 ) -> datetime:
-    return parse_time("as_of", as_of) if as_of is not None else datetime.now(UTC)
+    # "now" is the start of the refresh period (api.cache): every screen asking within it gets one answer
+    return parse_time("as_of", as_of) if as_of is not None else now_of(request)
 
 
 AsOfDep = Annotated[datetime, Depends(get_as_of)]

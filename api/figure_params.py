@@ -10,12 +10,13 @@ import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Header, HTTPException, Path, Query
+from fastapi import Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 
+from api.cache import now_of
 from api.deps import PlantDep, StoreDep, parse_time
 from api.work import check_span
 from core import readside
@@ -86,9 +87,10 @@ class WindowAsk:
     date: str | None
 
 
-def _ask(start: StartQuery = None, end: EndQuery = None, shift: ShiftQuery = None, date: DateQuery = None,
-         as_of: AsOfQuery = None) -> WindowAsk:
-    now = parse_time("as_of", as_of) if as_of is not None else datetime.now(UTC)
+def _ask(request: Request, start: StartQuery = None, end: EndQuery = None, shift: ShiftQuery = None,
+         date: DateQuery = None, as_of: AsOfQuery = None) -> WindowAsk:
+    # default now: the start of the refresh period, so screens asking within one period ask alike
+    now = parse_time("as_of", as_of) if as_of is not None else now_of(request)
     return WindowAsk(now, start, end, shift, date)
 
 
@@ -112,6 +114,7 @@ def resolve_window(plant: Plant, as_of: datetime, start: str | None, end: str | 
                    day: str | None) -> Window:
     """The window of a request's parameters without a store (for routes that need only the window)."""
     return _resolve(plant, WindowAsk(as_of, start, end, shift, day))
+
 
 def _window(fig: FiguresDep, ask: WindowAskDep) -> tuple[Window, datetime]:
     return resolve(fig, ask), ask.as_of

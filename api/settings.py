@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api.auth import Auth
+from api.cache import DEFAULT_REFRESH_PERIOD_S, MAX_REFRESH_PERIOD_S
 from api.tokens import TOKENS_ENV, TokenFile
 from api.work import DEFAULT_REQUEST_TIMEOUT_S
 
 DEFAULT_STORE_URL = "sqlite:///mieruka.db"
 CORS_ENV = "MIERUKA_CORS_ORIGINS"
 TIMEOUT_ENV = "MIERUKA_REQUEST_TIMEOUT_S"
+REFRESH_ENV = "MIERUKA_REFRESH_PERIOD_S"
 
 
 class SettingsError(ValueError):
@@ -34,6 +36,7 @@ class Settings:
     anonymous_read: bool = False
     cors_origins: tuple[str, ...] = ()
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    refresh_period_s: float = DEFAULT_REFRESH_PERIOD_S  # api.cache: 0 switches the cache and the alignment off
 
     def auth(self) -> Auth:
         """The token file read now (``SettingsError`` if it is missing or malformed)."""
@@ -51,7 +54,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """``MIERUKA_PLANT`` (required), ``MIERUKA_STORE`` (default ``sqlite:///mieruka.db``),
-        ``MIERUKA_TOKENS``, ``MIERUKA_CORS_ORIGINS``, ``MIERUKA_REQUEST_TIMEOUT_S``."""
+        ``MIERUKA_TOKENS``, ``MIERUKA_CORS_ORIGINS``, ``MIERUKA_REQUEST_TIMEOUT_S``,
+        ``MIERUKA_REFRESH_PERIOD_S``."""
         env = os.environ if env is None else env
         plant = env.get("MIERUKA_PLANT")
         if not plant:
@@ -62,6 +66,13 @@ class Settings:
             timeout_s = float(timeout) if timeout else DEFAULT_REQUEST_TIMEOUT_S
         except ValueError:
             raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds, got {timeout!r}") from None
+        refresh = env.get(REFRESH_ENV)
+        try:
+            refresh_s = float(refresh) if refresh else DEFAULT_REFRESH_PERIOD_S
+        except ValueError:
+            raise ValueError(f"{REFRESH_ENV} must be a number of seconds, got {refresh!r}") from None
+        if not 0 <= refresh_s <= MAX_REFRESH_PERIOD_S:
+            raise ValueError(f"{REFRESH_ENV} must be 0 (off) to {MAX_REFRESH_PERIOD_S:g} seconds, got {refresh!r}")
         return cls(Path(plant), env.get("MIERUKA_STORE", DEFAULT_STORE_URL),
                    tokens_file=Path(tokens) if tokens else None, cors_origins=cors_from_env(env),
-                   request_timeout_s=timeout_s)
+                   request_timeout_s=timeout_s, refresh_period_s=refresh_s)

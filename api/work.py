@@ -229,13 +229,15 @@ class TimeLimit:
     """Every HTTP request gets at most ``limit_s`` seconds; then 503 (if nothing was sent yet)."""
 
     def __init__(self, app: ASGIApp, *, limit_s: float,
-                 on_timeout: Callable[[Scope, float], Response]) -> None:
+                 on_timeout: Callable[[Scope, float], Response],
+                 exempt: Callable[[str], bool] = lambda path: False) -> None:
         self.app = app
         self.limit_s = limit_s
         self.on_timeout = on_timeout
+        self.exempt = exempt  # paths whose answers last as long as the client listens (the stream)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self.exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
         started = False

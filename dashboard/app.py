@@ -81,6 +81,16 @@ def _ids(outputs: Any) -> list[dict[str, str]]:
     return [o["id"] for o in outputs] if isinstance(outputs, list) else []
 
 
+def period_start(refresh_ms: int, now: float | None = None) -> datetime:
+    """"Now" as every screen refreshing every ``refresh_ms`` sees it: the start of the current refresh
+    period (epoch-aligned). Screens asking within one period then ask the API the same questions,
+    which it answers once per period for all of them (the API's --refresh-period, 5 s like the
+    board's default refresh)."""
+    t = time.time() if now is None else now
+    period = max(refresh_ms, 1) / 1000
+    return datetime.fromtimestamp(t - t % period, UTC)
+
+
 def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None = None,
                      timeout_s: float | None = None, recent_hours: float = 8.0,
                      client: ApiClient | None = None, reload_after_s: float | None = RELOAD_AFTER_S) -> dash.Dash:
@@ -117,7 +127,7 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
     def context(search: str | None) -> tuple[View, Lang, ZoneInfo, datetime]:
         view = parse_view(search)
         site = board.site(view.lang)
-        return view, view.lang or site.locale, ZoneInfo(site.timezone), view.as_of or datetime.now(UTC)
+        return view, view.lang or site.locale, ZoneInfo(site.timezone), view.as_of or period_start(refresh_ms)
 
     @app.callback(
         Output("board", "className"), Output("rotate-tick", "interval"), Output("rotate-tick", "disabled"),

@@ -331,9 +331,12 @@ def cmd_api(args: argparse.Namespace) -> int:
     timeout_s = args.request_timeout if args.request_timeout is not None else env.request_timeout_s
     if timeout_s <= 0:
         raise BadInput(f"--request-timeout must be positive, got {timeout_s}")
+    refresh_s = args.refresh_period if args.refresh_period is not None else env.refresh_period_s
+    if not 0 <= refresh_s <= 3600:
+        raise BadInput(f"--refresh-period must be 0 (off) to 3600 seconds, got {refresh_s}")
     settings = Settings(Path(args.plant), store_url, tokens_file=Path(tokens) if tokens else None,
                         anonymous_read=args.anonymous_read, cors_origins=tuple(args.cors_origin) or env.cors_origins,
-                        request_timeout_s=timeout_s)
+                        request_timeout_s=timeout_s, refresh_period_s=refresh_s)
     try:
         auth = settings.auth()
     except SettingsError as e:
@@ -348,9 +351,11 @@ def cmd_api(args: argparse.Namespace) -> int:
         log.warning("no tokens and no --anonymous-read: every request but /healthz will be answered 401")
     if auth.anonymous_read:
         log.info("anonymous reads are on: read routes answer without a token")
+    from api.routes.stream import uvicorn_server
+
     app = create_app(plant, store, auth=auth, request_timeout_s=settings.request_timeout_s,
-                     cors_origins=settings.cors_origins)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+                     cors_origins=settings.cors_origins, refresh=settings.refresh_period_s)
+    uvicorn_server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info")).run()
     return EXIT_OK
 
 
@@ -557,6 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--request-timeout", type=float, default=None, metavar="S",
                    help="answer 503 to a request not done within S seconds (default: $MIERUKA_REQUEST_TIMEOUT_S, "
                         "else 30)")
+    a.add_argument("--refresh-period", type=float, default=None, metavar="S",
+                   help="figures asked about 'now' are computed once per S seconds for every client, 'now' being "
+                        "the period's start; the stream's period too (default: $MIERUKA_REFRESH_PERIOD_S, else 5; "
+                        "0: compute every request)")
     a.set_defaults(func=cmd_api)
 
     tk = sub.add_parser("token", help="API tokens: create (printed once; only its hash is kept), list, revoke")

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from api.routes.stream import ClosesStreams
 from core.calendar import ShiftWindow, current_shift
 from core.plant import Plant, Shift, dump_plant, load_plant
 
@@ -133,8 +134,9 @@ def localize_sources(plant: Plant) -> tuple[Plant, list[str]]:
 # ---- servers ---------------------------------------------------------------------------------
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: the demo's one stop event owns Ctrl-C."""
+class _Uvicorn(ClosesStreams, uvicorn.Server):
+    """uvicorn without its own signal handling: the demo's one stop event owns Ctrl-C; it ends the
+    API's live streams when it stops."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

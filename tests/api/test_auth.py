@@ -52,6 +52,8 @@ CASES: dict[str, tuple[dict[str, str], Role | None]] = {
     "/api/v1/lines/{line_id}/downtime": (W, "read"),
     "/api/v1/machines/{machine_id}/states": (W, "read"),
     "/api/v1/machines/{machine_id}/signals/{signal}": (W, "read"),
+    "/api/v1/stream": ({"lines": "blade-1"}, "read"),  # app_with_probes ends each stream at once
+    "/metrics": ({}, "read"),
     # not routes of the app: added by the test to prove require_role's 403 for bigger roles
     "/test/operator": ({}, "operator"),
     "/test/admin": ({}, "admin"),
@@ -81,7 +83,8 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[Who, st
 
 
 def app_with_probes(plant: Plant, db: Path, auth: Auth) -> FastAPI:
-    app = create_app(plant, SqliteStore(db, create=False), auth=auth)
+    # a stream lasts 50 ms here, so the matrix reads its whole answer like any other route's
+    app = create_app(plant, SqliteStore(db, create=False), auth=auth, stream_options={"max_connection_s": 0.05})
 
     async def probe() -> dict[str, bool]:
         return {"ok": True}

@@ -200,7 +200,8 @@ class AnyLoopStore(BlockingStore):
 
 async def test_at_most_as_many_figures_run_at_once_as_there_are_workers(plant: Plant, small_db: Path) -> None:
     store = BlockingStore(SqliteStore(small_db))
-    app = create_app(plant, store, auth=OPEN, workers=2)
+    # refresh 0: no once-per-period answers, so five identical requests are five computations here
+    app = create_app(plant, store, auth=OPEN, workers=2, refresh=0)
     pool: Workers = app.state.workers
     async with serve(app) as c:
         requests = [asyncio.create_task(c.get(f"{V1}/lines/blade-1/throughput", params=W)) for _ in range(5)]
