@@ -2,7 +2,7 @@
 
 - ``mieruka_api_store_queries_total{query}``: every store read, counted by wrapping the store the
   routes and the stream use (:class:`MeteredStore`), so no call site can forget it. ``query`` is the
-  store method (``count_buckets``, ``state_changes``, ``product_changes``, ``gauge_buckets``,
+  store method (``count_buckets``, ``count_ranges``, ``state_changes``, ``product_changes``, ``gauge_buckets``,
   ``last_times``); the health probe's ping is not a read and is not counted.
 - ``mieruka_api_request_duration_seconds{route,method}``: a histogram per route template
   (``/api/v1/lines/{line_id}/status``, never the raw path, so line ids do not multiply series);
@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-READS = frozenset({"count_buckets", "state_changes", "product_changes", "gauge_buckets", "last_times"})
+READS = frozenset({"count_buckets", "count_ranges", "state_changes", "product_changes", "gauge_buckets", "last_times"})
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 METRICS_PATH = "/metrics"
 
