@@ -61,7 +61,7 @@ def now_ms() -> int:
 
 @contextlib.asynccontextmanager
 async def api(p: Plant, db: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(p, SqliteStore(db), auth=Auth.open_reads())
+    app = create_app(p, SqliteStore(db), auth=Auth.open_reads(), refresh=0)  # live answers: no refresh period
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
             yield c

@@ -32,11 +32,23 @@ DEMO = DEMO_PLANT.read_text(encoding="utf-8")
 TOPIC = '"ashikaga-1/press-2/press-2a/counts", field: good'
 
 
-# The cap is set by a small launcher that then execs mieruka: with a preexec_fn, Python forks the
-# test worker itself, and the child's peak resident set (from wait4) starts at the worker's size
-# (hundreds of MiB late in a run), measuring the test process instead of check-config.
-_CAPPED = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit})); "
-           "os.execv(sys.executable, [sys.executable, '-m', 'mieruka.cli', *sys.argv[1:]])")
+# A launcher caps the address space, runs `mieruka` in its own (freshly exec'd) interpreter and writes
+# that interpreter's peak resident set (VmHWM) at exit. Not wait4's ru_maxrss: a child forked (or
+# vforked) from the test worker inherits the worker's high-water mark, hundreds of MiB late in a run.
+_CAPPED = """
+import atexit, os, resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+def _hwm():
+    out = os.environ.get("MIERUKA_TEST_HWM")
+    if out:
+        with open("/proc/self/status") as f:
+            kib = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+        with open(out, "w") as f:
+            f.write(kib)
+atexit.register(_hwm)
+sys.argv = ["mieruka", *sys.argv[1:]]
+runpy.run_module("mieruka.cli", run_name="__main__", alter_sys=True)
+"""
 
 
 @dataclass
@@ -49,13 +61,15 @@ class Run:
 
 
 def run_check(path: Path) -> Run:
-    """`mieruka check-config PATH` under the memory cap, killed after TIMEOUT_S; the child's own
-    peak resident set comes from wait4 (RUSAGE_CHILDREN would mix in every earlier child)."""
+    """`mieruka check-config PATH` under the memory cap, killed after TIMEOUT_S, with the peak resident
+    set its interpreter reported (wait4's, an over-estimate, only if it could not report)."""
     out, err = path.with_suffix(".out"), path.with_suffix(".err")
     with out.open("wb") as fo, err.open("wb") as fe:
         t0 = time.monotonic()
+        hwm = path.with_suffix(".hwm")
         p = subprocess.Popen([sys.executable, "-c", _CAPPED.format(limit=AS_LIMIT), "check-config", str(path)],
-                             stdout=fo, stderr=fe, stdin=subprocess.DEVNULL)
+                             stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
+                             env={**os.environ, "MIERUKA_TEST_HWM": str(hwm)})
         killer = threading.Timer(TIMEOUT_S, p.kill)
         killer.start()
         try:
@@ -65,7 +79,8 @@ def run_check(path: Path) -> Run:
         seconds = time.monotonic() - t0
     p.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen from waiting again
     return Run(p.returncode, out.read_text(encoding="utf-8", errors="replace"),
-               err.read_text(encoding="utf-8", errors="replace"), seconds, usage.ru_maxrss)
+               err.read_text(encoding="utf-8", errors="replace"), seconds,
+               int(hwm.read_text()) if hwm.exists() else usage.ru_maxrss)
 
 
 def demo_with(old: str, new: str) -> str:
