@@ -24,6 +24,7 @@ from simulators.fastforward import run_fast_forward
 from tests.conftest import DEMO_PLANT
 from tests.support.ledger import (
     clipped_ms,
+    micro_flags,
     ms,
     parts_by_product,
     read_ledger,
@@ -324,20 +325,8 @@ def expected(r: Run, machine: str, start: datetime, end: datetime) -> Expected:
     run_ms = round(state_s.get("running", 0) * 1000)
     micro_ms = round(plant.calendar.micro_stop_s * 1000)
     stretches = state_stretches(r.records, machine)
-    i = 0
-    while i < len(stretches):
-        if stretches[i].state in ("running", "planned"):
-            i += 1
-            continue
-        j = i
-        while j + 1 < len(stretches) and stretches[j + 1].state not in ("running", "planned"):
-            j += 1
-        stop = stretches[i:j + 1]
-        until = stop[-1].until_ms
-        if (until is not None and until - stop[0].since_ms < micro_ms
-                and all(x.state in ("down", "idle") for x in stop)):
-            run_ms += sum(clipped_ms(x, start, end) for x in stop)
-        i = j + 1
+    run_ms += sum(clipped_ms(x, start, end) for x, micro in zip(stretches, micro_flags(stretches, micro_ms),
+                                                                  strict=True) if micro)
     parts = parts_by_product(r.records, machine, start, end)
     good = sum(g for g, _ in parts.values())
     scrap = sum(s for _, s in parts.values())
