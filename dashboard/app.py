@@ -1,7 +1,10 @@
-"""The Dash app: the wall board, the line view and the machine view, reading the API only (HTTP).
+"""The Dash app: the wall board, the line view, the machine view and the operator page, over HTTP
+to the API only.
 
 Pages (URL pathname): ``/`` the wall board (a tile per line), ``/line/<id>`` a line view,
-``/machine/<id>`` a machine view. URL query, on every page:
+``/machine/<id>`` a machine view, ``/operator/<line>`` the operator page (a tablet at the line:
+name stops, book scrap, shift notes; it writes with the operator token, see
+:mod:`dashboard.pages.operator`; every other page only reads). URL query, on every page:
 
 - ``?lang=ja|en``: language (default: the plant's locale, from the API);
 - ``?as_of=2026-11-27T10:30:00+09:00``: show the page as it was at that instant (replay);
@@ -33,13 +36,14 @@ import dash
 from dash import ALL, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from dashboard.client import ApiClient, ApiError, ApiUnavailable, ApiUnreachable, LineInfo
+from dashboard.client import ApiClient, ApiError, ApiUnavailable, ApiUnreachable, LineInfo, OperatorClient, TokenSource
 from dashboard.data import AMBER, ANDON, GREEN, GREY, RED, Board, Window, line_state, rate_color
 from dashboard.figures import CHART_HEIGHT, patch_figure, tile_figure
 from dashboard.i18n import Lang, both, fmt_time, t
 from dashboard.pages import board as board_page
 from dashboard.pages import line as line_view
 from dashboard.pages import machine as machine_view
+from dashboard.pages.operator import OperatorPage
 from dashboard.view import MIN_ROTATE_S, Page, View, link_query, parse_page, parse_view, pick_lines
 
 log = logging.getLogger(__name__)
@@ -93,8 +97,13 @@ def period_start(refresh_ms: int, now: float | None = None) -> datetime:
 
 def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None = None,
                      timeout_s: float | None = None, recent_hours: float = 8.0,
-                     client: ApiClient | None = None, reload_after_s: float | None = RELOAD_AFTER_S) -> dash.Dash:
+                     client: ApiClient | None = None, reload_after_s: float | None = RELOAD_AFTER_S,
+                     operator_token: TokenSource | str | None = None) -> dash.Dash:
     """The Dash app reading the API at ``api_url`` (``client`` replaces the HTTP client in tests).
+
+    ``operator_token`` (a token of role ``operator``, or a :class:`TokenSource` re-reading its file)
+    lets the operator page write; it is used by a client of its own, server-side only, and never
+    for reads. Without it the operator page says how to give one and shows no buttons.
 
     Each refresh is budgeted at a third of ``refresh_ms`` (requests time out at ``timeout_s``,
     by default that budget capped at 2 s), so the callback always ends well before the next tick.
@@ -108,6 +117,8 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
     timeout = timeout_s if timeout_s is not None else min(budget_s, 2.0)
     api = client or ApiClient(api_url, timeout_s=timeout, token=token)
     board = Board(api, budget_s=budget_s, recent_hours=recent_hours)
+    # writes wait for the API's answer longer than a refresh may: a tap must not be lost to a budget
+    writer = OperatorClient(api_url, operator_token, timeout_s=10.0) if operator_token is not None else None
 
     app = dash.Dash(__name__, assets_folder=str(ASSETS), title="mieruka", update_title="",
                     serve_locally=True, suppress_callback_exceptions=True)
@@ -140,6 +151,9 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
         cls = " ".join(["board", f"on-{page}", *(["kiosk"] if view.kiosk else []),
                         *(["single"] if rotating else [])])
         return cls, (view.rotate_s or 30) * 1000, not rotating
+
+    operator = OperatorPage(board, writer, context, budget_s)
+    operator.register(app)
 
     @app.callback(
         Output("banner", "children"), Output("banner", "className"), Output("header-site", "children"),
@@ -229,6 +243,8 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
             head = machine_view.head_children(line_d, m, ms, as_of, tz, lang, query)
             figs = machine_view.machine_figures(board, m, w, tz, lang, deadline)
             return machine_view.machine_page(line_d, m, ms, head, figs, lang), t("machine_view", lang)
+        if page.kind == "operator" and page.id is not None:
+            return operator.build(page.id, lang, tz, as_of), t("operator_view", lang)
         return html.Div("404", className="note"), ""
 
     @app.callback(
@@ -337,11 +353,11 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
 
 
 def run_dashboard(api_url: str, host: str = "127.0.0.1", port: int = 8050, *, refresh_ms: int = 5000,
-                  token: str | None = None) -> None:
+                  token: str | None = None, operator_token: TokenSource | None = None) -> None:
     """Serve the dashboard until interrupted (what ``mieruka dashboard`` calls)."""
     from werkzeug.serving import make_server
 
-    app = create_dashboard(api_url, refresh_ms=refresh_ms, token=token)
+    app = create_dashboard(api_url, refresh_ms=refresh_ms, token=token, operator_token=operator_token)
     server = make_server(host, port, app.server, threaded=True)
     log.info("dashboard on http://%s:%d/ reading %s", host, port, api_url)
     try:

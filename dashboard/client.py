@@ -9,11 +9,18 @@ Exceptions, all under :class:`ApiError`:
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
+
+log = logging.getLogger(__name__)
 
 Lang = Literal["ja", "en"]
 DEFAULT_TIMEOUT_S = 2.0
@@ -279,10 +286,20 @@ class LineDetail:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasonInfo:
+    """A stop reason of the plant's catalogue: code, name in the asked language, category."""
+
+    code: int
+    name: str
+    category: str
+
+
+@dataclass(frozen=True, slots=True)
 class PlantDetail:
     site: Site
     lines: tuple[LineDetail, ...]
     reasons: dict[int, str]
+    catalogue: tuple[ReasonInfo, ...] = ()  # the reasons with their category, by code
 
     def machine(self, machine_id: str) -> tuple[LineDetail, MachineDetail] | None:
         for line in self.lines:
@@ -290,6 +307,42 @@ class PlantDetail:
                 if m.id == machine_id:
                     return line, m
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class StopPart:
+    """A stop (or a part of one made by an operator's split) of ``/lines/{id}/stops``."""
+
+    machine: str
+    start: str  # as the API wrote it: the key of ``PUT …/stops/{start}/reason``
+    end: datetime | None  # None: still open
+    open: bool
+    seconds: float
+    state: State
+    reason: int | None
+    label: str
+    category: str | None
+    named_by: str | None
+    micro_stop: bool
+
+    @property
+    def started(self) -> datetime:
+        return datetime.fromisoformat(self.start)
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    time: datetime
+    text: str
+    author: str
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a write answered: the audit entry's subject and its new value, for the confirmation."""
+
+    status: int
+    body: dict[str, Any]
 
 
 def _ratios(d: dict[str, Any]) -> Ratios:
@@ -301,6 +354,21 @@ def _oee_point(d: dict[str, Any]) -> OeePoint:
     counts = d.get("counts") or {}
     return OeePoint(datetime.fromisoformat(d["start"]), datetime.fromisoformat(d["end"]), _ratios(d),
                     int(counts.get("good", 0)), int(counts.get("scrap", 0)))
+
+
+def _answer(r: httpx.Response) -> Any:
+    """The JSON of a 2xx answer; otherwise the error with the API's ``detail``."""
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+            detail = str(body.get("detail", r.text)) if isinstance(body, dict) else r.text
+        except ValueError:
+            detail = r.text
+        if r.status_code == 503:
+            ra = r.headers.get("Retry-After")
+            raise ApiUnavailable(detail, float(ra) if ra and ra.isdigit() else None)
+        raise ApiResponseError(r.status_code, detail)
+    return r.json()
 
 
 def _window_params(start: datetime, end: datetime, lang: Lang | None = None) -> dict[str, str]:
@@ -333,16 +401,7 @@ class ApiClient:
             r = self._http.get(path, params={k: v for k, v in (params or {}).items() if v is not None})
         except httpx.TransportError as e:  # connect errors and timeouts alike
             raise ApiUnreachable(f"{self._http.base_url}{path}: {e!r}") from e
-        if r.status_code >= 400:
-            try:
-                detail = str(r.json().get("detail", r.text))
-            except ValueError:
-                detail = r.text
-            if r.status_code == 503:
-                ra = r.headers.get("Retry-After")
-                raise ApiUnavailable(detail, float(ra) if ra and ra.isdigit() else None)
-            raise ApiResponseError(r.status_code, detail)
-        return r.json()
+        return _answer(r)
 
     def healthz(self) -> dict[str, str]:
         result: dict[str, str] = self._get("/healthz")
@@ -396,7 +455,9 @@ class ApiClient:
                 MachineDetail(m["id"], m["name"], bool(m.get("output", False)), tuple(
                     SignalInfo(g["name"], g["kind"], g.get("unit")) for g in m.get("signals", [])))
                 for m in ln["machines"])) for ln in d["lines"]),
-            reasons={int(r["code"]): str(r["name"]) for r in d.get("reasons", [])})
+            reasons={int(r["code"]): str(r["name"]) for r in d.get("reasons", [])},
+            catalogue=tuple(ReasonInfo(int(r["code"]), str(r["name"]), str(r.get("category") or "other"))
+                            for r in d.get("reasons", [])))
 
     def status(self, line_id: str, *, as_of: datetime | None = None, lang: Lang | None = None) -> LineStatus:
         params: dict[str, str] = {}
@@ -450,3 +511,97 @@ class ApiClient:
         return Gauge(d["machine"], d["signal"], d.get("unit"), d["bucket"], tuple(
             GaugePoint(datetime.fromisoformat(p["start"]), datetime.fromisoformat(p["end"]), _opt_float(p.get("mean")),
                        _opt_float(p.get("min")), _opt_float(p.get("max")), int(p["count"])) for p in d["points"]))
+
+    def stops(self, line_id: str, *, start: datetime, end: datetime, lang: Lang | None = None) -> tuple[StopPart, ...]:
+        d = self._get(f"/api/v1/lines/{line_id}/stops", _window_params(start, end, lang))
+        return tuple(StopPart(x["machine"], str(x["start"]), _time(x.get("end")), bool(x["open"]), float(x["seconds"]),
+                              _state(x["state"]), None if x.get("reason") is None else int(x["reason"]),
+                              str(x["label"]), x.get("category"), x.get("named_by"), bool(x.get("micro_stop")))
+                     for x in d["stops"])
+
+    def notes(self, line_id: str, *, start: datetime, end: datetime) -> tuple[Note, ...]:
+        d = self._get(f"/api/v1/lines/{line_id}/notes", _window_params(start, end))
+        return tuple(Note(datetime.fromisoformat(x["time"]), str(x["text"]), str(x["author"])) for x in d["notes"])
+
+
+class TokenSource:
+    """A token kept in a file, read at start and again whenever the file changes on disk (inode,
+    size or mtime), so a replaced operator token takes effect without restarting the dashboard.
+
+    Raises :class:`ValueError` at start when the file cannot be read or is empty; a file that turns
+    unreadable later keeps the last token (the API refuses it once it is revoked)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self._token = self._read()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _read(self) -> str:
+        try:
+            token = self.path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ValueError(f"{self.path}: {e.strerror or e}; give a file holding one API token "
+                             "('mieruka token create --role operator')") from None
+        if not token or any(c.isspace() for c in token):
+            raise ValueError(f"{self.path}: expected one API token on one line "
+                             "('mieruka token create --role operator' prints one)")
+        return token
+
+    def token(self) -> str:
+        stamp = self._stat()
+        with self._lock:
+            if stamp is not None and stamp != self._stamp:
+                try:
+                    self._token = self._read()
+                except ValueError as e:
+                    log.warning("operator token file changed and is not usable (%s); keeping the last token", e)
+                self._stamp = stamp
+            return self._token
+
+
+class OperatorClient:
+    """The dashboard's writes (operator input), with the operator token; the reads keep their own
+    client and token, so a page that only shows figures never holds a token that can write.
+
+    Every method returns :class:`Written` or raises :class:`ApiError` (an
+    :class:`ApiResponseError` carries the API's ``detail``, which the operator page shows)."""
+
+    def __init__(self, base_url: str, token: TokenSource | str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self._token = token
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, method: str, path: str, body: dict[str, Any]) -> Written:
+        token = self._token if isinstance(self._token, str) else self._token.token()
+        try:
+            r = self._http.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
+        except httpx.TransportError as e:
+            raise ApiUnreachable(f"{self._http.base_url}{path}: {e!r}") from e
+        answer = _answer(r)
+        return Written(r.status_code, answer if isinstance(answer, dict) else {})
+
+    def name_stop(self, machine_id: str, start: str, reason: int, *, until: datetime | None = None,
+                  note: str | None = None) -> Written:
+        """``PUT /machines/{id}/stops/{start}/reason``: ``start`` exactly as the stops route gave it."""
+        return self._send("PUT", f"/api/v1/machines/{machine_id}/stops/{quote(start, safe='')}/reason",
+                          {"reason": reason, "until": until.isoformat() if until else None, "note": note})
+
+    def book_scrap(self, machine_id: str, time: datetime, quantity: int, reason: int | None = None,
+                   note: str | None = None) -> Written:
+        return self._send("POST", f"/api/v1/machines/{machine_id}/scrap",
+                          {"time": time.isoformat(), "quantity": quantity, "reason": reason, "note": note})
+
+    def add_note(self, line_id: str, text: str, time: datetime | None = None) -> Written:
+        return self._send("POST", f"/api/v1/lines/{line_id}/notes",
+                          {"time": time.isoformat() if time else None, "text": text})

@@ -182,3 +182,18 @@ class Board:
         return self._plans.get((line_id, shift.start, bucket),
                                lambda: self.client.throughput(line_id, start=shift.start, end=shift.end,
                                                               bucket=bucket))
+
+
+# stop-reason categories (the plant file's ``category``), in the board's palette: a breakdown is
+# the colour of a machine down, a changeover of changeover, a planned stop of planned; the rest
+# get colours of their own. Dark text (:data:`ON_COLOR`) on each reads at WCAG AA (≥ 4.5:1).
+CATEGORY_COLORS: dict[str, str] = {
+    "breakdown": ANDON["down"], "changeover": ANDON["changeover"], "planned": ANDON["planned"],
+    "micro_stop": ANDON["idle"], "starved": "#4fc3f7", "blocked": "#80cbc4", "quality": "#ce93d8",
+    "speed": "#f48fb1", "other": ANDON["offline"],
+}
+ON_COLOR = "#0b0d10"
+
+
+def category_color(category: str | None) -> str:
+    return CATEGORY_COLORS.get(category or "other", CATEGORY_COLORS["other"])

@@ -65,6 +65,33 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "hour_bucket": {"ja": "1時間", "en": "hour"},
     "bucket_15m": {"ja": "15分", "en": "15 min"},
     "no_data": {"ja": "データなし", "en": "no data"},
+    # the operator page (/operator/<line>)
+    "operator_view": {"ja": "作業者入力", "en": "Operator input"},
+    "no_operator_token": {"ja": "このダッシュボードには作業者トークンがありません："
+                                "--operator-token-file を付けて起動してください",
+                          "en": "This dashboard has no operator token: start it with --operator-token-file"},
+    "stops_to_name": {"ja": "停止（理由を選ぶ停止をタップ）", "en": "Stops (tap the one to name)"},
+    "no_stops": {"ja": "理由の未入力の停止はありません", "en": "No stop waits for a reason"},
+    "open_stop": {"ja": "停止中", "en": "stopped now"},
+    "reason_for": {"ja": "停止理由", "en": "Stop reason"},
+    "select_stop_first": {"ja": "先に停止を選んでください", "en": "Select a stop first"},
+    "named": {"ja": "{machine} {time} からの停止を「{reason}」にしました",
+              "en": "{machine}: the stop since {time} is now “{reason}”"},
+    "scrap_entry": {"ja": "不良の計上", "en": "Book scrap"},
+    "scrap_reason": {"ja": "不良理由（任意）", "en": "Reason (optional)"},
+    "book": {"ja": "計上", "en": "Book"},
+    "clear": {"ja": "クリア", "en": "Clear"},
+    "quantity": {"ja": "数量", "en": "Quantity"},
+    "enter_quantity": {"ja": "数量を入力してください", "en": "Enter a quantity"},
+    "select_machine": {"ja": "設備を選んでください", "en": "Select a machine"},
+    "booked": {"ja": "{machine} に不良 {n} 個を計上しました", "en": "Booked {n} scrap on {machine}"},
+    "shift_notes": {"ja": "シフトメモ", "en": "Shift notes"},
+    "no_notes": {"ja": "メモはまだありません", "en": "No notes yet"},
+    "save": {"ja": "保存", "en": "Save"},
+    "note_saved": {"ja": "メモを保存しました", "en": "Note saved"},
+    "note_empty": {"ja": "メモが空です", "en": "The note is empty"},
+    "none": {"ja": "なし", "en": "none"},
+    "refused": {"ja": "受け付けられませんでした", "en": "Refused"},
 }
 
 STATE_NAMES: dict[str, dict[Lang, str]] = {

@@ -1,6 +1,7 @@
 """What a URL asks of the dashboard: the page (path) and the wall-screen settings (query).
 
-Paths: ``/`` the wall board, ``/line/<id>`` a line view, ``/machine/<id>`` a machine view.
+Paths: ``/`` the wall board, ``/line/<id>`` a line view, ``/machine/<id>`` a machine view,
+``/operator/<line>`` the operator page.
 Query: ``?lang=ja|en``, ``?as_of=ISO`` (replay), ``?lines=a,b``, ``?kiosk=1``, ``?rotate=S``.
 """
 
@@ -19,7 +20,7 @@ MIN_ROTATE_S = 2
 _MANGLED_PLUS = re.compile(r"^(.*\d) (\d{2}:?\d{2})$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
-PageKind = Literal["board", "line", "machine", "unknown"]
+PageKind = Literal["board", "line", "machine", "operator", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +77,9 @@ def parse_page(pathname: str | None) -> Page:
     parts = [p for p in (pathname or "/").split("/") if p]
     if not parts:
         return Page("board")
-    if len(parts) == 2 and parts[0] in ("line", "machine") and _ID.match(parts[1]):
-        return Page("line" if parts[0] == "line" else "machine", parts[1])
+    if len(parts) == 2 and parts[0] in ("line", "machine", "operator") and _ID.match(parts[1]):
+        kind: PageKind = "line" if parts[0] == "line" else "machine" if parts[0] == "machine" else "operator"
+        return Page(kind, parts[1])
     return Page("unknown", "/".join(parts))
 
 

@@ -406,9 +406,18 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             token = Path(args.token_file).read_text(encoding="utf-8").strip()
         except OSError as e:
             raise BadInput(f"--token-file {args.token_file}: {e.strerror}") from None
+    operator_token = None
+    if args.operator_token_file:
+        from dashboard.client import TokenSource
+
+        try:
+            operator_token = TokenSource(Path(args.operator_token_file))
+        except ValueError as e:
+            raise BadInput(f"--operator-token-file {e}") from None
     if args.refresh_ms < 500:
         raise BadInput(f"--refresh-ms must be at least 500, got {args.refresh_ms}")
-    run_dashboard(args.api, host=args.host, port=args.port, refresh_ms=args.refresh_ms, token=token)
+    run_dashboard(args.api, host=args.host, port=args.port, refresh_ms=args.refresh_ms, token=token,
+                  operator_token=operator_token)
     return EXIT_OK
 
 
@@ -586,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8050)
     d.add_argument("--token-file", default=None, help="file holding an API token (sent as Bearer)")
+    d.add_argument("--operator-token-file", default=None, metavar="FILE",
+                   help="file holding a token of role operator: the operator page (/operator/<line>) writes with "
+                        "it (server-side only; re-read when the file changes); without it that page only says so")
     d.add_argument("--refresh-ms", type=int, default=5000, metavar="MS",
                    help="refresh interval of every page (default 5000; each refresh is budgeted a third of it)")
     d.set_defaults(func=cmd_dashboard)
