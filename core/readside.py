@@ -25,10 +25,19 @@ from itertools import pairwise
 
 from core import figures
 from core import oee as om
+from core import operator as op
 from core.calendar import ShiftWindow
 from core.model import COUNTER_SIGNALS, from_ns, signal_kind, to_ns
 from core.plant import Line, Machine, Plant
-from core.store.base import CountBucket, CountRange, RangeCounts, StateChange, Store
+from core.store.base import (
+    CountBucket,
+    CountRange,
+    OperatorEntry,
+    OperatorLog,
+    RangeCounts,
+    StateChange,
+    Store,
+)
 
 NS = 1_000_000_000
 NS_PER_H = 3_600 * NS
@@ -254,6 +263,38 @@ class Figures:
 
     # ---- reads ----
 
+    async def operator_entries(self, machines: Sequence[Machine], start_ns: int, end_ns: int,
+                               actions: Sequence[str] | None = None) -> list[OperatorEntry]:
+        """The operator's entries about ``machines``' lines with subject time in ``[start_ns −``
+        :data:`core.operator.LOOKBACK_NS` ``, end_ns)`` (one read; none from a store without a log)."""
+        if not isinstance(self.store, OperatorLog) or not machines:
+            return []
+        ids = {m.id for m in machines}
+        lines = sorted({ln.id for ln, m in self.plant.machines() if m.id in ids})
+        found = await self.store.entries(lines, start_ns - op.LOOKBACK_NS, end_ns, actions)
+        return [x for x in found if x.machine is None or x.machine in ids]
+
+    async def state_changes(self, ids: Sequence[str], lo: int, hi: int,
+                            entries: Sequence[OperatorEntry]) -> list[StateChange]:
+        """The store's state changes over ``[lo, hi)`` (with each machine's last before ``lo``) with the
+        operator's reasons applied, sorted by time. A named stop that began before the last change the
+        store hands over needs the changes from its start: those machines are read once more from there."""
+        read = sorted(await self.store.state_changes(ids, lo, hi), key=lambda c: c.time_ns)
+        named = [x for x in entries if x.action == "stop_reason" and x.machine in ids]
+        if not named:
+            return read
+        first: dict[str, int] = {}
+        for c in read:
+            first.setdefault(c.machine, c.time_ns)
+        back = {x.machine: x.time_ns for x in sorted(named, key=lambda x: -x.time_ns)
+                if x.machine is not None and x.time_ns < first.get(x.machine, hi)}
+        merged = list(read)
+        if back:
+            seen = {(c.machine, c.time_ns) for c in read}
+            more = await self.store.state_changes(sorted(back), min(back.values()), lo)
+            merged.extend(c for c in more if (c.machine, c.time_ns) not in seen)
+        return op.trim(op.apply_reasons(merged, named), read)
+
     async def _read(self, machines: Sequence[Machine], w: Window, edges: Sequence[int], grid_ns: int,
                     *, states_hi: int | None = None) -> _Facts:
         """One read of each kind of fact; ``states_hi`` reads states further (status: up to as_of itself)."""
@@ -262,10 +303,12 @@ class Figures:
         ids = [m.id for m in machines]
         n = len(edges) - 1
         st_by: dict[str, list[StateChange]] = defaultdict(list)
+        entries: list[OperatorEntry] = []
         if ids:
             lo, hi = om.read_range(self.plant, s, e, as_of_ns)
             hi = max(hi, states_hi or hi)
-            for c in sorted(await self.store.state_changes(ids, lo, hi), key=lambda c: c.time_ns):
+            entries = await self.operator_entries(machines, min(lo, s), max(hi, e))
+            for c in await self.state_changes(ids, lo, hi, entries):
                 st_by[c.machine].append(c)
         counted = [m for m in machines if COUNTER_SIGNALS & set(m.signals)]
         with_products = [m for m in counted if "product" in m.signals]
@@ -309,6 +352,12 @@ class Figures:
             results = [await self.store.count_buckets(ms, signals, a, z, grid_ns) for ms, a, z in ranges]
         for found, product_of in zip(results, owners, strict=True):
             take(found, product_of)
+        for mid, t, q in op.bookings(entries, by_id, s, e):  # scrap found later: +scrap, −good where it was made
+            product = next((seg.product for seg in segments[mid] if seg.start_ns <= t < seg.end_ns), None)
+            cell = counts[mid][_bucket_index(edges, t)].setdefault(product, [0, 0])
+            cell[1] += q
+            if "good" in by_id[mid].signals or "total" in by_id[mid].signals:
+                cell[0] -= q
         raw_good = {mid: [sum(c[0] for c in cell.values()) for cell in per] for mid, per in counts.items()}
         return _Facts(dict(st_by), {m: [c.time_ns for c in cs] for m, cs in st_by.items()}, counts, raw_good)
 
@@ -386,7 +435,7 @@ class Figures:
         """The machine's timeline covering the window exactly; time from ``as_of`` on is ``offline``."""
         s, e = to_ns(w.start), to_ns(w.end)
         lo, hi = self._rr(s, e, w)
-        changes = await self.store.state_changes([machine.id], lo, hi)
+        changes = await self.state_changes([machine.id], lo, hi, await self.operator_entries([machine], lo, hi))
         return [x for x, _ in om.window_timeline(self.plant, machine.id, changes, s, e, to_ns(w.as_of))]
 
     # ---- throughput ----
@@ -407,8 +456,11 @@ class Figures:
         never negative and sums to the good OEE counts for the window (:func:`core.figures.clamp_good`)."""
         b = figures.bucket_of(bucket)
         tz = self.plant.site.tz
+        s0, e0 = to_ns(w.start), to_ns(w.end)
+        booked = op.bookings(await self.operator_entries(line.machines, s0, e0, ["scrap"]),
+                             [m.id for m in line.machines], s0, e0)
         result = await figures.line_throughput(self.store, self.plant, line.id, w.start, w.end, b,
-                                               max_buckets=max_buckets)
+                                               max_buckets=max_buckets, booked=booked)
         ppt = production_ns(self.plant, result.start, result.end)
         starts = [x for x, _ in ppt]
         w0, w1 = to_ns(w.start), to_ns(w.end)
@@ -476,7 +528,8 @@ class Figures:
             whole = lo_fig
         else:
             lo, _ = om.read_range(self.plant, as_of_ns, as_of_ns, None)
-            changes = await self.store.state_changes(ids, lo, as_of_ns + 1)
+            changes = await self.state_changes(ids, lo, as_of_ns + 1,
+                                               await self.operator_entries(line.machines, lo, as_of_ns + 1))
         last = await self.store.last_times(ids)
         machines: list[MachineNow] = []
         for m in line.machines:
