@@ -122,6 +122,15 @@ class ThroughputFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class StopRow:
+    """A stop part in a window: ``seconds`` inside the window (and before ``as_of``)."""
+
+    part: op.StopPart
+    seconds: float
+    open: bool
+
+
+@dataclass(frozen=True, slots=True)
 class MachineNow:
     machine: str
     state: str
@@ -279,10 +288,19 @@ class Figures:
         """The store's state changes over ``[lo, hi)`` (with each machine's last before ``lo``) with the
         operator's reasons applied, sorted by time. A named stop that began before the last change the
         store hands over needs the changes from its start: those machines are read once more from there."""
+        read, merged, named = await self._changes_for(ids, lo, hi, entries)
+        if not named:
+            return read
+        return op.trim(op.apply_reasons(merged, named), read)
+
+    async def _changes_for(self, ids: Sequence[str], lo: int, hi: int, entries: Sequence[OperatorEntry]
+                           ) -> tuple[list[StateChange], list[StateChange], list[OperatorEntry]]:
+        """(what the store answered, that plus the changes back to the oldest named stop's start, the
+        ``stop_reason`` entries of ``ids``)."""
         read = sorted(await self.store.state_changes(ids, lo, hi), key=lambda c: c.time_ns)
         named = [x for x in entries if x.action == "stop_reason" and x.machine in ids]
         if not named:
-            return read
+            return read, read, named
         first: dict[str, int] = {}
         for c in read:
             first.setdefault(c.machine, c.time_ns)
@@ -293,7 +311,47 @@ class Figures:
             seen = {(c.machine, c.time_ns) for c in read}
             more = await self.store.state_changes(sorted(back), min(back.values()), lo)
             merged.extend(c for c in more if (c.machine, c.time_ns) not in seen)
-        return op.trim(op.apply_reasons(merged, named), read)
+            merged.sort(key=lambda c: c.time_ns)
+        return read, merged, named
+
+    # ---- operator input: stops and notes ----
+
+    async def stop_list(self, line: Line, w: Window) -> list[StopRow]:
+        """Every stop (part) of the line's machines overlapping the window, ordered by start, with the
+        effective reason and who named it. Their ends are looked for up to :data:`core.operator.LOOKBACK_NS`
+        after the window (never after ``as_of``); a stop still open there has ``end`` None."""
+        s, e, as_of_ns = to_ns(w.start), to_ns(w.end), to_ns(w.as_of)
+        ids = [m.id for m in line.machines]
+        hi = max(min(e + op.LOOKBACK_NS, as_of_ns + 1), s + 1)
+        entries = await self.operator_entries(line.machines, s, hi, ["stop_reason"])
+        # a day back, so a stop across the window's start shows its own start (what naming it needs)
+        _, merged, named = await self._changes_for(ids, s - 86_400 * NS, hi, entries)
+        micro_ns = round(self.plant.calendar.micro_stop_s * NS)
+        horizon = min(hi, as_of_ns)
+        out: list[StopRow] = []
+        for p in op.stop_parts(merged, named, ids, micro_ns, horizon):
+            z = p.end_ns if p.end_ns is not None else horizon
+            a, b = max(p.start_ns, s), min(z, e, as_of_ns)
+            if p.start_ns < e and z > s and (b > a or p.start_ns >= s):
+                out.append(StopRow(p, max(b - a, 0) / NS, p.end_ns is None))
+        out.sort(key=lambda r: (r.part.start_ns, r.part.machine))
+        return out
+
+    async def stop_parts_near(self, machine: Machine, t_ns: int, now_ns: int) -> list[op.StopPart]:
+        """The machine's stop parts from a day before ``t_ns`` to ``now_ns`` (what a naming is checked
+        against: the part it names must begin at ``t_ns``)."""
+        lo = t_ns - 86_400 * NS
+        entries = await self.operator_entries([machine], lo, now_ns + 1, ["stop_reason"])
+        _, merged, named = await self._changes_for([machine.id], lo, now_ns + 1, entries)
+        return op.stop_parts(merged, named, [machine.id], round(self.plant.calendar.micro_stop_s * NS), now_ns)
+
+    async def notes(self, line: Line, w: Window) -> list[OperatorEntry]:
+        """The notes written on the line with their time in the window, by time."""
+        if not isinstance(self.store, OperatorLog):
+            return []
+        s, e = to_ns(w.start), to_ns(w.end)
+        found = await self.store.entries([line.id], s, e, ["note"])
+        return sorted(found, key=lambda x: (x.time_ns, x.recorded_ns, x.id))
 
     async def _read(self, machines: Sequence[Machine], w: Window, edges: Sequence[int], grid_ns: int,
                     *, states_hi: int | None = None) -> _Facts:
