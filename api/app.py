@@ -19,12 +19,12 @@ from fastapi.responses import Response
 from starlette.types import Scope
 
 from api.auth import Auth, bearer, require_role
-from api.cache import DEFAULT_REFRESH_PERIOD_S, AnswerCache, Refresh
+from api.cache import DEFAULT_REFRESH_PERIOD_S, AnswerCache, Generation, Refresh
 from api.errors import TIMED_OUT, install_error_handlers, problem, problem_openapi
 from api.metrics import ApiMetrics, MeteredStore, RequestMetrics
 from api.metrics import router as metrics_router
 from api.routes import figures as figure_routes
-from api.routes import health, plant_detail, shifts, status, stream, throughput
+from api.routes import health, operator, plant_detail, shifts, status, stream, throughput
 from api.routes import plant as plant_routes
 from api.settings import Settings, SettingsError
 from api.work import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_WORKERS, HomeLoopStore, TimeLimit, Workers, loop_bound
@@ -90,6 +90,7 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
     app.state.workers = pool
     app.state.refresh = period
     app.state.metrics = metrics
+    app.state.generation = generation = Generation()  # bumped by every write: kept answers are dropped
     app.state.stream = stream.StatusStream(
         stream.status_compute(app), refresh=period, on_event=metrics.stream_events.inc,
         on_drop=metrics.stream_dropped.inc, on_count=metrics.stream_subscribers.set, **(stream_options or {}))
@@ -101,6 +102,10 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
     def is_stream(path: str) -> bool:
         return path == stream.STREAM_PATH
 
+    def uncached(path: str) -> bool:
+        # the audit needs admin: a kept answer must never reach a reader (the cache checks only read)
+        return is_stream(path) or path == operator.AUDIT_PATH
+
     read_role = require_role("read")
 
     async def may_read(request: Request) -> None:
@@ -109,12 +114,13 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
     # innermost first: the time limit (not for the stream), the once-per-period answers (inside CORS,
     # whose headers depend on the caller's Origin), the request metrics (they see cached answers too)
     app.add_middleware(TimeLimit, limit_s=request_timeout_s, on_timeout=timed_out, exempt=is_stream)
-    app.add_middleware(AnswerCache, refresh=period, authorize=may_read, skip=is_stream,
-                       on_result=lambda kind: metrics.answers.labels(kind).inc())
+    app.add_middleware(AnswerCache, refresh=period, authorize=may_read, skip=uncached,
+                       on_result=lambda kind: metrics.answers.labels(kind).inc(), generation=generation)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.routes, untimed=is_stream)
     if cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET"],
-                           allow_headers=["Authorization", "Accept", "Accept-Language", "Last-Event-ID"],
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "PUT", "POST"],
+                           allow_headers=["Authorization", "Accept", "Accept-Language", "Last-Event-ID",
+                                      "Content-Type"],
                            allow_credentials=False)
 
     app.include_router(health.router)
@@ -122,6 +128,7 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
     for r in (plant_routes.router, shifts.router, throughput.router, plant_detail.router, figure_routes.router,
               status.router, stream.router, metrics_router):
         app.include_router(r, dependencies=readers)
+    app.include_router(operator.router)  # each route declares its own role (read, operator, admin)
     app.openapi = problem_openapi(app, secured=lambda path: path != "/healthz")  # type: ignore[method-assign]
     return app
 

@@ -13,7 +13,8 @@
   The caller's token is not part of it (a role does not change a read answer), but it is checked
   before a kept answer is handed out: a caller the route would refuse goes on to the route and is
   refused there. Only 200 answers are kept; a period's answers are all dropped when the next
-  period begins, and at most ``max_entries`` answers (``max_bytes`` in all) are held.
+  period begins (or a write succeeds: :class:`Generation`), and at most ``max_entries`` answers
+  (``max_bytes`` in all) are held.
 
 A period of 0 switches both off (every request computes, "now" is the clock's).
 """
@@ -99,6 +100,17 @@ class Answer:
     body: bytes
 
 
+class Generation:
+    """Bumped by every successful write (operator input): kept answers of an older generation are
+    dropped, and answers computed before the write are not kept, so the next read sees the write."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def bump(self) -> None:
+        self.value += 1
+
+
 Authorize = Callable[[Request], Any]  # an awaitable that raises HTTPException for a caller to refuse
 
 
@@ -109,15 +121,16 @@ class AnswerCache:
 
     def __init__(self, app: ASGIApp, *, refresh: Refresh, authorize: Authorize, skip: Callable[[str], bool],
                  on_result: Callable[[str], None] = lambda kind: None, max_entries: int = DEFAULT_MAX_ENTRIES,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES, generation: Generation | None = None) -> None:
         self.app = app
+        self.generation = generation or Generation()
         self.refresh = refresh
         self.authorize = authorize
         self.skip = skip
         self.on_result = on_result
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._period = -1
+        self._period: tuple[int, int] = (-1, -1)  # (refresh period, write generation)
         self._answers: OrderedDict[tuple[Any, ...], Answer] = OrderedDict()
         self._bytes = 0
         self._inflight: dict[tuple[Any, ...], asyncio.Future[Answer]] = {}
@@ -127,7 +140,7 @@ class AnswerCache:
         return len(self._answers)
 
     @staticmethod
-    def key(scope: Scope, period: int) -> tuple[Any, ...]:
+    def key(scope: Scope, period: tuple[int, int]) -> tuple[Any, ...]:
         from api.deps import parse_accept_language
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -136,7 +149,7 @@ class AnswerCache:
         return (scope["path"], query, parse_accept_language(headers.get("accept-language")), "text/csv" in accept,
                 period)
 
-    def _turn(self, period: int) -> None:
+    def _turn(self, period: tuple[int, int]) -> None:
         if period != self._period:
             self._period = period
             self._answers.clear()
@@ -163,8 +176,9 @@ class AnswerCache:
             return
         period = self.refresh.index()
         scope[NOW_KEY] = period * self.refresh.period_ns
-        self._turn(period)
-        key = self.key(scope, period)
+        turn = (period, self.generation.value)
+        self._turn(turn)
+        key = self.key(scope, turn)
         answer = self._answers.get(key)
         if answer is not None:
             self._answers.move_to_end(key)

@@ -11,6 +11,8 @@
   every request, the stream's too.
 - ``mieruka_api_answers_total{result}``: read answers from the once-per-period cache: ``miss``
   (computed), ``shared`` (waited for an identical request's computation), ``hit`` (kept answer).
+- ``mieruka_api_operator_writes_total{action}``: operator input stored (``stop_reason``, ``scrap``,
+  ``note``).
 - ``mieruka_api_stream_subscribers``, ``mieruka_api_stream_events_total``,
   ``mieruka_api_stream_dropped_total``: the live stream.
 
@@ -53,6 +55,8 @@ class ApiMetrics:
         self.answers = Counter("mieruka_api_answers", "Read answers: miss (computed), shared (waited for an "
                                "identical request's computation), hit (kept from earlier in the period)",
                                ["result"], registry=r)
+        self.operator_writes = Counter("mieruka_api_operator_writes", "Operator input stored, by action "
+                                       "(stop_reason, scrap, note)", ["action"], registry=r)
         self.stream_subscribers = Gauge("mieruka_api_stream_subscribers", "Clients listening to the stream now",
                                         registry=r)
         self.stream_events = Counter("mieruka_api_stream_events", "Status events the stream produced", registry=r)

@@ -235,8 +235,12 @@ def clamp_good(raw: Sequence[int]) -> list[int]:
     return out
 
 
-def regroup(counters: LineCounters, buckets: Iterable[CountBucket], edges: Sequence[int]) -> list[tuple[int, int]]:
+def regroup(counters: LineCounters, buckets: Iterable[CountBucket], edges: Sequence[int],
+            booked: Iterable[tuple[str, int, int]] = ()) -> list[tuple[int, int]]:
     """(good, scrap) per bucket ``[edges[i], edges[i+1])`` from store count buckets (zeros where empty).
+
+    ``booked``: the operator's scrap bookings (machine, time_ns, quantity) of the line's machines: each
+    adds to the scrap of the bucket holding its time and, on an output machine, takes from its good.
 
     A machine counting ``total`` and ``scrap`` gives ``total − scrap`` per bucket through
     :func:`clamp_good`, so no bucket shows negative good and the buckets add up to the window's good."""
@@ -255,6 +259,14 @@ def regroup(counters: LineCounters, buckets: Iterable[CountBucket], edges: Seque
             per.setdefault(cb.machine, [0] * n)[i] -= cb.total
         if key in scr:
             scrap[i] += cb.total
+    outputs = {m for m, _ in counters.good_plus}
+    for machine, t, q in booked:
+        i = bisect_right(edges, t) - 1
+        if not 0 <= i < n:
+            continue
+        scrap[i] += q
+        if machine in outputs:
+            per.setdefault(machine, [0] * n)[i] -= q
     good = [0] * n
     for series in per.values():
         for i, g in enumerate(clamp_good(series)):
@@ -288,18 +300,21 @@ class Throughput:
 
 
 def throughput_from_buckets(line: Line, buckets: Iterable[CountBucket], edges: Sequence[int],
-                            start: datetime, end: datetime, bucket: str | Bucket, tz: tzinfo) -> Throughput:
+                            start: datetime, end: datetime, bucket: str | Bucket, tz: tzinfo,
+                            booked: Iterable[tuple[str, int, int]] = ()) -> Throughput:
     """The pure part of :func:`line_throughput`: store buckets (already clipped to the window) →
     a zero-filled :class:`Throughput` with times in ``tz``."""
-    counts = regroup(line_counters(line), buckets, edges)
+    counts = regroup(line_counters(line), buckets, edges, booked)
     points = tuple(ThroughputPoint(from_ns(edges[i]).astimezone(tz), from_ns(edges[i + 1]).astimezone(tz), g, s)
                    for i, (g, s) in enumerate(counts))
     return Throughput(line.id, start.astimezone(tz), end.astimezone(tz), bucket_of(bucket), points)
 
 
 async def line_throughput(store: Store, plant: Plant, line_id: str, start: datetime, end: datetime,
-                          bucket: str | Bucket, *, max_buckets: int = MAX_BUCKETS) -> Throughput:
-    """Good and scrap of a line per bucket over ``[start, end)``.
+                          bucket: str | Bucket, *, max_buckets: int = MAX_BUCKETS,
+                          booked: Iterable[tuple[str, int, int]] = ()) -> Throughput:
+    """Good and scrap of a line per bucket over ``[start, end)``; ``booked`` are the operator's scrap
+    bookings (:func:`core.operator.bookings`) laid over the counters (:func:`regroup`).
 
     Raises :class:`UnknownLine`, :class:`BucketError`, :class:`WindowError`; store errors
     (``StoreUnavailable``) pass through.
@@ -316,7 +331,7 @@ async def line_throughput(store: Store, plant: Plant, line_id: str, start: datet
     if counters.machines:
         found = await store.count_buckets(counters.machines, counters.signals, to_ns(start), to_ns(end),
                                           query_grid_ns(edges, b))
-    return throughput_from_buckets(line, found, edges, start, end, b, tz)
+    return throughput_from_buckets(line, found, edges, start, end, b, tz, booked)
 
 
 # ---- shifts -----------------------------------------------------------------------------------

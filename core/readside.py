@@ -25,10 +25,19 @@ from itertools import pairwise
 
 from core import figures
 from core import oee as om
+from core import operator as op
 from core.calendar import ShiftWindow
 from core.model import COUNTER_SIGNALS, from_ns, signal_kind, to_ns
 from core.plant import Line, Machine, Plant
-from core.store.base import CountBucket, CountRange, RangeCounts, StateChange, Store
+from core.store.base import (
+    CountBucket,
+    CountRange,
+    OperatorEntry,
+    OperatorLog,
+    RangeCounts,
+    StateChange,
+    Store,
+)
 
 NS = 1_000_000_000
 NS_PER_H = 3_600 * NS
@@ -110,6 +119,15 @@ class ThroughputFigures:
     total_good: int
     total_scrap: int
     total_target: float
+
+
+@dataclass(frozen=True, slots=True)
+class StopRow:
+    """A stop part in a window: ``seconds`` inside the window (and before ``as_of``)."""
+
+    part: op.StopPart
+    seconds: float
+    open: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +272,87 @@ class Figures:
 
     # ---- reads ----
 
+    async def operator_entries(self, machines: Sequence[Machine], start_ns: int, end_ns: int,
+                               actions: Sequence[str] | None = None) -> list[OperatorEntry]:
+        """The operator's entries about ``machines``' lines with subject time in ``[start_ns −``
+        :data:`core.operator.LOOKBACK_NS` ``, end_ns)`` (one read; none from a store without a log)."""
+        if not isinstance(self.store, OperatorLog) or not machines:
+            return []
+        ids = {m.id for m in machines}
+        lines = sorted({ln.id for ln, m in self.plant.machines() if m.id in ids})
+        found = await self.store.entries(lines, start_ns - op.LOOKBACK_NS, end_ns, actions)
+        return [x for x in found if x.machine is None or x.machine in ids]
+
+    async def state_changes(self, ids: Sequence[str], lo: int, hi: int,
+                            entries: Sequence[OperatorEntry]) -> list[StateChange]:
+        """The store's state changes over ``[lo, hi)`` (with each machine's last before ``lo``) with the
+        operator's reasons applied, sorted by time. A named stop that began before the last change the
+        store hands over needs the changes from its start: those machines are read once more from there."""
+        read, merged, named = await self._changes_for(ids, lo, hi, entries)
+        if not named:
+            return read
+        return op.trim(op.apply_reasons(merged, named), read)
+
+    async def _changes_for(self, ids: Sequence[str], lo: int, hi: int, entries: Sequence[OperatorEntry]
+                           ) -> tuple[list[StateChange], list[StateChange], list[OperatorEntry]]:
+        """(what the store answered, that plus the changes back to the oldest named stop's start, the
+        ``stop_reason`` entries of ``ids``)."""
+        read = sorted(await self.store.state_changes(ids, lo, hi), key=lambda c: c.time_ns)
+        named = [x for x in entries if x.action == "stop_reason" and x.machine in ids]
+        if not named:
+            return read, read, named
+        first: dict[str, int] = {}
+        for c in read:
+            first.setdefault(c.machine, c.time_ns)
+        back = {x.machine: x.time_ns for x in sorted(named, key=lambda x: -x.time_ns)
+                if x.machine is not None and x.time_ns < first.get(x.machine, hi)}
+        merged = list(read)
+        if back:
+            seen = {(c.machine, c.time_ns) for c in read}
+            more = await self.store.state_changes(sorted(back), min(back.values()), lo)
+            merged.extend(c for c in more if (c.machine, c.time_ns) not in seen)
+            merged.sort(key=lambda c: c.time_ns)
+        return read, merged, named
+
+    # ---- operator input: stops and notes ----
+
+    async def stop_list(self, line: Line, w: Window) -> list[StopRow]:
+        """Every stop (part) of the line's machines overlapping the window, ordered by start, with the
+        effective reason and who named it. Their ends are looked for up to :data:`core.operator.LOOKBACK_NS`
+        after the window (never after ``as_of``); a stop still open there has ``end`` None."""
+        s, e, as_of_ns = to_ns(w.start), to_ns(w.end), to_ns(w.as_of)
+        ids = [m.id for m in line.machines]
+        hi = max(min(e + op.LOOKBACK_NS, as_of_ns + 1), s + 1)
+        entries = await self.operator_entries(line.machines, s, hi, ["stop_reason"])
+        # a day back, so a stop across the window's start shows its own start (what naming it needs)
+        _, merged, named = await self._changes_for(ids, s - 86_400 * NS, hi, entries)
+        micro_ns = round(self.plant.calendar.micro_stop_s * NS)
+        horizon = min(hi, as_of_ns)
+        out: list[StopRow] = []
+        for p in op.stop_parts(merged, named, ids, micro_ns, horizon):
+            z = p.end_ns if p.end_ns is not None else horizon
+            a, b = max(p.start_ns, s), min(z, e, as_of_ns)
+            if p.start_ns < e and z > s and (b > a or p.start_ns >= s):
+                out.append(StopRow(p, max(b - a, 0) / NS, p.end_ns is None))
+        out.sort(key=lambda r: (r.part.start_ns, r.part.machine))
+        return out
+
+    async def stop_parts_near(self, machine: Machine, t_ns: int, now_ns: int) -> list[op.StopPart]:
+        """The machine's stop parts from a day before ``t_ns`` to ``now_ns`` (what a naming is checked
+        against: the part it names must begin at ``t_ns``)."""
+        lo = t_ns - 86_400 * NS
+        entries = await self.operator_entries([machine], lo, now_ns + 1, ["stop_reason"])
+        _, merged, named = await self._changes_for([machine.id], lo, now_ns + 1, entries)
+        return op.stop_parts(merged, named, [machine.id], round(self.plant.calendar.micro_stop_s * NS), now_ns)
+
+    async def notes(self, line: Line, w: Window) -> list[OperatorEntry]:
+        """The notes written on the line with their time in the window, by time."""
+        if not isinstance(self.store, OperatorLog):
+            return []
+        s, e = to_ns(w.start), to_ns(w.end)
+        found = await self.store.entries([line.id], s, e, ["note"])
+        return sorted(found, key=lambda x: (x.time_ns, x.recorded_ns, x.id))
+
     async def _read(self, machines: Sequence[Machine], w: Window, edges: Sequence[int], grid_ns: int,
                     *, states_hi: int | None = None) -> _Facts:
         """One read of each kind of fact; ``states_hi`` reads states further (status: up to as_of itself)."""
@@ -262,10 +361,12 @@ class Figures:
         ids = [m.id for m in machines]
         n = len(edges) - 1
         st_by: dict[str, list[StateChange]] = defaultdict(list)
+        entries: list[OperatorEntry] = []
         if ids:
             lo, hi = om.read_range(self.plant, s, e, as_of_ns)
             hi = max(hi, states_hi or hi)
-            for c in sorted(await self.store.state_changes(ids, lo, hi), key=lambda c: c.time_ns):
+            entries = await self.operator_entries(machines, min(lo, s), max(hi, e))
+            for c in await self.state_changes(ids, lo, hi, entries):
                 st_by[c.machine].append(c)
         counted = [m for m in machines if COUNTER_SIGNALS & set(m.signals)]
         with_products = [m for m in counted if "product" in m.signals]
@@ -309,6 +410,12 @@ class Figures:
             results = [await self.store.count_buckets(ms, signals, a, z, grid_ns) for ms, a, z in ranges]
         for found, product_of in zip(results, owners, strict=True):
             take(found, product_of)
+        for mid, t, q in op.bookings(entries, by_id, s, e):  # scrap found later: +scrap, −good where it was made
+            product = next((seg.product for seg in segments[mid] if seg.start_ns <= t < seg.end_ns), None)
+            cell = counts[mid][_bucket_index(edges, t)].setdefault(product, [0, 0])
+            cell[1] += q
+            if "good" in by_id[mid].signals or "total" in by_id[mid].signals:
+                cell[0] -= q
         raw_good = {mid: [sum(c[0] for c in cell.values()) for cell in per] for mid, per in counts.items()}
         return _Facts(dict(st_by), {m: [c.time_ns for c in cs] for m, cs in st_by.items()}, counts, raw_good)
 
@@ -386,7 +493,7 @@ class Figures:
         """The machine's timeline covering the window exactly; time from ``as_of`` on is ``offline``."""
         s, e = to_ns(w.start), to_ns(w.end)
         lo, hi = self._rr(s, e, w)
-        changes = await self.store.state_changes([machine.id], lo, hi)
+        changes = await self.state_changes([machine.id], lo, hi, await self.operator_entries([machine], lo, hi))
         return [x for x, _ in om.window_timeline(self.plant, machine.id, changes, s, e, to_ns(w.as_of))]
 
     # ---- throughput ----
@@ -407,8 +514,11 @@ class Figures:
         never negative and sums to the good OEE counts for the window (:func:`core.figures.clamp_good`)."""
         b = figures.bucket_of(bucket)
         tz = self.plant.site.tz
+        s0, e0 = to_ns(w.start), to_ns(w.end)
+        booked = op.bookings(await self.operator_entries(line.machines, s0, e0, ["scrap"]),
+                             [m.id for m in line.machines], s0, e0)
         result = await figures.line_throughput(self.store, self.plant, line.id, w.start, w.end, b,
-                                               max_buckets=max_buckets)
+                                               max_buckets=max_buckets, booked=booked)
         ppt = production_ns(self.plant, result.start, result.end)
         starts = [x for x, _ in ppt]
         w0, w1 = to_ns(w.start), to_ns(w.end)
@@ -476,7 +586,8 @@ class Figures:
             whole = lo_fig
         else:
             lo, _ = om.read_range(self.plant, as_of_ns, as_of_ns, None)
-            changes = await self.store.state_changes(ids, lo, as_of_ns + 1)
+            changes = await self.state_changes(ids, lo, as_of_ns + 1,
+                                               await self.operator_entries(line.machines, lo, as_of_ns + 1))
         last = await self.store.last_times(ids)
         machines: list[MachineNow] = []
         for m in line.machines:

@@ -186,3 +186,70 @@ class Store(Protocol):
 
     async def ping(self) -> bool:
         """True when the store answers."""
+
+
+# ---- operator input (docs/architecture.md, "Operator input") ---------------------------------------
+
+OPERATOR_ACTIONS = frozenset({"stop_reason", "scrap", "note"})
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorEntry:
+    """One thing an operator said, as recorded: a stop's reason named (``stop_reason``: ``time_ns`` the
+    stop (part) start, ``until_ns`` a split point or None, ``reason``), scrap found later (``scrap``:
+    ``time_ns`` when, ``quantity``, ``reason`` a catalogue code or None) or a note on a line (``note``:
+    ``text``). ``text`` is the operator's note for the other actions. ``old``/``new`` are the short
+    JSON texts the audit shows. Entries are never changed or deleted: a correction is a new entry
+    (later ``recorded_ns`` wins), so the log is its own audit trail."""
+
+    id: str
+    recorded_ns: int
+    author: str
+    action: str
+    line: str
+    machine: str | None
+    time_ns: int
+    until_ns: int | None = None
+    reason: int | None = None
+    quantity: int | None = None
+    text: str | None = None
+    old: str | None = None
+    new: str = "{}"
+
+
+def entry_order(e: OperatorEntry) -> tuple[int, str]:
+    """The order entries take effect in: recorded time, then id (two in one nanosecond stay apart)."""
+    return e.recorded_ns, e.id
+
+
+def check_entry(e: OperatorEntry) -> None:
+    """Raise :class:`FactRefused` for an entry no store can hold (the API checks the meaning before)."""
+    if e.action not in OPERATOR_ACTIONS:
+        raise FactRefused(f"operator entry {e.id!r}: unknown action {e.action!r}")
+    for what, v in (("line", e.line), ("machine", e.machine)):
+        if v is not None and not _is_id(v):
+            raise FactRefused(f"operator entry {e.id!r}: {what} {v!r} is not an identifier")
+    for what, n in (("recorded", e.recorded_ns), ("time", e.time_ns), ("until", e.until_ns)):
+        if n is not None and (not _int(n) or not MIN_TIME_NS <= n <= MAX_TIME_NS):
+            raise FactRefused(f"operator entry {e.id!r}: {what} {n!r} ns is outside what the stores hold")
+    for what, t in (("id", e.id), ("author", e.author), ("text", e.text), ("old", e.old), ("new", e.new)):
+        if t is not None and not _text(t):
+            raise FactRefused(f"operator entry {e.id!r}: {what} is not storable text")
+    if not e.id:
+        raise FactRefused("an operator entry needs an id")
+
+
+@runtime_checkable
+class OperatorLog(Protocol):
+    """What both backends add for operator input: an append-only log of :class:`OperatorEntry`."""
+
+    async def add_entry(self, entry: OperatorEntry) -> None:
+        """Store one entry (its ``id`` is unique; the same id twice is stored once)."""
+
+    async def entries(self, lines: Sequence[str], start_ns: int, end_ns: int,
+                      actions: Sequence[str] | None = None) -> list[OperatorEntry]:
+        """Entries of ``lines`` (and ``actions``, all when None) whose subject time (``time_ns``) is in
+        ``[start_ns, end_ns)``, in :func:`entry_order`."""
+
+    async def audit(self, start_ns: int, end_ns: int) -> list[OperatorEntry]:
+        """Every entry recorded in ``[start_ns, end_ns)``, in :func:`entry_order`."""

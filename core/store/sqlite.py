@@ -22,14 +22,17 @@ from typing import Any, TypeVar
 from core.model import Fact
 from core.store import check_bucket, check_ids
 from core.store.base import (
+    OPERATOR_ACTIONS,
     CountBucket,
     CountRange,
     FactRefused,
     GaugeBucket,
+    OperatorEntry,
     ProductChange,
     StateChange,
     StoreError,
     StoreUnavailable,
+    check_entry,
     check_facts,
 )
 
@@ -59,7 +62,16 @@ CREATE TABLE IF NOT EXISTS products (
     line TEXT NOT NULL, product TEXT NOT NULL,
     PRIMARY KEY (machine, time_ns)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS operator_log (
+    id TEXT PRIMARY KEY, recorded_ns INTEGER NOT NULL, author TEXT NOT NULL, action TEXT NOT NULL,
+    line TEXT NOT NULL, machine TEXT, time_ns INTEGER NOT NULL, until_ns INTEGER, reason INTEGER,
+    quantity INTEGER, text TEXT, old TEXT, new TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS operator_log_line_time ON operator_log (line, time_ns);
+CREATE INDEX IF NOT EXISTS operator_log_recorded ON operator_log (recorded_ns);
 """
+# operator_log: operator input (core.store.base.OperatorEntry), its own table so the fact tables stay as
+# they were; append-only (INSERT OR IGNORE by id).
 # states and products: the primary key (machine, time_ns) is already the (machine, time) index.
 
 
@@ -331,6 +343,51 @@ class SqliteStore:
             if t is not None:
                 out[str(m)] = max(out.get(str(m), int(t)), int(t))
         return out
+
+    # ---- operator input (core.store.base.OperatorLog) --------------------------------------
+    _ENTRY_COLUMNS = ("id, recorded_ns, author, action, line, machine, time_ns, until_ns, reason, quantity, text, "
+                      "old, new")
+
+    async def add_entry(self, entry: OperatorEntry) -> None:
+        check_entry(entry)
+        row = (entry.id, entry.recorded_ns, entry.author, entry.action, entry.line, entry.machine, entry.time_ns,
+               entry.until_ns, entry.reason, entry.quantity, entry.text, entry.old, entry.new)
+
+        def _add(conn: sqlite3.Connection) -> None:
+            conn.execute(f"INSERT OR IGNORE INTO operator_log ({self._ENTRY_COLUMNS}) VALUES "
+                         f"({_placeholders(13)})", row)
+
+        await self._run(True, _add)
+
+    @staticmethod
+    def _entry(row: Sequence[Any]) -> OperatorEntry:
+        i, rec, author, action, line, machine, t, until, reason, qty, text, old, new = row
+        return OperatorEntry(str(i), int(rec), str(author), str(action), str(line),
+                             None if machine is None else str(machine), int(t),
+                             None if until is None else int(until), None if reason is None else int(reason),
+                             None if qty is None else int(qty), None if text is None else str(text),
+                             None if old is None else str(old), str(new))
+
+    async def entries(self, lines: Sequence[str], start_ns: int, end_ns: int,
+                      actions: Sequence[str] | None = None) -> list[OperatorEntry]:
+        check_ids("line", lines)
+        if not lines or start_ns >= end_ns:
+            return []
+        acts = sorted(OPERATOR_ACTIONS if actions is None else set(actions) & OPERATOR_ACTIONS)
+        if not acts:
+            return []
+        sql = (f"SELECT {self._ENTRY_COLUMNS} FROM operator_log WHERE line IN ({_placeholders(len(lines))}) "
+               f"AND action IN ({_placeholders(len(acts))}) AND time_ns >= ? AND time_ns < ? "
+               "ORDER BY recorded_ns, id")
+        params = [*lines, *acts, int(start_ns), int(end_ns)]
+        rows = await self._run(False, lambda c: c.execute(sql, params).fetchall())
+        return [self._entry(r) for r in rows]
+
+    async def audit(self, start_ns: int, end_ns: int) -> list[OperatorEntry]:
+        sql = (f"SELECT {self._ENTRY_COLUMNS} FROM operator_log WHERE recorded_ns >= ? AND recorded_ns < ? "
+               "ORDER BY recorded_ns, id")
+        rows = await self._run(False, lambda c: c.execute(sql, (int(start_ns), int(end_ns))).fetchall())
+        return [self._entry(r) for r in rows]
 
     async def ping(self) -> bool:
         if self._rconn is None:
