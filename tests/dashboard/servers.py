@@ -16,6 +16,7 @@ from api.auth import Auth
 from core.plant import Plant
 from core.store.sqlite import SqliteStore
 from dashboard.app import create_dashboard
+from dashboard.client import TokenSource
 from tests.support.services import free_port, wait_port
 
 OPEN = Auth.open_reads()  # the board reads without a token unless a test passes ``auth``
@@ -56,9 +57,11 @@ def api_server(plant: Plant, db: Path, auth: Auth = OPEN) -> Iterator[ApiServer]
 
 
 @contextmanager
-def dashboard_server(api_url: str, refresh_ms: int = 1000, reload_after_s: float | None = None) -> Iterator[str]:
+def dashboard_server(api_url: str, refresh_ms: int = 1000, reload_after_s: float | None = None, *,
+                     token: str | None = None, operator_token: TokenSource | str | None = None) -> Iterator[str]:
     port = free_port()
-    app = create_dashboard(api_url, refresh_ms=refresh_ms, reload_after_s=reload_after_s)
+    app = create_dashboard(api_url, refresh_ms=refresh_ms, reload_after_s=reload_after_s, token=token,
+                           operator_token=operator_token)
     server = make_server("127.0.0.1", port, app.server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name=f"dash-{port}", daemon=True)
     thread.start()
