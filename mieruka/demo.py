@@ -1,7 +1,8 @@
 """`mieruka demo`: a simulated plant and the whole stack in one process, no other setup.
 
 Embedded MQTT broker (amqtt, bound to 127.0.0.1) · live PLC simulators (OPC UA + MQTT) ·
-collector into SQLite · API (uvicorn) · dashboard (Dash, in a thread). At start the shift so
+collector into SQLite · API (uvicorn; anonymous reads, and one operator token in the data dir for
+the dashboard's operator page) · dashboard (Dash, in a thread). At start the shift so
 far is backfilled by the fast-forward simulator through the import path, so the wall board is
 full at once; then everything goes on live.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -144,12 +146,14 @@ class _Uvicorn(ClosesStreams, uvicorn.Server):
 
 
 @contextlib.contextmanager
-def _dashboard_thread(api_url: str, port: int) -> Iterator[None]:
+def _dashboard_thread(api_url: str, port: int, operator_token_file: Path | None = None) -> Iterator[None]:
     from werkzeug.serving import make_server
 
     from dashboard.app import create_dashboard
+    from dashboard.client import TokenSource
 
-    app = create_dashboard(api_url)
+    operator = TokenSource(operator_token_file) if operator_token_file is not None else None
+    app = create_dashboard(api_url, operator_token=operator)
     server = make_server(LOOPBACK, port, app.server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="dashboard", daemon=True)
     thread.start()
@@ -201,6 +205,22 @@ async def backfill(plant: Plant, store: Any, shift: ShiftWindow, now: datetime, 
     report = await import_samples(plant, store, samples)
     return (f"backfilled the shift so far ({start.astimezone(plant.site.tz):%H:%M}–"
             f"{now.astimezone(plant.site.tz):%H:%M}): {report.facts_written} facts from {report.rows} samples")
+
+
+def operator_token(data_dir: Path) -> tuple[Path, Path]:
+    """A fresh token file with one ``operator`` token for the demo's dashboard, so its operator page
+    (``/operator/<line>``) works out of the box; reads stay anonymous. Returns (token file, file
+    holding the operator token, mode 0600)."""
+    from api.tokens import create_token
+
+    tokens, token_file = data_dir / "tokens.json", data_dir / "operator.token"
+    tokens.unlink(missing_ok=True)
+    token = create_token(tokens, "demo-operator", "operator")
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    os.chmod(token_file, 0o600)
+    return tokens, token_file
 
 
 def prepare(opts: DemoOptions, now: datetime) -> tuple[Plant, Path, Path]:
@@ -258,16 +278,19 @@ async def run_demo(opts: DemoOptions) -> int:
         api_url = f"http://{LOOPBACK}:{opts.api_port}"
         from api.app import create_app
         from api.auth import Auth
+        from api.tokens import TokenFile
 
         # the API reads through its own connection, as it would in its own process; the demo serves
-        # loopback only, so anyone on this machine may read without a token
-        api = create_app(plant, open_store(f"sqlite:///{db}"), auth=Auth.open_reads())
+        # loopback only, so anyone on this machine may read without a token; writes (the operator
+        # page) need the demo dashboard's operator token
+        tokens, op_token_file = operator_token(data_dir)
+        api = create_app(plant, open_store(f"sqlite:///{db}"), auth=Auth(TokenFile(tokens), anonymous_read=True))
         server = _Uvicorn(uvicorn.Config(api, host=LOOPBACK,
                                          port=opts.api_port, log_level="warning", lifespan="on"))
         ready = asyncio.Event()
         spool = stack.enter_context(Spool(data_dir / "spool"))
         collector = Collector(plant, store, spool=spool)
-        with _dashboard_thread(api_url, opts.dashboard_port):
+        with _dashboard_thread(api_url, opts.dashboard_port, op_token_file):
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(run_live(plant, opts.seed + 1, duration_s=None, truth_path=data_dir / "truth.jsonl",
                                         stop=stop, ready=ready), name="simulators")
@@ -278,6 +301,9 @@ async def run_demo(opts: DemoOptions) -> int:
                 print(f"demo: store       sqlite:///{db}", flush=True)
                 print(f"demo: API         {api_url}/api/v1/lines  (OpenAPI: {api_url}/docs)", flush=True)
                 print(f"demo: dashboard   http://{LOOPBACK}:{opts.dashboard_port}/", flush=True)
+                if plant.lines:
+                    print(f"demo: operator    http://{LOOPBACK}:{opts.dashboard_port}/operator/{plant.lines[0].id}"
+                          "  (a tablet at the line: name stops, book scrap, shift notes)", flush=True)
                 print("demo: running; Ctrl-C stops it", flush=True)
                 await _wait_stop(stop, opts.duration_s)
                 server.should_exit = True

@@ -11,7 +11,9 @@ stops the demo with Ctrl-C and waits for it to exit. Writes:
 - ``wallboard-en.png``: the wall board in English;
 - ``wallboard-kiosk-line.png``: a wall screen's single-line view (``?kiosk=1&rotate=30&lines=..``);
 - ``line-ja.png``, ``line-en.png``: the line view (``/line/<id>``) in each language;
-- ``machine-ja.png``, ``machine-en.png``: the machine view (``/machine/<id>``) in each language.
+- ``machine-ja.png``, ``machine-en.png``: the machine view (``/machine/<id>``) in each language;
+- ``operator-ja.png``, ``operator-en.png``: the operator page (``/operator/<line>``) on a 1280x800
+  tablet, in each language (the demo gives its dashboard an operator token).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tests.support.browser import start_chromium  # noqa: E402
 from tests.support.services import free_port  # noqa: E402
 
 WIDTH, HEIGHT = 1920, 1080
+TABLET_WIDTH, TABLET_HEIGHT = 1280, 800
 START_DEADLINE_S = 180.0
 PAGE_DEADLINE_S = 60.0
 
@@ -54,6 +57,13 @@ const head = document.querySelector('.linehead, .machinehead');
 const charts = Array.from(document.querySelectorAll('.charts .chart'));
 return head !== null && charts.length > 0 && banner !== null && banner.offsetParent === null
   && charts.every(c => c.querySelector('.main-svg') !== null);
+"""
+
+# the operator page is ready when its reason buttons and its stop list show, and no banner shows
+OPERATOR_READY = """
+const banner = document.getElementById('banner');
+return document.querySelectorAll('#op-reasons .op-reason').length > 0
+  && document.querySelectorAll('#op-stops > *').length > 0 && banner !== null && banner.offsetParent === null;
 """
 
 
@@ -140,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
                           VIEW_READY)
             finally:
                 driver.quit()
+            tablet = start_chromium(TABLET_WIDTH, TABLET_HEIGHT, exact_viewport=True, hide_scrollbars=True)
+            try:
+                for lang in ("ja", "en"):
+                    shoot(tablet, f"{board}/operator/{args.line}?lang={lang}", out / f"operator-{lang}.png",
+                          OPERATOR_READY)
+            finally:
+                tablet.quit()
         except BaseException:
             sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
             raise

@@ -51,6 +51,10 @@ async def test_demo_end_to_end(tmp_path: Path) -> None:
         with chromium() as driver:
             driver.get(f"http://127.0.0.1:{dash_port}/")
             WebDriverWait(driver, 60).until(lambda d: all(n in d.find_element("tag name", "body").text for n in names))
+            # the demo gives its dashboard an operator token: the operator page offers the reason buttons
+            driver.get(f"http://127.0.0.1:{dash_port}/operator/{plant.lines[0].id}")
+            WebDriverWait(driver, 60).until(lambda d: d.find_elements("css selector", "#op-reasons .op-reason"))
+            assert not driver.find_elements("id", "op-no-token")
         assert interrupt(proc) == 0, log.read_text()
         assert "demo: stopped" in log.read_text()
     finally:
