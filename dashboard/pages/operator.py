@@ -44,6 +44,26 @@ KEYS = ("7", "8", "9", "4", "5", "6", "1", "2", "3", "C", "0", "BS")
 MAX_QTY_DIGITS = 6
 NOTE_MAX = 2000
 
+PAD_JS = f"""function(machineClicks, keyClicks, reasonClicks, data) {{
+    const cc = window.dash_clientside.callback_context;
+    const nu = window.dash_clientside.no_update;
+    const fired = cc.triggered.filter(x => x.value);
+    if (!fired.length) {{ return [nu, nu, nu, nu]; }}
+    const id = JSON.parse(fired[0].prop_id.slice(0, fired[0].prop_id.lastIndexOf('.')));
+    const s = Object.assign({{machine: null, qty: '', reason: null}}, data || {{}});
+    s.qty = String(s.qty || '');
+    if (id.k === 'opmachine') {{ s.machine = id.id; }}
+    else if (id.k === 'opsreason') {{ s.reason = (s.reason === id.code) ? null : id.code; }}
+    else if (id.k === 'opkey') {{
+        if (id.key === 'C') {{ s.qty = ''; }}
+        else if (id.key === 'BS') {{ s.qty = s.qty.slice(0, -1); }}
+        else if (s.qty.length < {MAX_QTY_DIGITS}) {{ s.qty = (s.qty + id.key).replace(/^0+/, ''); }}
+    }}
+    const machines = cc.inputs_list[0].map(x => 'op-machine' + (x.id.id === s.machine ? ' selected' : ''));
+    const reasons = cc.inputs_list[2].map(x => 'op-reason' + (x.id.code === s.reason ? ' selected' : ''));
+    return [s, s.qty || '0', machines, reasons];
+}}"""
+
 Context = Callable[[str | None], tuple[Any, Lang, ZoneInfo, datetime]]
 
 
@@ -53,7 +73,10 @@ def stop_key(s: StopPart) -> str:
 
 def stops_to_show(stops: tuple[StopPart, ...]) -> list[StopPart]:
     """The open stops (the line stands because of them), then the shift's stops nobody has named
-    yet, most recent first; at most :data:`MAX_STOPS`."""
+    yet, most recent first; at most :data:`MAX_STOPS`. Stretches with no data (``offline``) are
+    left out: they say the link is down, not that the machine stopped, and nobody at the line can
+    name them."""
+    stops = tuple(s for s in stops if s.state != "offline")
     open_ = [s for s in stops if s.open]
     unnamed = sorted((s for s in stops if not s.open and s.reason is None), key=lambda s: s.started, reverse=True)
     return (open_ + unnamed)[:MAX_STOPS]
@@ -301,62 +324,49 @@ class OperatorPage:
                      time=fmt_time(datetime.fromisoformat(start).astimezone(tz)), reason=reason)
             return (*result(text, True), (written or 0) + 1)
 
-        @app.callback(
+        # the pad, the machine and the reason chips run in the browser: taps as fast as fingers go
+        # never lose a digit to a round trip (each tap sees the state the last one left)
+        app.clientside_callback(  # type: ignore[no-untyped-call]
+            PAD_JS,
             Output("op-scrap", "data"), Output("op-qty", "children"),
             Output({"k": "opmachine", "id": ALL}, "className"), Output({"k": "opsreason", "code": ALL}, "className"),
+            Input({"k": "opmachine", "id": ALL}, "n_clicks"), Input({"k": "opkey", "key": ALL}, "n_clicks"),
+            Input({"k": "opsreason", "code": ALL}, "n_clicks"),
+            State("op-scrap", "data"),
+            prevent_initial_call=True,
+        )
+
+        @app.callback(
+            Output("op-scrap", "data", allow_duplicate=True), Output("op-qty", "children", allow_duplicate=True),
+            Output({"k": "opsreason", "code": ALL}, "className", allow_duplicate=True),
             Output("op-scrap-result", "children"), Output("op-scrap-result", "className"),
             Output("op-written", "data", allow_duplicate=True),
-            Input({"k": "opmachine", "id": ALL}, "n_clicks"), Input({"k": "opkey", "key": ALL}, "n_clicks"),
-            Input({"k": "opsreason", "code": ALL}, "n_clicks"), Input("op-book", "n_clicks"),
+            Input("op-book", "n_clicks"),
             State("op-scrap", "data"), State("op-written", "data"), State("url", "search"),
             prevent_initial_call=True,
         )
-        def scrap(_m: list[int | None], _k: list[int | None], _r: list[int | None], _b: int | None, data: Any,
-                  written: int | None, search: str | None) -> tuple[Any, ...]:
-            if not _clicked() or self.operator is None:
+        def book(n: int | None, data: Any, written: int | None, search: str | None) -> tuple[Any, ...]:
+            if not n or self.operator is None:
                 raise PreventUpdate
             _view, lang, _tz, _as_of = self.context(search)
             s = scrap_state(data)
-            trig = ctx.triggered_id
-            message: tuple[Any, Any] = (dash.no_update, dash.no_update)
-            bump: Any = dash.no_update
-            if isinstance(trig, dict) and trig.get("k") == "opmachine":
-                s["machine"] = str(trig["id"])
-            elif isinstance(trig, dict) and trig.get("k") == "opsreason":
-                code = int(trig["code"])
-                s["reason"] = None if s["reason"] == code else code  # a second tap clears it
-            elif isinstance(trig, dict) and trig.get("k") == "opkey":
-                key = str(trig["key"])
-                if key == "C":
-                    s["qty"] = ""
-                elif key == "BS":
-                    s["qty"] = s["qty"][:-1]
-                elif len(s["qty"]) < MAX_QTY_DIGITS:
-                    s["qty"] = (s["qty"] + key).lstrip("0")
-            elif trig == "op-book":
-                qty = int(s["qty"] or 0)
-                if not s["machine"]:
-                    message = result(t("select_machine", lang), False)
-                elif qty <= 0:
-                    message = result(t("enter_quantity", lang), False)
-                else:
-                    try:
-                        self.operator.book_scrap(str(s["machine"]), datetime.now(UTC), qty, s["reason"])
-                    except ApiError as e:
-                        log.info("booking scrap on %s refused: %s", s["machine"], e)
-                        message = result(error_text(e, lang), False)
-                    else:
-                        name = next((m.name for ln in self.board.plant(lang).lines for m in ln.machines
-                                     if m.id == s["machine"]), str(s["machine"]))
-                        message = result(t("booked", lang, machine=name, n=f"{qty:,}"), True)
-                        s["qty"], s["reason"] = "", None
-                        bump = (written or 0) + 1
-            machine_ids = [o["id"]["id"] for o in ctx.outputs_list[2]]
-            reason_ids = [o["id"]["code"] for o in ctx.outputs_list[3]]
-            return (s, qty_text(s["qty"]),
-                    ["op-machine" + (" selected" if m == s["machine"] else "") for m in machine_ids],
-                    ["op-reason" + (" selected" if c == s["reason"] else "") for c in reason_ids],
-                    *message, bump)
+            qty = int(s["qty"] or 0)
+            nu = dash.no_update
+            reasons = [nu for _ in ctx.outputs_list[2]]
+            if not s["machine"]:
+                return (nu, nu, reasons, *result(t("select_machine", lang), False), nu)
+            if qty <= 0:
+                return (nu, nu, reasons, *result(t("enter_quantity", lang), False), nu)
+            try:
+                self.operator.book_scrap(str(s["machine"]), datetime.now(UTC), qty, s["reason"])
+            except ApiError as e:
+                log.info("booking scrap on %s refused: %s", s["machine"], e)
+                return (nu, nu, reasons, *result(error_text(e, lang), False), nu)
+            name = next((m.name for ln in self.board.plant(lang).lines for m in ln.machines
+                         if m.id == s["machine"]), str(s["machine"]))
+            s["qty"], s["reason"] = "", None
+            return (s, qty_text(""), ["op-reason" for _ in ctx.outputs_list[2]],
+                    *result(t("booked", lang, machine=name, n=f"{qty:,}"), True), (written or 0) + 1)
 
         @app.callback(
             Output("op-note-result", "children"), Output("op-note-result", "className"),

@@ -184,9 +184,11 @@ def test_scrap_typed_on_the_pad_reaches_the_line_counts(browser: webdriver.Chrom
     browser.get(f"{dash_url}/operator/{LINE}?lang=en")
     wait(browser, READ_PAGE, lambda p: p["keys"] and p["qty"] == "0", "the number pad never showed")
     tap(browser, '.op-machine[data-machine="inspect-1"]')
-    for key, shown in (("1", "1"), ("2", "12"), ("BS", "1"), ("3", "13"), ("C", "0"), ("1", "1"), ("3", "13")):
-        tap(browser, f'.op-key[data-key="{key}"]')
-        wait(browser, READ_PAGE, lambda p, s=shown: p["qty"] == s, f"the pad did not show {shown} after {key}")
+    # taps in a burst, as fast as selenium clicks: no digit may be lost to a round trip
+    for keys, shown in ((("1", "2", "BS", "3"), "13"), (("C",), "0"), (("0", "1", "3"), "13")):
+        for key in keys:
+            tap(browser, f'.op-key[data-key="{key}"]')
+        wait(browser, READ_PAGE, lambda p, s=shown: p["qty"] == s, f"the pad did not show {shown} after {keys}")
     tap(browser, "#op-book")
     done = wait(browser, READ_PAGE, lambda p: "ok" in p["scrap"] or "error" in p["scrap"], "no confirmation")
     assert "op-result ok" in done["scrap"] and "13" in done["scrap"], done["scrap"]
@@ -278,3 +280,24 @@ def test_the_operator_token_file_is_re_read_when_it_changes(tmp_path: Path) -> N
     assert src.token() == "mk_second_token"
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / "missing"))):
         TokenSource(tmp_path / "missing")
+
+
+def test_the_list_offers_open_stops_first_then_unnamed_ones_and_never_offline_stretches() -> None:
+    from dashboard.client import StopPart
+    from dashboard.pages.operator import MAX_STOPS, default_selection, stops_to_show
+
+    t0 = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
+
+    def part(minute: int, state: str = "down", reason: int | None = None, open_: bool = False) -> StopPart:
+        start = t0 + timedelta(minutes=minute)
+        return StopPart("cnc-1", start.isoformat(), None if open_ else start + timedelta(seconds=30), open_, 30.0,
+                        state, reason, "x", None, None, False)  # type: ignore[arg-type]
+
+    named, old, new, gone = part(1, reason=20), part(2), part(3, "idle"), part(4, "offline")
+    now = part(5, open_=True)
+    shown = stops_to_show((named, old, new, gone, now))
+    assert shown == [now, new, old]
+    assert default_selection(shown, None) == f"cnc-1|{now.start}"
+    assert default_selection(shown, f"cnc-1|{old.start}") == f"cnc-1|{old.start}"  # the operator's pick stays
+    assert default_selection(shown, f"cnc-1|{named.start}") == f"cnc-1|{now.start}"  # gone from the list
+    assert len(stops_to_show(tuple(part(i) for i in range(MAX_STOPS + 5)))) == MAX_STOPS
