@@ -301,3 +301,17 @@ def test_the_list_offers_open_stops_first_then_unnamed_ones_and_never_offline_st
     assert default_selection(shown, f"cnc-1|{old.start}") == f"cnc-1|{old.start}"  # the operator's pick stays
     assert default_selection(shown, f"cnc-1|{named.start}") == f"cnc-1|{now.start}"  # gone from the list
     assert len(stops_to_show(tuple(part(i) for i in range(MAX_STOPS + 5)))) == MAX_STOPS
+
+
+@pytest.mark.parametrize("content", [None, "", "two words\n"])
+def test_a_bad_operator_token_file_stops_the_dashboard_with_exit_2(tmp_path: Path, content: str | None) -> None:
+    import subprocess
+    import sys
+
+    f = tmp_path / "op.token"
+    if content is not None:
+        f.write_text(content, encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "mieruka.cli", "dashboard", "--api", "http://127.0.0.1:9",
+                        "--operator-token-file", str(f)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"--operator-token-file {f}" in r.stderr and "mieruka token create --role operator" in r.stderr
