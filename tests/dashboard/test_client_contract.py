@@ -148,8 +148,12 @@ def test_every_field_the_client_reads_is_in_the_openapi_document(client: tuple[S
     assert dt.pareto
     c.states("cnc-1", start=T0, end=T1)
     c.gauge("cnc-1", "spindle_temp", start=T0, end=T1)
+    stops = c.stops("blade-1", start=T0, end=T1)  # the operator page's reads
+    assert stops and stops[0].reason == 1 and stops[0].named_by == "x"
+    assert c.notes("blade-1", start=T0, end=T1)
+    assert c.plant().catalogue
     assert misses == []
-    assert len(c.paths) == 11
+    assert len(c.paths) == 14
 
 
 def test_a_renamed_field_fails(openapi: dict[str, Any]) -> None:
