@@ -56,6 +56,7 @@ Admin = Annotated[Caller, Depends(require_role("admin"))]
 Reader = Annotated[Caller, Depends(require_role("read"))]
 
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body is not JSON"},
     401: {"model": Problem, "description": "No valid bearer token"},
     403: {"model": Problem, "description": "The token's role is below operator"},
     404: {"model": Problem, "description": "Unknown machine or line"},
