@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, time, timedelta, tzinfo
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -188,9 +188,9 @@ async def _good_scrap(fig: Figures, machine: Machine, t: datetime, now: datetime
     if w is not None:
         a, z = w.start, w.end
     else:
-        local = t.astimezone(plant.site.tz)
-        a = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        z = (a + timedelta(days=1, hours=2)).replace(hour=0)
+        day = t.astimezone(plant.site.tz).date()  # local midnight to local midnight (DST-safe)
+        a = datetime.combine(day, time(0), tzinfo=plant.site.tz)
+        z = datetime.combine(day + timedelta(days=1), time(0), tzinfo=plant.site.tz)
     window = Window(a, z, None, max(now, t + timedelta(microseconds=1)))
     result, _ = await fig.oee(machine, window)
     assert isinstance(result, oee.MachineOee)
