@@ -9,8 +9,9 @@ figures is :mod:`core.operator`'s (docs/architecture.md, "Operator input")."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, time, timedelta, tzinfo
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -55,6 +56,7 @@ Admin = Annotated[Caller, Depends(require_role("admin"))]
 Reader = Annotated[Caller, Depends(require_role("read"))]
 
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body is not JSON"},
     401: {"model": Problem, "description": "No valid bearer token"},
     403: {"model": Problem, "description": "The token's role is below operator"},
     404: {"model": Problem, "description": "Unknown machine or line"},
@@ -64,6 +66,19 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _now_ns(request: Request) -> int:
     return int(request.app.state.refresh.clock() * NS)
+
+
+_RECORD_LOCK = threading.Lock()
+
+
+def _record_ns(request: Request) -> int:
+    """When an entry is recorded: the clock, but always after this app's previous entry, so entries take
+    effect in the order they were written even when the clock does not move between two of them."""
+    with _RECORD_LOCK:  # the routes run on several worker threads
+        state = request.app.state
+        t = max(_now_ns(request), getattr(state, "operator_last_ns", 0) + 1)
+        state.operator_last_ns = t
+        return t
 
 
 def _log(store: Store) -> OperatorLog:
@@ -154,8 +169,8 @@ async def name_stop(request: Request, machine: MachineDep, fig: FiguresDep, stor
         new["until"] = _t(until, tz).isoformat()
     line = plant.line_of(machine.id)
     assert line is not None
-    entry = OperatorEntry(uuid.uuid4().hex, now, author, "stop_reason", line.id, machine.id, t, until, body.reason,
-                          None, body.note, _json(old), _json(new))
+    entry = OperatorEntry(uuid.uuid4().hex, _record_ns(request), author, "stop_reason", line.id, machine.id, t,
+                          until, body.reason, None, body.note, _json(old), _json(new))
     await _store_entry(request, store, entry)
     return ReasonOut(machine=machine.id, start=_t(t, tz), end=_t(end, tz) if end is not None else None,
                      until=_t(until, tz) if until is not None else None, reason=body.reason,
@@ -173,9 +188,9 @@ async def _good_scrap(fig: Figures, machine: Machine, t: datetime, now: datetime
     if w is not None:
         a, z = w.start, w.end
     else:
-        local = t.astimezone(plant.site.tz)
-        a = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        z = (a + timedelta(days=1, hours=2)).replace(hour=0)
+        day = t.astimezone(plant.site.tz).date()  # local midnight to local midnight (DST-safe)
+        a = datetime.combine(day, time(0), tzinfo=plant.site.tz)
+        z = datetime.combine(day + timedelta(days=1), time(0), tzinfo=plant.site.tz)
     window = Window(a, z, None, max(now, t + timedelta(microseconds=1)))
     result, _ = await fig.oee(machine, window)
     assert isinstance(result, oee.MachineOee)
@@ -217,7 +232,7 @@ async def book_scrap(request: Request, machine: MachineDep, fig: FiguresDep, sto
     new: dict[str, Any] = {"quantity": body.quantity}
     if body.reason is not None:
         new["reason"] = body.reason
-    entry = OperatorEntry(uuid.uuid4().hex, now_ns, author, "scrap", line.id, machine.id, to_ns(t), None,
+    entry = OperatorEntry(uuid.uuid4().hex, _record_ns(request), author, "scrap", line.id, machine.id, to_ns(t), None,
                           body.reason, body.quantity, body.note, _json({"scrap": scrap}),
                           _json({**new, "scrap": scrap + body.quantity}))
     await _store_entry(request, store, entry)
@@ -238,8 +253,8 @@ async def write_note(request: Request, line: LineDep, fig: FiguresDep, store: St
     _check_note(body.text, "note's text")
     now_ns = _now_ns(request)
     t = to_ns(parse_time("time", body.time)) if body.time is not None else now_ns
-    entry = OperatorEntry(uuid.uuid4().hex, now_ns, author, "note", line.id, None, t, None, None, None, body.text,
-                          None, _json({"text": body.text}))
+    entry = OperatorEntry(uuid.uuid4().hex, _record_ns(request), author, "note", line.id, None, t, None, None,
+                          None, body.text, None, _json({"text": body.text}))
     await _store_entry(request, store, entry)
     return entry_out(entry, tz)
 
@@ -309,13 +324,15 @@ async def audit(request: Request, fig: FiguresDep, store: StoreDep, caller: Admi
                 ) -> AuditOut | Response:
     """Every operator entry recorded in ``[start, end)``, by recorded time, with author, old and new value."""
     tz = fig.plant.site.tz
-    t1 = parse_time("end", end) if end is not None else from_ns(_now_ns(request) + 1)
-    t0 = parse_time("start", start) if start is not None else t1 - AUDIT_DEFAULT
-    if t1 <= t0:
+    # in ns: a datetime keeps microseconds, and an entry recorded this very microsecond must be in
+    e_ns = to_ns(parse_time("end", end)) if end is not None else _record_ns(request)
+    s_ns = to_ns(parse_time("start", start)) if start is not None else e_ns - int(AUDIT_DEFAULT.total_seconds()) * NS
+    t0, t1 = from_ns(s_ns), from_ns(e_ns)
+    if e_ns <= s_ns:
         raise HTTPException(422, f"the window is empty or reversed: start {t0.isoformat()} is not before end "
                                  f"{t1.isoformat()}")
     check_span(t0, t1)
-    entries = [entry_out(e, tz) for e in await _log(store).audit(to_ns(t0), to_ns(t1))]
+    entries = [entry_out(e, tz) for e in await _log(store).audit(s_ns, e_ns)]
     if wants_csv:
         return csv_response(_AUDIT_COLUMNS, (e.model_dump() for e in entries), "audit")
     return AuditOut(start=t0.astimezone(tz), end=t1.astimezone(tz), entries=entries)

@@ -11,6 +11,10 @@ InfluxDB keeps one point per series and timestamp, so writes are idempotent):
 - ``states``   tags line, machine                fields state (string), reason (integer, -1 = none)
 - ``gauges``   tags line, machine, signal[, unit] field value (float)
 - ``products`` tags line, machine                field product (string)
+- ``operator_log`` tags line, action, id          fields recorded (integer ns), author, machine, text, old,
+  new (strings), until, reason, quantity (integers); the point's time is the entry's subject time. The
+  entry's id is a tag, so two entries at one time (even recorded in one nanosecond) are two series and
+  never overwrite each other; fields that are None are left out (an entry is written once, never merged).
 
 ``reason`` is always written: on a point overwrite InfluxDB *merges* field sets, so a field
 left out would survive from the earlier point (a stop reason would outlive its removal).
@@ -41,14 +45,17 @@ import aiohttp
 from core.model import Fact
 from core.store import DATABASE_RE, check_bucket, check_ids
 from core.store.base import (
+    OPERATOR_ACTIONS,
     CountBucket,
     CountRange,
     FactRefused,
     GaugeBucket,
+    OperatorEntry,
     ProductChange,
     StateChange,
     StoreError,
     StoreUnavailable,
+    check_entry,
     check_facts,
 )
 
@@ -401,6 +408,63 @@ class InfluxStore:
                     if machine:
                         out[machine] = max(out.get(machine, int(row[0])), int(row[0]))
         return out
+
+    # ---- operator input (core.store.base.OperatorLog) --------------------------------------
+    @staticmethod
+    def entry_line(e: OperatorEntry) -> str:
+        """The line protocol of one operator entry (see the module docstring)."""
+        check_entry(e)
+        fields = [f"recorded={int(e.recorded_ns)}i", f"author={escape_str(e.author)}"]
+        for name, text in (("machine", e.machine), ("text", e.text), ("old", e.old), ("new", e.new)):
+            if text is not None:
+                fields.append(f"{name}={escape_str(text)}")
+        for name, n in (("until", e.until_ns), ("reason", e.reason), ("quantity", e.quantity)):
+            if n is not None:
+                fields.append(f"{name}={int(n)}i")
+        return f"operator_log,line={e.line},action={e.action},id={escape_tag(e.id)} {','.join(fields)} {int(e.time_ns)}"
+
+    async def add_entry(self, entry: OperatorEntry) -> None:
+        body = self.entry_line(entry).encode()
+        try:
+            await self._request("POST", "/write", {"db": self.database, "precision": "ns"}, data=body)
+        except InfluxHttpError as e:
+            if e.status == 400:
+                raise FactRefused(str(e)) from e
+            raise
+
+    async def _entries(self, where: str) -> list[OperatorEntry]:
+        results = await self._query(f'SELECT * FROM "operator_log" WHERE {where}')
+        out: list[OperatorEntry] = []
+        for series in _series(results, 0):
+            cols = series["columns"]
+            for row in series.get("values", []):
+                r = dict(zip(cols, row, strict=True))
+
+                def opt_int(k: str, r: dict[str, Any] = r) -> int | None:
+                    return None if r.get(k) is None else int(r[k])
+
+                def opt_str(k: str, r: dict[str, Any] = r) -> str | None:
+                    return None if r.get(k) is None else str(r[k])
+
+                out.append(OperatorEntry(str(r["id"]), int(r["recorded"]), str(r["author"]), str(r["action"]),
+                                         str(r["line"]), opt_str("machine"), int(r["time"]), opt_int("until"),
+                                         opt_int("reason"), opt_int("quantity"), opt_str("text"), opt_str("old"),
+                                         str(r.get("new") or "{}")))
+        out.sort(key=lambda x: (x.recorded_ns, x.id))
+        return out
+
+    async def entries(self, lines: Sequence[str], start_ns: int, end_ns: int,
+                      actions: Sequence[str] | None = None) -> list[OperatorEntry]:
+        check_ids("line", lines)
+        acts = sorted(OPERATOR_ACTIONS if actions is None else set(actions) & OPERATOR_ACTIONS)
+        if not lines or not acts or start_ns >= end_ns:
+            return []
+        return await self._entries(f'{_or("line", lines)} AND {_or("action", acts)} '
+                                   f"AND time >= {int(start_ns)} AND time < {int(end_ns)}")
+
+    async def audit(self, start_ns: int, end_ns: int) -> list[OperatorEntry]:
+        # by a field: InfluxDB scans the log's series (a few per operator action: small)
+        return await self._entries(f'"recorded" >= {int(start_ns)} AND "recorded" < {int(end_ns)}')
 
     async def ping(self) -> bool:
         if self._session is None:

@@ -26,6 +26,7 @@ from core.store.sqlite import SqliteStore
 from dashboard.client import ApiClient, ApiResponseError
 from mieruka.cli import main
 from tests.api.support import shift_facts, write_facts
+from tests.api.test_operator import stop_facts
 from tests.conftest import DEMO_PLANT
 from tests.dashboard.servers import api_server
 from tests.support.procs import api_process
@@ -53,6 +54,9 @@ CASES: dict[str, tuple[dict[str, str], Role | None]] = {
     "/api/v1/machines/{machine_id}/states": (W, "read"),
     "/api/v1/machines/{machine_id}/signals/{signal}": (W, "read"),
     "/api/v1/stream": ({"lines": "blade-1"}, "read"),  # app_with_probes ends each stream at once
+    "/api/v1/lines/{line_id}/stops": (W, "read"),
+    "/api/v1/lines/{line_id}/notes": (W, "read"),
+    "/api/v1/audit": ({}, "admin"),
     "/metrics": ({}, "read"),
     # not routes of the app: added by the test to prove require_role's 403 for bigger roles
     "/test/operator": ({}, "operator"),
@@ -111,14 +115,14 @@ def expected(needed: Role | None, who: Who, anonymous_read: bool) -> int:
     return 200 if role_allows(who, needed) else 403
 
 
-def route_paths(app: FastAPI) -> list[str]:
-    """Every GET path the app serves, from its routes (included routers flattened)."""
+def route_paths(app: FastAPI, method: str = "GET") -> list[str]:
+    """Every path the app serves for ``method``, from its routes (included routers flattened)."""
     try:
         from fastapi.routing import iter_route_contexts  # FastAPI that keeps included routers as branches
     except ImportError:
-        return [r.path for r in app.routes if isinstance(r, Route) and "GET" in (r.methods or ())]
+        return [r.path for r in app.routes if isinstance(r, Route) and method in (r.methods or ())]
     return [c.path for c in iter_route_contexts(app.routes)
-            if isinstance(c.original_route, Route) and c.path and "GET" in (c.original_route.methods or ())]
+            if isinstance(c.original_route, Route) and c.path and method in (c.original_route.methods or ())]
 
 
 def url_of(path: str) -> str:
@@ -169,12 +173,58 @@ async def test_openapi_declares_the_bearer_scheme(plant: Plant, db: Path) -> Non
         "type": "http", "scheme": "bearer",
         "description": "A token from `mieruka token create`, sent as `Authorization: Bearer <token>`"}
     for path, ops in doc["paths"].items():
-        security = ops["get"].get("security")
-        if path == "/healthz":
-            assert security is None
-        else:
-            assert security == [{"bearer": []}], path
-            assert {"401", "403"} <= set(ops["get"]["responses"]), path
+        for method, op in ops.items():
+            security = op.get("security")
+            if path == "/healthz":
+                assert security is None
+            else:
+                assert security == [{"bearer": []}], (path, method)
+                assert {"401", "403"} <= set(op["responses"]), (path, method)
+
+
+# Every write route with a body that succeeds for a caller allowed to make it (the operator-input
+# contract: writes need operator, never anonymous, whatever anonymous reads say).
+WRITES: dict[tuple[str, str], tuple[dict[str, object], int]] = {
+    ("PUT", "/api/v1/machines/{machine_id}/stops/{start}/reason"): ({"reason": 22}, 200),
+    ("POST", "/api/v1/machines/{machine_id}/scrap"): ({"time": "2026-11-27T09:30:00+09:00", "quantity": 1}, 201),
+    ("POST", "/api/v1/lines/{line_id}/notes"): ({"text": "checked"}, 201),
+}
+WRITE_PATHS = {"line_id": "blade-1", "machine_id": "cnc-1", "start": "2026-11-27T08%3A40%3A00%2B09%3A00"}
+
+
+def write_routes(app: FastAPI) -> set[tuple[str, str]]:
+    return {(m, p) for m in ("PUT", "POST", "DELETE", "PATCH") for p in route_paths(app, m)}
+
+
+@pytest.fixture
+def write_db(plant: Plant, tmp_path: Path) -> Path:
+    db = tmp_path / "w.db"
+    write_facts(db, [*shift_facts(plant), *stop_facts()])
+    return db
+
+
+@pytest.mark.parametrize("anonymous_read", [False, True], ids=["tokens-only", "anonymous-read"])
+async def test_write_role_matrix(plant: Plant, write_db: Path, tokens: tuple[Path, dict[Who, str]],
+                                 anonymous_read: bool) -> None:
+    path, secret = tokens
+    db = write_db
+    app = create_app(plant, SqliteStore(db, create=False), auth=Auth(TokenFile(path), anonymous_read=anonymous_read))
+    assert write_routes(app) == set(WRITES), "a write route without a case: add it to WRITES"
+    async with serve(app) as c:
+        for (method, route), (body, ok) in WRITES.items():
+            url = route.format(**{k: v for k, v in WRITE_PATHS.items() if "{" + k + "}" in route})
+            if "scrap" in route:
+                url = url.replace("cnc-1", "inspect-1")
+            for who in WHO:
+                headers = {} if who == "none" else {"Authorization": f"Bearer {secret[who]}"}
+                r = await c.request(method, url, json=body, headers=headers)
+                want = {"none": 401, "bad": 401, "read": 403}.get(who, ok)
+                assert r.status_code == want, (method, route, who, anonymous_read, r.text[:300])
+                got = r.json()
+                assert isinstance(got["detail"] if want >= 400 else got.get("entry", got)["author"], str)
+        audit = (await c.get("/api/v1/audit", headers={"Authorization": f"Bearer {secret['admin']}"})).json()
+    # only the operator's and the admin's writes were stored, each under its token's name
+    assert sorted(e["author"] for e in audit["entries"]) == sorted(["t-operator", "t-admin"] * len(WRITES))
 
 
 def test_token_cli_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,7 +32,7 @@ from core.store import (
     StoreUnavailable,
     open_store,
 )
-from core.store.base import MAX_TIME_NS, FactRefused, fact_problem
+from core.store.base import MAX_TIME_NS, FactRefused, OperatorEntry, OperatorLog, fact_problem
 from core.store.influx import InfluxStore
 from core.store.sqlite import SqliteStore
 from tests.support.influxd import Influxd
@@ -734,3 +734,56 @@ async def test_count_ranges_is_count_buckets_per_range_in_one_request(store: Sto
         want = await store.count_buckets(machines, ["good", "scrap"], a, z, 60 * S)
         assert sums(answer) == sums(want), (machines, a, z)
     assert got[0] and got[1] and not got[2] and not got[3] and not got[4]
+
+
+# ---- operator input (core.store.base.OperatorLog) ---------------------------------------------------
+
+
+def entry(i: str, recorded: int, t: int, action: str = "stop_reason", line: str = "line-1",
+          **kw: Any) -> OperatorEntry:
+    defaults: dict[str, Any] = {"author": "lead", "machine": "m1" if action != "note" else None, "new": "{}"}
+    return OperatorEntry(id=i, recorded_ns=recorded, action=action, line=line, time_ns=t, **{**defaults, **kw})
+
+
+async def test_operator_log_round_trips_filters_and_orders(store: Store) -> None:
+    assert isinstance(store, OperatorLog)
+    odd = 'quote " back\\slash, comma=equals\nnew line 日本語'
+    a = entry("a", T + 10, T, until_ns=T + 60 * S, reason=20, text=odd, old='{"reason": 21}', new='{"reason": 20}')
+    b = entry("b", T + 5, T + S, action="scrap", reason=None, quantity=-3, new='{"quantity": -3}')
+    c = entry("c", T + 7, T + 2 * S, action="note", text="x" * 2000, line="line-2")
+    # two entries at one subject time recorded in one nanosecond: both kept, ordered by id
+    d1 = entry("d1", T + 20, T + 3 * S, reason=30)
+    d2 = entry("d2", T + 20, T + 3 * S, reason=31)
+    for e in (a, b, c, d2, d1, a):  # a twice: stored once
+        await store.add_entry(e)
+    assert await store.entries(["line-1", "line-2"], T, T + 60 * S) == [b, c, a, d1, d2]
+    assert await store.entries(["line-1"], T, T + 60 * S) == [b, a, d1, d2]
+    assert await store.entries(["line-1"], T, T + 60 * S, ["scrap"]) == [b]
+    assert await store.entries(["line-1"], T + S, T + 3 * S) == [b]  # [start, end) by subject time
+    assert await store.entries(["line-1"], T, T + 60 * S, []) == []
+    assert await store.entries([], T, T + 60 * S) == []
+    assert await store.audit(T, T + 21) == [b, c, a, d1, d2]
+    assert await store.audit(T + 6, T + 20) == [c, a]  # by recorded time, [start, end)
+
+
+async def test_operator_log_refuses_what_no_store_holds(store: Store) -> None:
+    assert isinstance(store, OperatorLog)
+    for bad in (entry("x", T, T, line="no such line"), entry("y", T, T, action="delete"),
+                entry("z", T, MAX_TIME_NS + 1)):
+        with pytest.raises(FactRefused):
+            await store.add_entry(bad)
+    assert await store.audit(T - S, T + S) == []
+
+
+async def test_sqlite_operator_log_schema_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    first = SqliteStore(path)
+    await first.open()
+    await first.add_entry(entry("a", T, T))
+    await first.close()
+    again = SqliteStore(path, create=False)  # a reader (the API) opens an existing file: the table stays
+    await again.open()
+    try:
+        assert [e.id for e in await again.audit(T, T + 1)] == ["a"]
+    finally:
+        await again.close()
