@@ -208,6 +208,28 @@ def test_scrap_typed_on_the_pad_reaches_the_line_counts(browser: webdriver.Chrom
     assert setup.get(f"lines/{LINE}/status")["counts"]["scrap"] == after["scrap"]
 
 
+def test_a_shift_note_is_saved_by_the_operator_token_and_listed(browser: webdriver.Chrome, dash_url: str,
+                                                                 setup: Setup) -> None:
+    text = f"coolant topped up {time.time_ns()}"
+    browser.get(f"{dash_url}/operator/{LINE}?lang=en")
+    wait(browser, "return document.getElementById('op-note-text') !== null", bool, "no note area")
+    browser.find_element("id", "op-note-text").send_keys(text)
+    tap(browser, "#op-note-save")
+    said = "const e = document.getElementById('op-note-result'); return e.className + '|' + e.innerText"
+    done = wait(browser, said, lambda v: "ok" in v or "error" in v, "no confirmation for the note")
+    assert "op-result ok" in done, done
+    # dated now: the API lists it from its next refresh period on (its "now" is the period's start)
+    end = time.monotonic() + DEFAULT_REFRESH_PERIOD_S + 5
+    while not (mine := [(n["text"], n["author"]) for n in setup.get(f"lines/{LINE}/notes", shift="current")["notes"]
+                        if n["text"] == text]):
+        assert time.monotonic() < end, "the note never reached the API's list"
+        time.sleep(0.2)
+    assert mine == [(text, "tablet-1")]
+    wait(browser, "return document.getElementById('op-notes').innerText", lambda v: text in v,
+         "the saved note is not listed on the page", timeout=REFRESH_MS / 1000 + 5)
+    assert browser.find_element("id", "op-note-text").get_attribute("value") == ""
+
+
 @pytest.mark.parametrize("lang", ["en", "ja"])
 def test_labels_colours_and_touch_targets(browser: webdriver.Chrome, dash_url: str, setup: Setup, lang: str) -> None:
     reasons = setup.get("plant", lang=lang)["reasons"]
