@@ -15,6 +15,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from core.store.base import (
     StateChange,
     StoreError,
     StoreUnavailable,
+    check_claim,
     check_facts,
 )
 
@@ -61,6 +63,12 @@ CREATE TABLE IF NOT EXISTS products (
 ) WITHOUT ROWID;
 """
 # states and products: the primary key (machine, time_ns) is already the (machine, time) index.
+# claims (Store.claim): the first INSERT of a key wins, the unique key makes every later one a no-op
+CLAIMS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, time_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
 
 
 def _bucket_expr(bucket_ns: int) -> str:
@@ -118,6 +126,7 @@ class SqliteStore:
                 # FULL: a write the caller was told is confirmed survives a power cut too
                 w.execute("PRAGMA synchronous = FULL")
                 w.executescript(SCHEMA)
+                w.executescript(CLAIMS_SCHEMA)
                 r = self._connect()
             except BaseException:
                 w.close()
@@ -331,6 +340,25 @@ class SqliteStore:
             if t is not None:
                 out[str(m)] = max(out.get(str(m), int(t)), int(t))
         return out
+
+    async def claim(self, key: str, owner: str) -> bool:
+        check_claim(key, owner)
+
+        def _claim(conn: sqlite3.Connection) -> bool:
+            # one write transaction: SQLite serializes writers across processes, so the first
+            # INSERT of the key wins and everyone then reads that winner back
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("INSERT OR IGNORE INTO claims (key, owner, time_ns) VALUES (?, ?, ?)",
+                             (key, owner, time.time_ns()))
+                row = conn.execute("SELECT owner FROM claims WHERE key = ?", (key,)).fetchone()
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return row is not None and str(row[0]) == owner
+
+        return await self._run(True, _claim)
 
     async def ping(self) -> bool:
         if self._rconn is None:
