@@ -463,6 +463,10 @@ class WebhookSender:
     def submit(self, msg: AlertMessage) -> None:
         self.queue.put_nowait(msg)
 
+    async def drained(self) -> None:
+        """Return once every message submitted so far has been delivered or given up on."""
+        await self.queue.join()
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"alerts-webhook-{self.hook.id}")
@@ -487,7 +491,10 @@ class WebhookSender:
                 delayed += 1
                 self.metrics.delayed(self.hook.id)
                 await asyncio.sleep(wait)
-            await self._deliver(msg)
+            try:
+                await self._deliver(msg)
+            finally:
+                self.queue.task_done()
             if delayed and self.queue.empty():
                 log.warning("webhook %s: rate limit backlog sent (%d message(s) were delayed)", self.hook.id, delayed)
                 delayed = 0
