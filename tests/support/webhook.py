@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,6 +20,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Received:
     at: float  # time.monotonic() on arrival
+    wall: datetime  # and the wall clock (to compare with a simulator's ledger)
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
@@ -41,8 +43,8 @@ class Receiver:
                     receiver.attempts.append(time.monotonic())
                     failing = len(receiver.attempts) <= receiver.fail_first
                     if not failing:
-                        receiver.records.append(Received(time.monotonic(), self.path, dict(self.headers.items()),
-                                                         json.loads(raw)))
+                        receiver.records.append(Received(time.monotonic(), datetime.now(UTC), self.path,
+                                                         dict(self.headers.items()), json.loads(raw)))
                     receiver._cond.notify_all()
                 status = receiver.fail_status if failing else 200
                 self.send_response(status)
