@@ -583,8 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the period's start; the stream's period too (default: $MIERUKA_REFRESH_PERIOD_S, else 5; "
                         "0: compute every request)")
     a.add_argument("--no-alerts", action="store_true",
-                   help="do not check the plant file's alert rules (another replica sends the messages: they "
-                        "are sent once however many replicas check them)")
+                   help="do not check the plant file's alert rules in this process (replicas that check them "
+                        "send each message once: they claim it in the store)")
     a.set_defaults(func=cmd_api)
 
     al = sub.add_parser("alerts", help="alert webhooks: send a test message")
