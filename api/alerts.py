@@ -493,6 +493,9 @@ class WebhookSender:
                 await asyncio.sleep(wait)
             try:
                 await self._deliver(msg)
+            except Exception:  # a bug must not end this webhook's queue
+                log.exception("webhook %s: alert %s %s could not be sent", self.hook.id, msg.rule, msg.kind)
+                self.metrics.failed(self.hook.id, msg.kind)
             finally:
                 self.queue.task_done()
             if delayed and self.queue.empty():

@@ -409,3 +409,25 @@ def test_a_webhook_url_from_a_file_or_the_environment_never_shows_in_errors(tmp_
     file_hook = Webhook(id="chat", url_file=str(tmp_path / "url"))
     with pytest.raises(CredentialError, match=r"url_file: .* is empty"):
         file_hook.resolve_url()
+
+
+def test_api_start_needs_every_webhook_url_and_no_alerts_switches_the_checks_off(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.app import create_app
+    from api.auth import Auth
+
+    raw = plant_raw(rules=[{"id": "quiet", "no_data": {"machine": "m1", "seconds": 30}}],
+                    webhook={"id": "chat", "url_env": "MIERUKA_TEST_UNSET_HOOK"})
+    monkeypatch.delenv("MIERUKA_TEST_UNSET_HOOK", raising=False)
+    plant_file = tmp_path / "plant.yaml"
+    plant_file.write_text(yaml.safe_dump(raw))
+    db = tmp_path / "store.db"
+    write_now(db, [state(T0, "m1", "running")])
+    # the URL is read before the API starts: exit 2 naming the webhook and the variable
+    assert main(["api", "--plant", str(plant_file), "--store", f"sqlite:///{db}", "--anonymous-read"]) == 2
+    err = capsys.readouterr().err
+    assert "webhook chat" in err and "MIERUKA_TEST_UNSET_HOOK" in err
+    plant = parse_plant(raw)
+    assert create_app(plant, SqliteStore(db), auth=Auth.open_reads(), alerts=False).state.alerts is None
+    monkeypatch.setenv("MIERUKA_TEST_UNSET_HOOK", "http://127.0.0.1:9/hook")
+    assert create_app(plant, SqliteStore(db), auth=Auth.open_reads()).state.alerts is not None
