@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.types import Scope
 
+from api.alerts import AlertOptions, AlertService, Observation, Observe
 from api.auth import Auth, bearer, require_role
 from api.cache import DEFAULT_REFRESH_PERIOD_S, AnswerCache, Generation, Refresh
 from api.errors import TIMED_OUT, install_error_handlers, problem, problem_openapi
@@ -39,16 +40,34 @@ API_VERSION = "0.1.0"
 def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5,
                request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, workers: int = DEFAULT_WORKERS,
                cors_origins: Sequence[str] = (), refresh: Refresh | float = DEFAULT_REFRESH_PERIOD_S,
-               stream_options: dict[str, Any] | None = None) -> FastAPI:
+               stream_options: dict[str, Any] | None = None, alerts: bool = True,
+               alert_options: AlertOptions | None = None) -> FastAPI:
     """An API over ``plant`` and ``store``; the app owns the store from startup to shutdown.
 
     ``auth`` says who may ask (there is no default on purpose: the caller decides whether reads are
     anonymous); every request gets ``request_timeout_s``; figures run on ``workers`` threads;
     ``refresh`` is the refresh period in seconds (0: no cache, no alignment; see :mod:`api.cache`) or a
-    :class:`~api.cache.Refresh` with its clock; ``stream_options`` go to the stream's producer."""
+    :class:`~api.cache.Refresh` with its clock; ``stream_options`` go to the stream's producer.
+    With ``alerts`` (and rules in the plant file) the lifespan runs the alert checks
+    (:mod:`api.alerts`); the webhooks' URLs are resolved here, so a missing ``url_env``/``url_file``
+    is a :class:`~core.plant.CredentialError` before anything starts."""
     pool = Workers(workers)
     period = refresh if isinstance(refresh, Refresh) else Refresh(float(refresh))
     metrics = ApiMetrics()
+    alert_service: AlertService | None = None
+    if alerts and plant.alerts.rules:
+        def on_worker(observe: Observe) -> Awaitable[list[Observation]]:
+            async def reads() -> list[Observation]:
+                if not app.state.store_open:  # the store was down at startup: try it again
+                    await app.state.store_here.open()
+                    app.state.store_open = True
+                return await observe()
+
+            return pool.run(reads)
+
+        alert_service = AlertService(plant, store, options=alert_options or AlertOptions(), metrics=metrics,
+                                     observe_on=on_worker,
+                                     on_check=lambda result: metrics.alerts_checks.labels(result).inc())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,8 +83,14 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
             except StoreUnavailable as e:
                 # Serve anyway: /healthz says so, figures answer 503 and each request tries again.
                 log.warning("store unavailable at startup (%s); answering 503 until it is back", e)
+            if alert_service is not None:
+                # reads go through the app's store (a worker reaches an InfluxDB store on this loop)
+                alert_service.evaluator.store = app.state.store_here
+                await alert_service.start()
             yield
         finally:
+            if alert_service is not None:
+                await alert_service.stop()
             app.state.stream.close()
             pool.stop()
             await store.close()
@@ -91,6 +116,7 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
     app.state.refresh = period
     app.state.metrics = metrics
     app.state.generation = generation = Generation()  # bumped by every write: kept answers are dropped
+    app.state.alerts = alert_service
     app.state.stream = stream.StatusStream(
         stream.status_compute(app), refresh=period, on_event=metrics.stream_events.inc,
         on_drop=metrics.stream_dropped.inc, on_count=metrics.stream_subscribers.set, **(stream_options or {}))

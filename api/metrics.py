@@ -15,6 +15,11 @@
   ``note``).
 - ``mieruka_api_stream_subscribers``, ``mieruka_api_stream_events_total``,
   ``mieruka_api_stream_dropped_total``: the live stream.
+- ``mieruka_alerts_sent_total{webhook,kind}`` (kind ``firing``/``resolved``),
+  ``mieruka_alerts_failed_total{webhook,kind}`` (given up after its tries),
+  ``mieruka_alerts_retries_total{webhook}``, ``mieruka_alerts_delayed_total{webhook}`` (held back
+  by the rate limit), ``mieruka_alerts_checks_total{result}`` (``ok``/``error``): alerts
+  (``api/alerts.py``); messages another replica won count on that replica.
 
 ``/metrics`` needs a token with role ``read`` like the figures (or none with anonymous reads): it
 tells how the API is used. Prometheus sends one with ``authorization: {credentials_file: ...}``.
@@ -62,10 +67,32 @@ class ApiMetrics:
         self.stream_events = Counter("mieruka_api_stream_events", "Status events the stream produced", registry=r)
         self.stream_dropped = Counter("mieruka_api_stream_dropped", "Stream clients dropped for not keeping up",
                                       registry=r)
+        self.alerts_sent = Counter("mieruka_alerts_sent", "Alert messages a webhook accepted (2xx)",
+                                   ["webhook", "kind"], registry=r)
+        self.alerts_failed = Counter("mieruka_alerts_failed", "Alert messages given up on after their tries",
+                                     ["webhook", "kind"], registry=r)
+        self.alerts_retries = Counter("mieruka_alerts_retries", "Alert sends tried again after a failure",
+                                      ["webhook"], registry=r)
+        self.alerts_delayed = Counter("mieruka_alerts_delayed", "Alert messages held back by the webhook's "
+                                      "rate limit", ["webhook"], registry=r)
+        self.alerts_checks = Counter("mieruka_alerts_checks", "Alert checks run, by result (ok, error)",
+                                     ["result"], registry=r)
         for q in sorted(READS):
             self.store_queries.labels(q)
         for kind in ("hit", "shared", "miss"):
             self.answers.labels(kind)
+
+    def sent(self, webhook: str, kind: str) -> None:
+        self.alerts_sent.labels(webhook, kind).inc()
+
+    def failed(self, webhook: str, kind: str) -> None:
+        self.alerts_failed.labels(webhook, kind).inc()
+
+    def retried(self, webhook: str) -> None:
+        self.alerts_retries.labels(webhook).inc()
+
+    def delayed(self, webhook: str) -> None:
+        self.alerts_delayed.labels(webhook).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -610,6 +610,177 @@ class Line(_Model):
         return marked or [self.machines[-1]]
 
 
+# ---- alerts -----------------------------------------------------------------------------------
+
+STOP_STATES: tuple[CanonicalState, ...] = ("idle", "down", "changeover", "offline")  # a stop: not running, not planned
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110 token)
+MAX_ALERT_MINUTES = 7 * 1440.0
+
+
+class Webhook(_Model):
+    """Where alert messages go: an HTTP(S) URL that takes a JSON POST (a Slack incoming webhook,
+    Teams, a chat bridge). A webhook URL is a secret (whoever has it can post), so it may come from
+    an environment variable (``url_env``) or a file (``url_file``, relative to the plant file)."""
+
+    id: Ident
+    url: str | None = None
+    url_env: str | None = None
+    url_file: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    # at most this many messages per minute; more are delayed, never dropped
+    max_per_minute: int = Field(default=20, ge=1, le=10_000)
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> Webhook:
+        given = [k for k in ("url", "url_env", "url_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = f" (got {' and '.join(given)})" if given else ""
+            raise ValueError(f"give exactly one of url, url_env and url_file{got}")
+        if self.url is not None:
+            _url_problem(self.url)
+        if self.url_env is not None and not ENV_NAME_RE.fullmatch(self.url_env):
+            raise ValueError(f"url_env {_q(self.url_env)} is not an environment variable name (e.g. SLACK_WEBHOOK)")
+        if self.url_file is not None and (not self.url_file.strip() or "\x00" in self.url_file):
+            raise ValueError("url_file must be a file path (relative to the plant file, or absolute)")
+        for name, value in self.headers.items():
+            if not HEADER_NAME_RE.fullmatch(name):
+                raise ValueError(f"header name {_q(name)} is not an HTTP header name")
+            if any(c in value for c in "\r\n\x00"):
+                raise ValueError(f"header {_q(name)}: a value cannot hold a line break or NUL")
+        return self
+
+    def resolve_url(self) -> str:
+        """The URL to post to (``url``, ``url_env`` or ``url_file``); :class:`CredentialError` names
+        what is missing or wrong. Never logged: it is a secret."""
+        if self.url is not None:
+            return self.url
+        if self.url_env is not None:
+            value = os.environ.get(self.url_env, "").strip()
+            if not value:
+                raise CredentialError(f"webhook {self.id}: the environment variable {self.url_env} (url_env) is "
+                                      "not set or empty")
+        else:
+            assert self.url_file is not None
+            try:
+                value = read_secret_file(_plant_path(self.url_file, self._base_dir)).strip()
+            except ValueError as e:
+                raise CredentialError(f"webhook {self.id}: url_file: {e}") from None
+        try:
+            _url_problem(value)
+        except ValueError as e:
+            source = "url_env" if self.url_env is not None else "url_file"
+            # the message names the scheme only: the rest of a webhook URL is the secret
+            raise CredentialError(f"webhook {self.id}: {source}: {e}") from None
+        return value
+
+
+def _url_problem(url: str) -> None:
+    if not re.match(r"^https?://[^/\s?#]+", url) or any(c.isspace() for c in url):
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        raise ValueError(f"a webhook URL starts with http:// or https:// and a host, without spaces"
+                         f"{f' (got scheme {_q(scheme)})' if scheme and len(scheme) < 20 else ''}")
+
+
+class DownCondition(_Model):
+    """A line or a machine stopped for longer than ``minutes`` of production time."""
+
+    line: Ident | None = None
+    machine: Ident | None = None
+    minutes: float = Field(ge=0, le=MAX_ALERT_MINUTES)
+    # the states that count as down; default: a line's stop (every state but running and planned),
+    # a machine's `down` (a breakdown)
+    states: list[CanonicalState] | None = None
+
+    @model_validator(mode="after")
+    def _subject(self) -> DownCondition:
+        if (self.line is None) == (self.machine is None):
+            raise ValueError("say what is down: either 'line: <line id>' or 'machine: <machine id>'")
+        if self.states is not None:
+            if not self.states:
+                raise ValueError("states is empty; list the states that count as down, e.g. [down, idle]")
+            wrong = [s for s in self.states if s not in STOP_STATES]
+            if wrong:
+                raise ValueError(f"states: {_q(wrong[0])} is not a stop; use some of {', '.join(STOP_STATES)}")
+        return self
+
+    def down_states(self) -> frozenset[str]:
+        if self.states is not None:
+            return frozenset(self.states)
+        return frozenset(STOP_STATES if self.line is not None else ("down",))
+
+
+class BehindPlanCondition(_Model):
+    """At the local times ``at``, the line's good so far is more than ``percent`` % below its
+    target so far (the line status's ``expected``)."""
+
+    line: Ident
+    percent: float = Field(ge=0, lt=100)
+    at: list[str] = Field(min_length=1)
+
+    @field_validator("at")
+    @classmethod
+    def _times(cls, v: list[str]) -> list[str]:
+        for t in v:
+            _hhmm(t)
+        if len(set(v)) != len(v):
+            raise ValueError("a check time is listed twice; list each once")
+        return v
+
+    def times(self) -> list[time]:
+        return sorted(_hhmm(t) for t in self.at)
+
+
+class NoDataCondition(_Model):
+    """A machine's newest fact (of any kind) is older than ``seconds``."""
+
+    machine: Ident
+    seconds: float = Field(gt=0, le=MAX_CYCLE_S)
+
+
+class AlertRule(_Model):
+    id: Ident
+    webhooks: list[Ident] | None = None  # default: every webhook
+    down: DownCondition | None = None
+    behind_plan: BehindPlanCondition | None = None
+    no_data: NoDataCondition | None = None
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> AlertRule:
+        given = [k for k in ("down", "behind_plan", "no_data") if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = f" (got {' and '.join(given)})" if given else ""
+            raise ValueError(f"a rule has exactly one condition: down, behind_plan or no_data{got}; write one "
+                             "rule per condition")
+        return self
+
+    @property
+    def condition(self) -> DownCondition | BehindPlanCondition | NoDataCondition:
+        c = self.down or self.behind_plan or self.no_data
+        assert c is not None
+        return c
+
+    @property
+    def kind(self) -> Literal["down", "behind_plan", "no_data"]:
+        return "down" if self.down is not None else "behind_plan" if self.behind_plan is not None else "no_data"
+
+
+class Alerts(_Model):
+    """Messages to webhooks when a condition starts and when it ends (``mieruka api`` checks them)."""
+
+    check_period_s: float = Field(default=30, ge=0.1, le=3600)
+    webhooks: list[Webhook] = Field(default_factory=list)
+    rules: list[AlertRule] = Field(default_factory=list)
+
+    def webhook(self, webhook_id: str) -> Webhook | None:
+        return next((w for w in self.webhooks if w.id == webhook_id), None)
+
+    def webhooks_of(self, rule: AlertRule) -> list[Webhook]:
+        if rule.webhooks is None:
+            return list(self.webhooks)
+        return [w for w in self.webhooks if w.id in rule.webhooks]
+
+
 class Plant(_Model):
     site: Site
     calendar: Calendar = Field(default_factory=Calendar)
@@ -617,6 +788,7 @@ class Plant(_Model):
     products: dict[str, Product] = Field(default_factory=dict)
     sources: dict[str, Source]
     lines: list[Line] = Field(min_length=1)
+    alerts: Alerts = Field(default_factory=Alerts)
 
     _reason_codes = field_validator("reasons", mode="before")(_distinct_codes)
 
@@ -848,6 +1020,53 @@ def _semantic_problems(plant: Plant) -> list[Problem]:
             for name, sig in m.signals.items():
                 sp = f"{p}.signals.{name}"
                 problems.extend(_signal_problems(plant, sp, name, sig, src))
+    problems.extend(_alert_problems(plant, line_ids, machine_ids))
+    return problems
+
+
+def _alert_problems(plant: Plant, line_ids: dict[str, int], machine_ids: dict[str, str]) -> list[Problem]:
+    """Unique webhook and rule ids; rules name webhooks, lines and machines that exist."""
+    problems: list[Problem] = []
+    alerts = plant.alerts
+    hooks: dict[str, int] = {}
+    for i, w in enumerate(alerts.webhooks):
+        if w.id in hooks:
+            problems.append(Problem(f"alerts.webhooks[{i}].id", f"duplicate webhook id {_q(w.id)}",
+                                    f"rename it; alerts.webhooks[{hooks[w.id]}] already uses it"))
+        hooks.setdefault(w.id, i)
+    if alerts.rules and not alerts.webhooks:
+        problems.append(Problem("alerts.rules", "there are rules but no webhook to send their messages to",
+                                "add alerts.webhooks: [{id: chat, url_env: SLACK_WEBHOOK_URL}]"))
+    rules: dict[str, int] = {}
+    known_hooks = ", ".join(hooks) or "(none)"
+    for i, rule in enumerate(alerts.rules):
+        p = f"alerts.rules[{i}]"
+        if rule.id in rules:
+            problems.append(Problem(f"{p}.id", f"duplicate rule id {_q(rule.id)}",
+                                    f"rename it; alerts.rules[{rules[rule.id]}] already uses it"))
+        rules.setdefault(rule.id, i)
+        for j, h in enumerate(rule.webhooks or []):
+            if h not in hooks:
+                close = difflib.get_close_matches(h, list(hooks), n=1)
+                problems.append(Problem(f"{p}.webhooks[{j}]", f"unknown webhook {_q(h)}",
+                                        f"did you mean '{close[0]}'?" if close else f"use one of: {known_hooks}"))
+        c = rule.condition
+        where = f"{p}.{rule.kind}"
+        line_id = getattr(c, "line", None)
+        machine_id = getattr(c, "machine", None)
+        if line_id is not None and line_id not in line_ids:
+            close = difflib.get_close_matches(line_id, list(line_ids), n=1)
+            problems.append(Problem(f"{where}.line", f"unknown line {_q(line_id)}",
+                                    f"did you mean '{close[0]}'?" if close else "use a line id from 'lines:'"))
+        if machine_id is not None and machine_id not in machine_ids:
+            close = difflib.get_close_matches(machine_id, list(machine_ids), n=1)
+            problems.append(Problem(f"{where}.machine", f"unknown machine {_q(machine_id)}",
+                                    f"did you mean '{close[0]}'?" if close else "use a machine id from 'lines:'"))
+        if isinstance(c, BehindPlanCondition) and line_id in line_ids:
+            line = plant.lines[line_ids[line_id]]
+            if line.target_per_hour <= 0:
+                problems.append(Problem(f"{where}.line", f"line {_q(line_id)} has no target_per_hour, so it has "
+                                        "no plan to be behind", "set target_per_hour on the line"))
     return problems
 
 
@@ -1038,11 +1257,13 @@ _PlantLoader.add_constructor("tag:yaml.org,2002:float", _PlantLoader.construct_y
 
 
 def _set_base_dir(plant: Plant, base: Path) -> None:
-    """Relative ``password_file`` paths are relative to the plant file's folder."""
+    """Relative ``password_file`` and ``url_file`` paths are relative to the plant file's folder."""
     for src in plant.sources.values():
         conn = src.opcua if src.opcua is not None else src.mqtt
         if conn is not None:
             conn._base_dir = base
+    for hook in plant.alerts.webhooks:
+        hook._base_dir = base
 
 
 def dump_plant(plant: Plant) -> str:

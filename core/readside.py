@@ -606,3 +606,31 @@ class Figures:
             progress = ShiftProgress(good, scrap, target_of(line, shift_ppt_ns), target_of(line, ppt_ns),
                                      so_far.elapsed_s, ppt_ns / NS, whole)
         return LineNow(line.id, as_of, shift, progress, tuple(machines))
+
+    async def in_states_since(self, machine: Machine, as_of: datetime, states: frozenset[str],
+                              max_lookback_s: float = 90 * 86_400.0) -> datetime | None:
+        """Since when ``machine`` has been, without a break, in one of ``states`` at ``as_of`` (a
+        stop's start when ``states`` are the stop states, whatever states and reasons change inside
+        it); None when its state at ``as_of`` is not one of them or the store holds no state of it.
+
+        It reads back from ``as_of`` in growing windows (an hour, then 4×, ...) until a state outside
+        ``states`` is found, at most ``max_lookback_s``: then the earliest change read is the answer.
+        The answer is the time of a stored fact, so every reader at any later instant of the same
+        stretch gets the same one (alerts identify an episode by it)."""
+        figures.check_time("as_of", as_of)
+        hi = to_ns(as_of) + 1
+        floor = hi - round(max_lookback_s * NS)
+        span = 3_600 * NS
+        earliest: int | None = None
+        while True:
+            lo = max(hi - span, floor)
+            changes = [c for c in await self.store.state_changes([machine.id], lo, hi) if c.machine == machine.id]
+            changes.sort(key=lambda c: c.time_ns)
+            for c in reversed(changes):
+                if c.state not in states:
+                    return None if earliest is None else from_ns(earliest)
+                earliest = c.time_ns
+            if not changes or changes[0].time_ns >= lo or lo <= floor:
+                # nothing before the window (or the lookback is used up): the stretch starts there
+                return None if earliest is None else from_ns(earliest)
+            hi, span = changes[0].time_ns, span * 4

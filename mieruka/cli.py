@@ -354,9 +354,25 @@ def cmd_api(args: argparse.Namespace) -> int:
     from api.routes.stream import uvicorn_server
 
     app = create_app(plant, store, auth=auth, request_timeout_s=settings.request_timeout_s,
-                     cors_origins=settings.cors_origins, refresh=settings.refresh_period_s)
+                     cors_origins=settings.cors_origins, refresh=settings.refresh_period_s,
+                     alerts=not args.no_alerts)
     uvicorn_server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info")).run()
     return EXIT_OK
+
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    from api.alerts import send_test
+
+    plant = _plant(args.plant)
+    if not plant.alerts.webhooks:
+        raise BadInput(f"{args.plant} declares no webhooks; add alerts.webhooks (see the README, 'Alerts')")
+    if args.webhook is not None and plant.alerts.webhook(args.webhook) is None:
+        known = ", ".join(w.id for w in plant.alerts.webhooks)
+        raise BadInput(f"--webhook: {args.plant} has no webhook '{args.webhook}'; use one of: {known}")
+    results = asyncio.run(send_test(plant, args.webhook, timeout_s=args.timeout))
+    for wid, (ok, reason) in results.items():
+        print(f"webhook {wid}: {'ok' if ok else 'FAILED'} ({reason})")
+    return EXIT_OK if all(ok for ok, _ in results.values()) else EXIT_FAIL
 
 
 def _tokens_path(args: argparse.Namespace) -> Path:
@@ -575,7 +591,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="figures asked about 'now' are computed once per S seconds for every client, 'now' being "
                         "the period's start; the stream's period too (default: $MIERUKA_REFRESH_PERIOD_S, else 5; "
                         "0: compute every request)")
+    a.add_argument("--no-alerts", action="store_true",
+                   help="do not check the plant file's alert rules in this process (replicas that check them "
+                        "send each message once: they claim it in the store)")
     a.set_defaults(func=cmd_api)
+
+    al = sub.add_parser("alerts", help="alert webhooks: send a test message")
+    als = al.add_subparsers(dest="action", required=True, metavar="ACTION")
+    at = als.add_parser("test", help="send a test message to each webhook of the plant file (or one); exit 0 when "
+                                     "all answered 2xx, 1 otherwise")
+    at.add_argument("--plant", required=True)
+    at.add_argument("--webhook", default=None, metavar="ID", help="only this webhook")
+    at.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for each answer")
+    at.set_defaults(func=cmd_alerts_test)
 
     tk = sub.add_parser("token", help="API tokens: create (printed once; only its hash is kept), list, revoke")
     tks = tk.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -35,6 +36,15 @@ class FactRefused(StoreError):
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 MIN_TIME_NS, MAX_TIME_NS = INT64_MIN + 2, INT64_MAX - 1
 FACT_KINDS = frozenset({"count", "state", "gauge", "product"})
+# claim keys and owners: plain enough for a SQLite text key, an InfluxDB tag and an InfluxQL literal
+CLAIM_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,300}")
+
+
+def check_claim(key: str, owner: str) -> None:
+    """Raise :class:`StoreError` unless ``key`` and ``owner`` are claim strings (:data:`CLAIM_RE`)."""
+    for what, v in (("claim key", key), ("claim owner", owner)):
+        if not isinstance(v, str) or not CLAIM_RE.fullmatch(v):
+            raise StoreError(f"{what} {v!r} must be 1 to 300 characters of A-Z a-z 0-9 _ . : / -")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -186,6 +196,12 @@ class Store(Protocol):
 
     async def ping(self) -> bool:
         """True when the store answers."""
+
+    async def claim(self, key: str, owner: str) -> bool:
+        """Claim ``key`` for ``owner``: True for exactly one owner per key, however many claim it at
+        once from however many processes (the same owner claiming again gets True again). Claims
+        are kept; alerts use them so that of several API replicas one sends each message
+        (``api/alerts.py``). :class:`StoreError` for a key or owner outside :data:`CLAIM_RE`."""
 
 
 # ---- operator input (docs/architecture.md, "Operator input") ---------------------------------------

@@ -15,6 +15,7 @@ InfluxDB keeps one point per series and timestamp, so writes are idempotent):
   new (strings), until, reason, quantity (integers); the point's time is the entry's subject time. The
   entry's id is a tag, so two entries at one time (even recorded in one nanosecond) are two series and
   never overwrite each other; fields that are None are left out (an entry is written once, never merged).
+- ``claims``   tags key, owner                   field claimed (boolean; :meth:`InfluxStore.claim`)
 
 ``reason`` is always written: on a point overwrite InfluxDB *merges* field sets, so a field
 left out would survive from the earlier point (a stop reason would outlive its removal).
@@ -34,6 +35,7 @@ InfluxQL quirks this relies on (checked against influxd 1.6.7):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -55,6 +57,7 @@ from core.store.base import (
     StateChange,
     StoreError,
     StoreUnavailable,
+    check_claim,
     check_entry,
     check_facts,
 )
@@ -62,6 +65,8 @@ from core.store.base import (
 log = logging.getLogger(__name__)
 
 BATCH_LINES = 5000
+# claim(): how long after writing its claim a replica waits before reading the key's claims back
+CLAIM_SETTLE_S = 0.5
 _MAX_GET_QUERY = 3000  # longer InfluxQL goes in a POST body rather than the URL
 _RANGES_PER_QUERY = 100  # count_ranges: statements per request (InfluxDB answers each in order)
 
@@ -115,6 +120,7 @@ class InfluxStore:
         timeout_s: float = 30.0,
         connect_timeout_s: float = 5.0,
         batch_lines: int = BATCH_LINES,
+        claim_settle_s: float = CLAIM_SETTLE_S,
     ) -> None:
         if not DATABASE_RE.fullmatch(database):
             raise ValueError(f"InfluxDB database name {database!r} must match {DATABASE_RE.pattern}")
@@ -126,6 +132,7 @@ class InfluxStore:
         self._base = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self._batch_lines = batch_lines
+        self.claim_settle_s = claim_settle_s
         self._session: aiohttp.ClientSession | None = None
         self._database_ready = False
         self._prefixes: dict[tuple[str, str, str, str, str | None], str] = {}
@@ -465,6 +472,31 @@ class InfluxStore:
     async def audit(self, start_ns: int, end_ns: int) -> list[OperatorEntry]:
         # by a field: InfluxDB scans the log's series (a few per operator action: small)
         return await self._entries(f'"recorded" >= {int(start_ns)} AND "recorded" < {int(end_ns)}')
+    async def claim(self, key: str, owner: str) -> bool:
+        """InfluxDB 1.x has no compare-and-set, so the server's clock decides: the claim is written
+        *without* a timestamp (influxd stamps it on arrival: one clock for every replica), then,
+        after ``claim_settle_s``, every claim of the key is read back and the earliest wins (a tie:
+        the smaller owner). Each owner's claim is its own series (``owner`` is a tag), so two
+        claims stamped in the same nanosecond do not overwrite each other.
+
+        Assumes one influxd (not a cluster whose nodes stamp with their own clocks) and that a
+        claim whose write has been stamped is readable within ``claim_settle_s`` of that; a
+        competitor stamped later than ours loses whenever it becomes visible."""
+        check_claim(key, owner)  # plain strings: no escaping needed as tags or in the literal below
+        body = f"claims,key={key},owner={owner} claimed=true".encode()
+        await self._request("POST", "/write", {"db": self.database, "precision": "ns"}, data=body)
+        await asyncio.sleep(self.claim_settle_s)
+        q = f'SELECT "claimed" FROM "claims" WHERE "key" = \'{key}\' GROUP BY "owner"'
+        first: list[tuple[int, str]] = []
+        for series in _series(await self._query(q), 0):
+            who = series.get("tags", {}).get("owner")
+            times = [int(row[0]) for row in series.get("values", [])]
+            if who and times:
+                first.append((min(times), str(who)))
+        if not first:
+            raise StoreError(f"InfluxDB did not return the claim of {key!r} just written; is the database "
+                             "replicated or its retention policy shorter than a second?")
+        return min(first)[1] == owner
 
     async def ping(self) -> bool:
         if self._session is None:

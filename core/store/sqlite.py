@@ -15,6 +15,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from core.store.base import (
     StateChange,
     StoreError,
     StoreUnavailable,
+    check_claim,
     check_entry,
     check_facts,
 )
@@ -73,6 +75,12 @@ CREATE INDEX IF NOT EXISTS operator_log_recorded ON operator_log (recorded_ns);
 # operator_log: operator input (core.store.base.OperatorEntry), its own table so the fact tables stay as
 # they were; append-only (INSERT OR IGNORE by id).
 # states and products: the primary key (machine, time_ns) is already the (machine, time) index.
+# claims (Store.claim): the first INSERT of a key wins, the unique key makes every later one a no-op
+CLAIMS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, time_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
 
 
 def _bucket_expr(bucket_ns: int) -> str:
@@ -130,6 +138,7 @@ class SqliteStore:
                 # FULL: a write the caller was told is confirmed survives a power cut too
                 w.execute("PRAGMA synchronous = FULL")
                 w.executescript(SCHEMA)
+                w.executescript(CLAIMS_SCHEMA)
                 r = self._connect()
             except BaseException:
                 w.close()
@@ -388,6 +397,24 @@ class SqliteStore:
                "ORDER BY recorded_ns, id")
         rows = await self._run(False, lambda c: c.execute(sql, (int(start_ns), int(end_ns))).fetchall())
         return [self._entry(r) for r in rows]
+    async def claim(self, key: str, owner: str) -> bool:
+        check_claim(key, owner)
+
+        def _claim(conn: sqlite3.Connection) -> bool:
+            # one write transaction: SQLite serializes writers across processes, so the first
+            # INSERT of the key wins and everyone then reads that winner back
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("INSERT OR IGNORE INTO claims (key, owner, time_ns) VALUES (?, ?, ?)",
+                             (key, owner, time.time_ns()))
+                row = conn.execute("SELECT owner FROM claims WHERE key = ?", (key,)).fetchone()
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return row is not None and str(row[0]) == owner
+
+        return await self._run(True, _claim)
 
     async def ping(self) -> bool:
         if self._rconn is None:

@@ -287,6 +287,42 @@ async def test_last_times_cover_every_kind(store: Store) -> None:
     assert await store.last_times([]) == {}
 
 
+def _twin(store: Store) -> Store:
+    """A second store object on the same database: another replica's connection."""
+    if isinstance(store, SqliteStore):
+        return SqliteStore(store.path)
+    assert isinstance(store, InfluxStore)
+    return InfluxStore(store.host, store.port, store.database, username=store.username,
+                       password=store._password, token=store.token)
+
+
+async def test_claim_has_exactly_one_winner_among_concurrent_claimers(store: Store) -> None:
+    others = [_twin(store) for _ in range(3)]
+    for o in others:
+        await o.open()
+    try:
+        claimers = [store, *others]
+        for k in range(3):
+            key = f"alert/line-down/line:blade-1/{T + k}/firing"
+            won = await asyncio.gather(*(c.claim(key, f"replica-{i}") for i, c in enumerate(claimers)))
+            assert sum(won) == 1, (key, won)
+            winner = f"replica-{won.index(True)}"
+            # the claim is kept: the winner holds it still, a late claimer (a restarted replica) loses
+            assert await store.claim(key, winner) is True
+            assert await others[0].claim(key, "replica-late") is False
+        # another key is a new race
+        assert await store.claim("alert/x/machine:m1/1/resolved", "replica-9") is True
+    finally:
+        for o in others:
+            await o.close()
+
+
+async def test_claim_refuses_keys_it_cannot_hold_plainly(store: Store) -> None:
+    for key, owner in (("a b", "o"), ("k'", "o"), ("k", ""), ("k", "o\n"), ("x" * 301, "o"), ('k"', "o")):
+        with pytest.raises(StoreError):
+            await store.claim(key, owner)
+
+
 async def test_identifiers_are_rejected(store: Store) -> None:
     await store.write([count(T, 5)])
     evil = ["m1' OR 'a'='a", 'm1" OR 1=1', "M1", "m1;", "a b", "", "m1\n"]
