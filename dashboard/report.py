@@ -141,13 +141,14 @@ def _losses(ln: Mapping[str, Any], lang: Lang) -> str:
             f'{_table([("", False), (_e(t("minutes", lang)), True)], rows)}</div>')
 
 
-def _hours(ln: Mapping[str, Any], lang: Lang, tz: ZoneInfo) -> str:
+def _hours(ln: Mapping[str, Any], lang: Lang, tz: ZoneInfo, w0: datetime, w1: datetime) -> str:
+    """The hourly table; each hour shown clipped to the report's window (the first and last may be cut)."""
     head = [(_e(t("r_hour", lang)), False), (_e(t("r_good", lang)), True), (_e(t("r_scrap", lang)), True),
             (_e(t("r_plan", lang)), True), (_e(t("r_cum_good", lang)), True), (_e(t("r_cum_plan", lang)), True),
             (_e(t("r_difference", lang)), True)]
     rows = []
     for h in ln["hours"]:
-        span = f'{_time(h["start"], tz):%H:%M}–{_time(h["end"], tz):%H:%M}'
+        span = f'{max(_time(h["start"], tz), w0):%H:%M}–{min(_time(h["end"], tz), w1):%H:%M}'
         rows.append([span, count(h["good"]), count(h["scrap"]), count(h["target"]), count(h["cumulative_good"]),
                      count(h["cumulative_target"]), f'{round(h["cumulative_good"] - h["cumulative_target"]):+,}'])
     c = ln["counts"]
@@ -186,6 +187,7 @@ def render_report(report: Mapping[str, Any], lang: Lang, printed_at: datetime) -
     tz = ZoneInfo(str(report["site"]["timezone"]))
     shift = report["shift"]
     start, end = _time(shift["start"], tz), _time(shift["end"], tz)
+    w0, w1 = _time(report["start"], tz), _time(report["end"], tz)
     day = datetime.fromisoformat(f'{report["date"]}T12:00:00')
     title = (f'{_e(report["site"]["name"])} {_e(t("r_title", lang))} — {_e(_date(day, lang))} '
              f'{_e(shift["name"])}')
@@ -203,7 +205,7 @@ def render_report(report: Mapping[str, Any], lang: Lang, printed_at: datetime) -
             f'{_kpis(ln, lang)}'
             f'<div class="cols"><div>{_machines(ln, lang)}<div class="pair">{_time_base(ln, lang)}'
             f'{_losses(ln, lang)}</div></div>'
-            f'<div>{_hours(ln, lang, tz)}{_stops(ln, lang, tz)}{_notes(ln, lang, tz)}</div></div>'
+            f'<div>{_hours(ln, lang, tz, w0, w1)}{_stops(ln, lang, tz)}{_notes(ln, lang, tz)}</div></div>'
             f'</section>')
     return (f'<!DOCTYPE html><html lang="{lang}"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
