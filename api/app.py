@@ -25,7 +25,7 @@ from api.errors import TIMED_OUT, install_error_handlers, problem, problem_opena
 from api.metrics import ApiMetrics, MeteredStore, RequestMetrics
 from api.metrics import router as metrics_router
 from api.routes import figures as figure_routes
-from api.routes import health, operator, plant_detail, shifts, status, stream, throughput
+from api.routes import health, operator, plant_detail, report, shifts, status, stream, throughput
 from api.routes import plant as plant_routes
 from api.settings import Settings, SettingsError
 from api.work import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_WORKERS, HomeLoopStore, TimeLimit, Workers, loop_bound
@@ -152,7 +152,7 @@ def create_app(plant: Plant, store: Store, *, auth: Auth, retry_after_s: int = 5
     app.include_router(health.router)
     readers = [Depends(require_role("read"))]
     for r in (plant_routes.router, shifts.router, throughput.router, plant_detail.router, figure_routes.router,
-              status.router, stream.router, metrics_router):
+              status.router, stream.router, report.router, metrics_router):
         app.include_router(r, dependencies=readers)
     app.include_router(operator.router)  # each route declares its own role (read, operator, admin)
     app.openapi = problem_openapi(app, secured=lambda path: path != "/healthz")  # type: ignore[method-assign]

@@ -47,6 +47,8 @@ class LineOut(BaseModel):
 
 class ShiftOut(BaseModel):
     id: str
+    name: str = Field(description="The shift's name from the plant file in the requested language; its id "
+                                  "when it has none")
     day: date = Field(description="The local date the shift starts on")
     start: datetime
     end: datetime

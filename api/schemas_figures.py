@@ -19,6 +19,7 @@ SignalKind = Literal["counter", "state", "reason", "product", "gauge"]
 
 class ShiftDef(BaseModel):
     id: str
+    name: str = Field(description="In the requested language; the id when the plant file gives none")
     start: str = Field(description="Local wall-clock start, HH:MM")
     end: str = Field(description="Local wall-clock end, HH:MM (before start: the shift ends the next day)")
     days: list[str]

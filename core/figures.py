@@ -107,6 +107,15 @@ def check_time(name: str, t: datetime) -> datetime:
     return t
 
 
+def check_day(name: str, d: date) -> date:
+    """``d`` if its shifts lie in the range stores can hold; else :class:`WindowError` (a date in year 1
+    would overflow before any time could be checked)."""
+    if not _EARLIEST.date() < d < _LATEST.date():
+        raise WindowError(f"{name} {d.isoformat()} is out of range; dates must lie between "
+                          f"{_EARLIEST.date() + timedelta(days=1)} and {_LATEST.date() - timedelta(days=1)}")
+    return d
+
+
 def _check_window(start: datetime, end: datetime) -> tuple[int, int]:
     check_time("start", start)
     check_time("end", end)

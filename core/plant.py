@@ -161,6 +161,7 @@ def _weekdays() -> list[Day]:
 
 class Shift(_Model):
     id: Ident
+    name: Name | None = None  # shown wherever the shift appears (board header, report); default: the id
     start: str
     end: str
     days: list[Day] = Field(default_factory=_weekdays)
@@ -806,6 +807,14 @@ class Plant(_Model):
 
     def line_of(self, machine_id: str) -> Line | None:
         return next((ln for ln, m in self.machines() if m.id == machine_id), None)
+
+    def shift(self, shift_id: str) -> Shift | None:
+        return next((s for s in self.calendar.shifts if s.id == shift_id), None)
+
+    def shift_name(self, shift_id: str, lang: str) -> str:
+        """The shift's name in ``lang`` (its id when it has none, or when the calendar no longer has it)."""
+        s = self.shift(shift_id)
+        return label(s.name if s is not None else None, lang, shift_id)
 
     def machines_of_source(self, source_id: str) -> list[tuple[Line, Machine]]:
         return [(ln, m) for ln, m in self.machines() if m.source == source_id]

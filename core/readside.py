@@ -26,7 +26,8 @@ from itertools import pairwise
 from core import figures
 from core import oee as om
 from core import operator as op
-from core.calendar import ShiftWindow
+from core import report as rp
+from core.calendar import ShiftWindow, shift_on
 from core.model import COUNTER_SIGNALS, from_ns, signal_kind, to_ns
 from core.plant import Line, Machine, Plant
 from core.store.base import (
@@ -55,6 +56,10 @@ class UnknownSignal(figures.NotFound):
 
 class NotAGauge(figures.FigureError):
     """A counter, state, reason or product signal asked for as a gauge."""
+
+
+class UnknownShift(figures.NotFound):
+    """A shift id the calendar does not declare, or a shift that does not run on the date asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +212,16 @@ class _Facts:
         return [om.ProductCounts(p, g, s) for p, (g, s) in per[i].items()]
 
 
+def _pareto_shares(pareto: Sequence[om.ParetoRow]) -> tuple[ParetoShare, ...]:
+    total = sum(r.seconds for r in pareto)
+    rows: list[ParetoShare] = []
+    cum = 0.0
+    for r in pareto:
+        cum += r.seconds
+        rows.append(ParetoShare(r, r.seconds / total if total else 0.0, cum / total if total else 0.0))
+    return tuple(rows)
+
+
 def _bucket_index(edges: Sequence[int], t: int) -> int:
     # a store bucket may start before the first edge (the store clips facts to the window)
     return min(max(bisect_right(edges, t) - 1, 0), len(edges) - 2)
@@ -221,9 +236,14 @@ def resolve_window(plant: Plant, as_of: datetime, start: datetime | None, end: d
         if start is not None or end is not None:
             raise figures.WindowError(f"use either shift or start and end, not both; {WINDOW_HELP}")
         try:
+            if isinstance(day, str) and shift not in ("current", "previous"):
+                day = om.parse_day(day)
+            if isinstance(day, date):
+                figures.check_day("date", day)
             w = om.select_shift(plant, shift, as_of, day)
         except om.OeeError as e:
             raise figures.WindowError(f"{e}; {WINDOW_HELP}") from None
+        figures.check_time(f"the start of shift {w.shift_id!r} on {w.day.isoformat()}", w.start)
         cut = om.shift_figure_window(w, as_of)
         if cut is None:
             raise figures.WindowError(f"shift {w.shift_id!r} of {w.day.isoformat()} has not begun at as_of "
@@ -479,13 +499,7 @@ class Figures:
     async def downtime(self, line: Line, w: Window) -> Downtime:
         lo, _ = await self.oee(line, w)
         assert isinstance(lo, om.LineOee)
-        total = sum(r.seconds for r in lo.pareto)
-        rows: list[ParetoShare] = []
-        cum = 0.0
-        for r in lo.pareto:
-            cum += r.seconds
-            rows.append(ParetoShare(r, r.seconds / total if total else 0.0, cum / total if total else 0.0))
-        return Downtime(lo, tuple(rows), total)
+        return Downtime(lo, _pareto_shares(lo.pareto), sum(r.seconds for r in lo.pareto))
 
     # ---- states ----
 
@@ -561,6 +575,43 @@ class Figures:
         return GaugeSeries(b, tuple(GaugeAt(from_ns(edges[i]), from_ns(edges[i + 1]), a[0] / a[1] if a[1] else None,
                                             a[2] if a[1] else None, a[3] if a[1] else None, int(a[1]))
                                     for i, a in enumerate(acc)))
+
+    # ---- the shift report ----
+
+    async def shift_report(self, shift_id: str, day: str | date, as_of: datetime) -> rp.ShiftReport:
+        """Every line over shift ``shift_id`` of local ``day`` (cut at ``as_of``: a running shift is
+        reported so far): the OEE figures, throughput per hour with targets and the downtime the
+        figure routes give for that window, the longest stops, and operator annotations
+        (:func:`core.report.operator_annotations`). :class:`UnknownShift` (404) for a shift the
+        calendar lacks or that does not run that day; :class:`core.figures.WindowError` (422) for a
+        bad date or a shift that has not begun at ``as_of``."""
+        figures.check_time("as_of", as_of)
+        ids = [s.id for s in self.plant.calendar.shifts]
+        if shift_id not in ids:
+            raise UnknownShift(f"unknown shift '{shift_id}'; this plant's calendar has: {', '.join(ids) or '(none)'}")
+        try:
+            d = figures.check_day("date", om.parse_day(day) if isinstance(day, str) else day)
+        except om.OeeError as e:
+            raise figures.WindowError(str(e)) from None
+        sw = shift_on(self.plant, shift_id, d)
+        if sw is None:
+            raise UnknownShift(f"shift '{shift_id}' does not run on {d.isoformat()} ({d:%A}: not one of its days, "
+                               "or a holiday); ask for a date it runs on")
+        w = resolve_window(self.plant, as_of, None, None, shift_id, d)
+        shift_ppt = om._total(production_ns(self.plant, sw.start, sw.end))
+        lines: list[rp.LineReport] = []
+        for line in self.plant.lines:
+            lo, _ = await self.oee(line, w)
+            assert isinstance(lo, om.LineOee)
+            tp = await self.throughput(line, w, "1h")
+            notes = await rp.operator_annotations(self, line, w)
+            own = [ev for ev in lo.events if not ev.micro_stop]
+            top = sorted(own, key=lambda ev: (-ev.seconds, ev.start, ev.machine))[:rp.TOP_STOPS]
+            lines.append(rp.LineReport(
+                line, lo, tp.total_target, target_of(line, shift_ppt), tp.points,
+                tuple(rp.StopRow(ev, notes.named_by(ev.machine, ev.start)) for ev in top),
+                _pareto_shares(lo.pareto), notes.notes))
+        return rp.ShiftReport(sw, w, as_of >= sw.end, tuple(lines))
 
     # ---- status ----
 

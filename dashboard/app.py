@@ -33,10 +33,21 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import dash
+import flask
 from dash import ALL, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from dashboard.client import ApiClient, ApiError, ApiUnavailable, ApiUnreachable, LineInfo, OperatorClient, TokenSource
+from dashboard import report as report_html
+from dashboard.client import (
+    ApiClient,
+    ApiError,
+    ApiResponseError,
+    ApiUnavailable,
+    ApiUnreachable,
+    LineInfo,
+    OperatorClient,
+    TokenSource,
+)
 from dashboard.data import AMBER, ANDON, GREEN, GREY, RED, Board, Window, line_state, rate_color
 from dashboard.figures import CHART_HEIGHT, patch_figure, tile_figure
 from dashboard.i18n import Lang, both, fmt_time, t
@@ -50,6 +61,7 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
 RELOAD_AFTER_S = 12 * 3600.0
+REPORT_TIMEOUT_S = 60.0
 
 __all__ = [
     "AMBER", "ANDON", "CHART_HEIGHT", "GREEN", "GREY", "MIN_ROTATE_S", "RED", "Board", "View", "Window",
@@ -116,6 +128,8 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
     budget_s = max(refresh_ms / 1000 / 3, 0.3)
     timeout = timeout_s if timeout_s is not None else min(budget_s, 2.0)
     api = client or ApiClient(api_url, timeout_s=timeout, token=token)
+    # the printable report is one request for a whole shift, not a refresh under a budget
+    report_api = None if client is not None else ApiClient(api_url, timeout_s=REPORT_TIMEOUT_S, token=token)
     board = Board(api, budget_s=budget_s, recent_hours=recent_hours)
     # writes wait for the API's answer longer than a refresh may: a tap must not be lost to a budget
     writer = OperatorClient(api_url, operator_token, timeout_s=10.0) if operator_token is not None else None
@@ -167,7 +181,7 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
         try:
             view, lang, tz, as_of = context(search)
             site = board.site(view.lang)
-            w = board.window(as_of)
+            w = board.window(as_of, lang)
         except ApiError as e:
             log.warning("dashboard refresh failed: %s", e)
             text = f"{t(_error_key(e), lang)} — {t('last_data', lang)}" if lang else both(_error_key(e))
@@ -176,7 +190,7 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
         if w.shift is not None:
             s = w.shift
             span = f"{fmt_time(s.start.astimezone(tz))}–{fmt_time(s.end.astimezone(tz))}"
-            shift_text = f"{t('shift', lang)} {s.id}  {span}"
+            shift_text = f"{t('shift', lang)} {s.label}  {span}"
         else:
             shift_text = t("no_shift", lang, hours=f"{board.recent_hours:g}")
         clock = board_page.clock_text(as_of, view.as_of is not None, tz, lang)
@@ -349,7 +363,42 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
                 [patch_figure(figs[k]) if (k := f"{i['id']}|{i['c']}") in figs else dash.no_update
                  for i in chart_ids])
 
+    install_report_route(app, report_api or api)
     return app
+
+
+def install_report_route(app: dash.Dash, api: ApiClient) -> None:
+    """``/report/<date>/<shift>``: the printable shift report (:mod:`dashboard.report`), a plain HTML page
+    on the Dash app's Flask server (no callbacks: it is made to be printed). ``?lang=ja|en`` (default:
+    the site's locale), ``?as_of=`` like every page. The API's 4xx come back with their sentence."""
+
+    def report_page(day: str, shift: str) -> flask.Response:
+        args = flask.request.args
+        asked = args.get("lang")
+        lang: Lang | None = "ja" if asked == "ja" else "en" if asked == "en" else None
+        as_of = None
+        if args.get("as_of"):
+            try:
+                as_of = datetime.fromisoformat(args["as_of"].replace(" ", "+"))
+            except ValueError:
+                return _html(422, report_html.error_page(422, f"as_of '{args['as_of']}' is not an ISO-8601 time",
+                                                         lang or "en"))
+        try:
+            data = api.shift_report(day, shift, lang=lang, as_of=as_of)
+        except ApiResponseError as e:
+            status = e.status if 400 <= e.status < 500 else 503  # the API's store down, or the API failing
+            return _html(status, report_html.error_page(e.status, e.detail, lang or "en"))
+        except ApiError as e:
+            log.warning("report %s/%s not built: %s", day, shift, e)
+            return _html(503, report_html.error_page(503, t(_error_key(e), lang or "en"), lang or "en"))
+        page_lang: Lang = lang or ("ja" if data["site"]["locale"] == "ja" else "en")
+        return _html(200, report_html.render_report(data, page_lang, datetime.now(UTC)))
+
+    app.server.add_url_rule("/report/<day>/<shift>", "shift_report", report_page)
+
+
+def _html(status: int, text: str) -> flask.Response:
+    return flask.Response(text, status=status, mimetype="text/html", headers={"Cache-Control": "no-store"})
 
 
 def run_dashboard(api_url: str, host: str = "127.0.0.1", port: int = 8050, *, refresh_ms: int = 5000,

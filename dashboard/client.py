@@ -77,6 +77,11 @@ class ShiftInfo:
     day: date
     start: datetime
     end: datetime
+    name: str = ""  # in the asked language; the id when the plant file gives none (or an older API)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +112,7 @@ def _shift(d: dict[str, Any] | None) -> ShiftInfo | None:
     if d is None:
         return None
     return ShiftInfo(d["id"], date.fromisoformat(d["day"]), datetime.fromisoformat(d["start"]),
-                     datetime.fromisoformat(d["end"]))
+                     datetime.fromisoformat(d["end"]), str(d.get("name") or d["id"]))
 
 
 def _time(v: str | None) -> datetime | None:
@@ -416,9 +421,24 @@ class ApiClient:
         return [LineInfo(d["id"], d["name"], float(d["target_per_hour"]),
                          tuple(MachineInfo(m["id"], m["name"]) for m in d["machines"])) for d in data]
 
-    def current_shift(self, as_of: datetime | None = None) -> ShiftInfo | None:
-        d = self._get("/api/v1/shifts/current", {"as_of": as_of.isoformat()} if as_of else None)
+    def current_shift(self, as_of: datetime | None = None, lang: Lang | None = None) -> ShiftInfo | None:
+        params = {"as_of": as_of.isoformat()} if as_of else {}
+        if lang is not None:
+            params["lang"] = lang
+        d = self._get("/api/v1/shifts/current", params)
         return _shift(d["shift"])
+
+    def shift_report(self, day: str, shift: str, *, lang: Lang | None = None,
+                     as_of: datetime | None = None) -> dict[str, Any]:
+        """The shift report's JSON as the API gives it (``GET /api/v1/reports/shift``): the printable
+        page and ``mieruka report`` render it whole, so it is not mapped onto dataclasses here."""
+        params = {"date": day, "shift": shift}
+        if lang is not None:
+            params["lang"] = lang
+        if as_of is not None:
+            params["as_of"] = as_of.isoformat()
+        result: dict[str, Any] = self._get("/api/v1/reports/shift", params)
+        return result
 
     def throughput(self, line_id: str, *, start: datetime | None = None, end: datetime | None = None,
                    bucket: str = "1h", shift: Literal["current"] | None = None,

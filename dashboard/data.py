@@ -145,8 +145,8 @@ class Board:
     def plant(self, lang: Lang) -> PlantDetail:
         return self._static.get(("plant", lang), lambda: self.client.plant(lang))
 
-    def window(self, as_of: datetime) -> Window:
-        return self.window_of(self.client.current_shift(as_of), as_of)
+    def window(self, as_of: datetime, lang: Lang | None = None) -> Window:
+        return self.window_of(self.client.current_shift(as_of, lang), as_of)
 
     def window_of(self, shift: ShiftInfo | None, as_of: datetime) -> Window:
         if shift is not None:

@@ -437,6 +437,94 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+
+
+def find_chromium() -> str | None:
+    """Debian's ``chromium`` (or ``chromium-browser`` elsewhere) on PATH; never a downloaded browser."""
+    import shutil
+
+    return next((p for p in (shutil.which(n) for n in CHROMIUM_NAMES) if p is not None), None)
+
+
+def print_pdf(html_file: Path, out: Path, timeout_s: float) -> None:
+    """Print ``html_file`` to ``out`` with headless Chromium (its own throwaway profile, so it neither
+    meets a running browser nor leaves anything behind); ``RuntimeError`` saying why when it cannot."""
+    import subprocess
+    import tempfile
+
+    binary = find_chromium()
+    if binary is None:
+        raise FileNotFoundError(f"no Chromium on PATH (looked for {' and '.join(CHROMIUM_NAMES)}); install it "
+                                "(Debian: apt-get install chromium) to print reports")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mieruka-chromium-") as profile:
+        cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               "--no-pdf-header-footer", "--print-to-pdf-no-header", "--no-first-run", "--disable-extensions",
+               f"--user-data-dir={profile}", f"--print-to-pdf={out}", html_file.resolve().as_uri()]
+        # its own process group: on a time-out the renderer and GPU children go with it
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise RuntimeError(f"Chromium did not print within {timeout_s:g} s; try a larger --timeout") from None
+    if proc.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"Chromium failed to print the report (exit {proc.returncode}): {' | '.join(tail)}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Fetch the shift report from the API, render it with the dashboard's page, print it to PDF."""
+    import tempfile
+
+    from core.oee import OeeError, parse_day
+    from dashboard.client import ApiClient, ApiResponseError, ApiUnreachable
+    from dashboard.report import render_report
+
+    try:
+        parse_day(args.date)
+    except OeeError as e:
+        raise BadInput(str(e)) from None
+    out = Path(args.out).resolve()
+    if out.suffix.lower() != ".pdf":
+        raise BadInput(f"--out {out}: the report is a PDF; name the file *.pdf")
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise BadInput(f"--token-file {args.token_file}: {e.strerror}") from None
+    with ApiClient(args.api, timeout_s=args.timeout, token=token) as api:
+        try:
+            data = api.shift_report(args.date, args.shift, lang=args.lang, as_of=args.as_of)
+        except ApiUnreachable as e:
+            print(f"mieruka report: the API at {args.api} cannot be reached ({e}); is it running?", file=sys.stderr)
+            return EXIT_FAIL
+        except ApiResponseError as e:
+            if 400 <= e.status < 500:
+                raise BadInput(f"the API refused the report (HTTP {e.status}): {e.detail}") from None
+            print(f"mieruka report: the API failed (HTTP {e.status}): {e.detail}", file=sys.stderr)
+            return EXIT_FAIL
+    page = render_report(data, "ja" if (args.lang or data["site"]["locale"]) == "ja" else "en",
+                         datetime.now().astimezone())
+    with tempfile.TemporaryDirectory(prefix="mieruka-report-") as tmp:
+        html_file = Path(tmp) / "report.html"
+        html_file.write_text(page, encoding="utf-8")
+        try:
+            print_pdf(html_file, out, args.timeout)
+        except FileNotFoundError as e:
+            print(f"mieruka report: {e}", file=sys.stderr)
+            return EXIT_FAIL
+        except RuntimeError as e:
+            print(f"mieruka report: {e}", file=sys.stderr)
+            return EXIT_FAIL
+    print(f"wrote {out} ({len(data['lines'])} lines, shift {data['shift']['name']} of {data['date']}"
+          f"{'' if data['complete'] else ', so far'})")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mieruka.demo import DemoError, DemoOptions, run_demo
 
@@ -629,6 +717,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--refresh-ms", type=int, default=5000, metavar="MS",
                    help="refresh interval of every page (default 5000; each refresh is budgeted a third of it)")
     d.set_defaults(func=cmd_dashboard)
+
+    rp = sub.add_parser("report", help="print a shift report (日報) of every line to PDF, from the API")
+    rp.add_argument("--api", required=True, help="API base URL, e.g. http://127.0.0.1:8000")
+    rp.add_argument("--token-file", default=None, help="file holding an API token with role read (sent as Bearer)")
+    rp.add_argument("--date", required=True, help="the local date the shift starts on, YYYY-MM-DD")
+    rp.add_argument("--shift", required=True, help="a shift id from the plant's calendar, e.g. day")
+    rp.add_argument("--lang", choices=["ja", "en"], default=None, help="default: the site's locale")
+    rp.add_argument("--as-of", dest="as_of", type=_iso, default=None,
+                    help="report as at this instant (ISO with offset; default now): a running shift is so far")
+    rp.add_argument("--out", required=True, metavar="FILE.pdf", help="the PDF to write (A4 landscape, a page per line)")
+    rp.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                    help="time limit of the API request and of printing, each (default 120 s)")
+    rp.set_defaults(func=cmd_report)
 
     de = sub.add_parser("demo", help="simulated plant + collector + embedded store + API + dashboard in one command")
     de.add_argument("--plant", default=None, help="plant file (default: the bundled demo plant)")

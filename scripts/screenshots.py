@@ -14,6 +14,9 @@ stops the demo with Ctrl-C and waits for it to exit. Writes:
 - ``machine-ja.png``, ``machine-en.png``: the machine view (``/machine/<id>``) in each language;
 - ``operator-ja.png``, ``operator-en.png``: the operator page (``/operator/<line>``) on a 1280x800
   tablet, in each language (the demo gives its dashboard an operator token).
+- ``report-ja.png``: the printable shift report (``/report/<date>/<shift>``) of the running shift, so far.
+
+``--only report`` (or ``board``, ``views``, ``operator``) takes only those.
 """
 
 from __future__ import annotations
@@ -104,6 +107,29 @@ def shoot(driver: webdriver.Chrome, url: str, out: Path, ready: str = BOARD_READ
           f"({out.stat().st_size // 1024} KB)", flush=True)
 
 
+REPORT_READY = "return document.querySelectorAll('.sheet').length > 0 && document.fonts.status === 'loaded';"
+# the printed page is A4 landscape (297 mm ≈ 1123 px at 96 dpi); the screen shows it as a sheet on grey
+REPORT_WIDTH, REPORT_HEIGHT = 1180, 860
+
+
+def shoot_report(driver: webdriver.Chrome, api: str, board: str, out: Path) -> None:
+    """The running shift's report page: a plain HTML page, ready once its sheets and fonts are."""
+    shift = httpx.get(f"{api}/api/v1/shifts/current", timeout=5).json()["shift"]
+    if shift is None:
+        raise RuntimeError("no shift runs in the demo; the report screenshot needs one")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": REPORT_WIDTH, "height": REPORT_HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        driver.get(f"{board}/report/{shift['day']}/{shift['id']}?lang=ja")
+        WebDriverWait(driver, PAGE_DEADLINE_S, poll_frequency=0.5).until(lambda d: d.execute_script(REPORT_READY))
+        out.write_bytes(driver.get_screenshot_as_png())
+    finally:
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+    print(f"screenshots: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} "
+          f"({out.stat().st_size // 1024} KB)", flush=True)
+
+
 def stop_demo(proc: subprocess.Popen[bytes]) -> int:
     """Ctrl-C the demo and wait for it to exit."""
     if proc.poll() is None:
@@ -121,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kiosk-line", default="blade-1", help="the line of the kiosk single-line view")
     ap.add_argument("--line", default="blade-1", help="the line of the line view")
     ap.add_argument("--machine", default="cnc-1", help="the machine of the machine view")
+    ap.add_argument("--only", action="append", choices=["board", "views", "report", "operator"], default=None,
+                    help="take only these screenshots (repeatable; default: all)")
     args = ap.parse_args(argv)
+    only = set(args.only or ["board", "views", "report", "operator"])
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -140,23 +169,28 @@ def main(argv: list[str] | None = None) -> int:
             wait_for("every line counted good parts", START_DEADLINE_S, proc, lambda: all_lines_counting(api))
             driver = start_chromium(WIDTH, HEIGHT, exact_viewport=True, hide_scrollbars=True)
             try:
-                shoot(driver, f"{board}/?lang=ja", out / "wallboard-ja.png")
-                shoot(driver, f"{board}/?lang=en", out / "wallboard-en.png")
-                shoot(driver, f"{board}/?kiosk=1&rotate=30&lang=ja&lines={args.kiosk_line}",
-                      out / "wallboard-kiosk-line.png")
-                for lang in ("ja", "en"):
-                    shoot(driver, f"{board}/line/{args.line}?lang={lang}", out / f"line-{lang}.png", VIEW_READY)
-                    shoot(driver, f"{board}/machine/{args.machine}?lang={lang}", out / f"machine-{lang}.png",
-                          VIEW_READY)
+                if "board" in only:
+                    shoot(driver, f"{board}/?lang=ja", out / "wallboard-ja.png")
+                    shoot(driver, f"{board}/?lang=en", out / "wallboard-en.png")
+                    shoot(driver, f"{board}/?kiosk=1&rotate=30&lang=ja&lines={args.kiosk_line}",
+                          out / "wallboard-kiosk-line.png")
+                if "views" in only:
+                    for lang in ("ja", "en"):
+                        shoot(driver, f"{board}/line/{args.line}?lang={lang}", out / f"line-{lang}.png", VIEW_READY)
+                        shoot(driver, f"{board}/machine/{args.machine}?lang={lang}", out / f"machine-{lang}.png",
+                              VIEW_READY)
+                if "report" in only:
+                    shoot_report(driver, api, board, out / "report-ja.png")
             finally:
                 driver.quit()
-            tablet = start_chromium(TABLET_WIDTH, TABLET_HEIGHT, exact_viewport=True, hide_scrollbars=True)
-            try:
-                for lang in ("ja", "en"):
-                    shoot(tablet, f"{board}/operator/{args.line}?lang={lang}", out / f"operator-{lang}.png",
-                          OPERATOR_READY)
-            finally:
-                tablet.quit()
+            if "operator" in only:
+                tablet = start_chromium(TABLET_WIDTH, TABLET_HEIGHT, exact_viewport=True, hide_scrollbars=True)
+                try:
+                    for lang in ("ja", "en"):
+                        shoot(tablet, f"{board}/operator/{args.line}?lang={lang}", out / f"operator-{lang}.png",
+                              OPERATOR_READY)
+                finally:
+                    tablet.quit()
         except BaseException:
             sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
             raise

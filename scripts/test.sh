@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, installing what it needs first (idempotent; the README's second command,
 # and what .ci/run calls):
-#   Debian: influxdb, mosquitto, chromium, chromium-driver, fonts-noto-cjk (python3-venv on stock Debian)
+#   Debian: influxdb, mosquitto, chromium, chromium-driver, fonts-noto-cjk, poppler-utils (pdftotext reads the
+#   printed shift report back; python3-venv on stock Debian)
 #   Python: a venv in .venv with the project and its test extras
 # then ruff and mypy, then pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/core -x`; MIERUKA_TEST_WORKERS=0 runs
@@ -18,6 +19,7 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitt
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
+command -v pdftotext >/dev/null || need+=(poppler-utils)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then

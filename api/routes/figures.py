@@ -74,7 +74,7 @@ _FIGS_EXAMPLE: dict[str, Any] = {
 }
 _OEE_EXAMPLE: dict[str, Any] = {"kind": "line", "id": "blade-1", "name": "Turbine blade line 1",
                 "start": "2026-11-27T08:00:00+09:00", "end": "2026-11-27T10:30:00+09:00",
-                "shift": {"id": "day", "day": "2026-11-27", "start": "2026-11-27T08:00:00+09:00",
+                "shift": {"id": "day", "name": "Day shift", "day": "2026-11-27", "start": "2026-11-27T08:00:00+09:00",
                           "end": "2026-11-27T17:00:00+09:00"},
                 "as_of": "2026-11-27T10:30:00+09:00", "bucket": None, "figures": _FIGS_EXAMPLE, "points": []}
 _OEE_COLUMNS = ["start", "end", "availability", "performance", "quality", "oee", "teep", "no_data",
@@ -119,7 +119,8 @@ def _out(r: oee.LineOee | oee.MachineOee, tz: tzinfo) -> OeeFigures:
 async def _oee(kind: Literal["line", "machine"], target: Line | Machine, fig: Figures, lang: str,
                window: tuple[Window, datetime], bucket: str | None, wants_csv: bool) -> OeeOut | Response:
     w, as_of = window
-    tz = fig.plant.site.tz
+    plant = fig.plant
+    tz = plant.site.tz
     whole, pts = await fig.oee(target, w, bucket, MAX_OEE_POINTS)
     points = [_out(p, tz) for p in pts]
     figs = _out(whole, tz)
@@ -128,7 +129,8 @@ async def _oee(kind: Literal["line", "machine"], target: Line | Machine, fig: Fi
                  **f.counts.model_dump(), **f.losses.model_dump()} for f in (points or [figs])]
         return csv_response(_OEE_COLUMNS, rows, f"oee-{target.id}")
     return OeeOut(kind=kind, id=target.id, name=label(target.name, lang, target.id), start=_t(w.start, tz),
-                  end=_t(w.end, tz), shift=shift_out(w.shift, tz) if w.shift else None, as_of=_t(as_of, tz),
+                  end=_t(w.end, tz), shift=shift_out(w.shift, plant, lang) if w.shift else None,
+                  as_of=_t(as_of, tz),
                   bucket=figures.bucket_of(bucket).text if bucket is not None else None, figures=figs, points=points)
 
 
@@ -198,8 +200,8 @@ async def downtime(line: LineDep, fig: FiguresDep, lang: LangDep, window: Window
             return csv_response(_PARETO_COLUMNS, (p.model_dump() for p in pareto), f"pareto-{line.id}")
         return csv_response(_EVENT_COLUMNS, (e.model_dump() for e in events), f"downtime-{line.id}")
     return DowntimeOut(line=line.id, start=_t(w.start, tz), end=_t(w.end, tz),
-                       shift=shift_out(w.shift, tz) if w.shift else None, as_of=_t(as_of, tz), events=events,
-                       pareto=pareto, total_s=dt.total_s)
+                       shift=shift_out(w.shift, plant, lang) if w.shift else None, as_of=_t(as_of, tz),
+                       events=events, pareto=pareto, total_s=dt.total_s)
 
 
 # ---- states --------------------------------------------------------------------------------------------
@@ -238,7 +240,7 @@ async def states(machine: MachineDep, fig: FiguresDep, lang: LangDep, window: Wi
     if wants_csv:
         return csv_response(_STRETCH_COLUMNS, (r.model_dump() for r in rows), f"states-{machine.id}")
     return StatesOut(machine=machine.id, start=_t(w.start, tz), end=_t(w.end, tz),
-                     shift=shift_out(w.shift, tz) if w.shift else None, as_of=_t(as_of, tz), timeline=rows,
+                     shift=shift_out(w.shift, plant, lang) if w.shift else None, as_of=_t(as_of, tz), timeline=rows,
                      state_seconds=oee.state_seconds(timeline).state_s)
 
 
@@ -262,18 +264,19 @@ _GAUGE_COLUMNS = list(GaugePoint.model_fields)
     200: {"content": {"application/json": {"example": _GAUGE_EXAMPLE}, **csv_doc(
         "start,end,mean,min,max,count\r\n2026-11-27T08:00:00+09:00,2026-11-27T08:05:00+09:00,41.2,40.1,42.5,300")},
           "description": "The gauge per bucket; CSV: one row per bucket"}})
-async def gauge(machine: MachineDep, fig: FiguresDep, window: WindowDep, wants_csv: WantsCsv,
+async def gauge(machine: MachineDep, fig: FiguresDep, lang: LangDep, window: WindowDep, wants_csv: WantsCsv,
                 signal: Annotated[str, Path(description="A gauge signal of the machine, e.g. spindle_temp")],
                 bucket: Annotated[str, Query(description=f"Bucket: {figures.BUCKET_FORMS}")] = "5m",
                 ) -> GaugeOut | Response:
     """Mean, min, max and count of a gauge per bucket; empty buckets have count 0 and null values."""
     w, as_of = window
-    tz = fig.plant.site.tz
+    plant = fig.plant
+    tz = plant.site.tz
     series = await fig.gauge(machine, signal, w, bucket)
     points = [GaugePoint(start=_t(p.start, tz), end=_t(p.end, tz), mean=p.mean, min=p.min, max=p.max,
                          count=p.count) for p in series.points]
     if wants_csv:
         return csv_response(_GAUGE_COLUMNS, (p.model_dump() for p in points), f"{machine.id}-{signal}")
     return GaugeOut(machine=machine.id, signal=signal, unit=machine.signals[signal].unit, bucket=series.bucket.text,
-                    start=_t(w.start, tz), end=_t(w.end, tz), shift=shift_out(w.shift, tz) if w.shift else None,
-                    as_of=_t(as_of, tz), points=points)
+                    start=_t(w.start, tz), end=_t(w.end, tz),
+                    shift=shift_out(w.shift, plant, lang) if w.shift else None, as_of=_t(as_of, tz), points=points)

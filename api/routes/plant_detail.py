@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/v1", tags=["plant"])
 
 EXAMPLE = {
     "site": {"id": "ashikaga-1", "name": "Ashikaga Plant 1", "timezone": "Asia/Tokyo", "locale": "ja"},
-    "calendar": {"shifts": [{"id": "day", "start": "08:00", "end": "17:00",
+    "calendar": {"shifts": [{"id": "day", "name": "Day shift", "start": "08:00", "end": "17:00",
                              "days": ["mon", "tue", "wed", "thu", "fri"],
                              "breaks": [["10:00", "10:10"], ["12:00", "12:45"]]}],
                  "holidays": ["2026-12-31"], "micro_stop_s": 120},
@@ -46,8 +46,8 @@ def plant_detail(plant: PlantDep, lang: LangDep) -> PlantOut:
     return PlantOut(
         site=Site(id=s.id, name=label(s.name, lang, s.id), timezone=s.timezone, locale=s.locale),
         calendar=CalendarOut(
-            shifts=[ShiftDef(id=sh.id, start=sh.start, end=sh.end, days=list(sh.days), breaks=list(sh.breaks))
-                    for sh in cal.shifts],
+            shifts=[ShiftDef(id=sh.id, name=label(sh.name, lang, sh.id), start=sh.start, end=sh.end,
+                             days=list(sh.days), breaks=list(sh.breaks)) for sh in cal.shifts],
             holidays=list(cal.holidays), micro_stop_s=cal.micro_stop_s),
         reasons=[ReasonOut(code=code, name=label(r.name, lang, str(code)), category=r.category)
                  for code, r in sorted(plant.reasons.items())],

@@ -84,7 +84,7 @@ class LineStatus(BaseModel):
 
 EXAMPLE: dict[str, Any] = {
     "line": "blade-1", "name": "Turbine blade line 1", "as_of": "2026-11-27T10:30:00+09:00",
-    "shift": {"id": "day", "day": "2026-11-27", "start": "2026-11-27T08:00:00+09:00",
+    "shift": {"id": "day", "name": "Day shift", "day": "2026-11-27", "start": "2026-11-27T08:00:00+09:00",
               "end": "2026-11-27T17:00:00+09:00"},
     "counts": {"good": 262, "scrap": 4, "target_per_hour": 110, "shift_target": 880.0, "expected": 256.67,
                "difference": 5.33, "standing": "ahead", "elapsed_s": 9000.0,
@@ -153,5 +153,6 @@ async def status(line: LineDep, fig: FiguresDep, as_of: AsOfDep, lang: LangDep) 
             planned_production_elapsed_s=pr.planned_production_elapsed_s,
             rate_per_hour=figures.rate_per_hour(pr.good, pr.planned_production_elapsed_s))
     return LineStatus(line=line.id, name=label(line.name, lang, line.id), as_of=as_of.astimezone(tz),
-                      shift=shift_out(now.shift, tz) if now.shift is not None else None, counts=counts, oee=oee_out,
+                      shift=shift_out(now.shift, plant, lang) if now.shift is not None else None, counts=counts,
+                      oee=oee_out,
                       machines=machines)

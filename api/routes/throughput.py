@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from api.deps import LineDep
+from api.deps import LangDep, LineDep
 from api.figure_params import FiguresDep, WantsCsv, WindowAskDep, csv_doc, csv_response, resolve
 from api.routes.shifts import shift_out
 from api.schemas import Point, Problem, Throughput
@@ -34,6 +34,7 @@ async def throughput(
     fig: FiguresDep,
     ask: WindowAskDep,
     wants_csv: WantsCsv,
+    lang: LangDep,
     bucket: Annotated[str, Query(description=f"Bucket: {figures.BUCKET_FORMS}. Buckets shorter than a day "
                                  "align to UTC epoch multiples, 'd' buckets to local midnight")] = "1h",
 ) -> Throughput | Response:
@@ -57,8 +58,8 @@ async def throughput(
             empty = Throughput(line=line.id, bucket=b.text, bucket_s=b.seconds,
                                start=sw.start.astimezone(tz) if sw else None,
                                end=so_far.astimezone(tz) if so_far else None,
-                               shift=shift_out(sw, tz) if sw else None, as_of=as_of, points=[], total_good=0,
-                               total_scrap=0, target_per_hour=tph)
+                               shift=shift_out(sw, fig.plant, lang) if sw else None, as_of=as_of, points=[],
+                               total_good=0, total_scrap=0, target_per_hour=tph)
             return csv_response(_COLUMNS, [], f"throughput-{line.id}") if wants_csv else empty
     w = resolve(fig, ask)
     result = await fig.throughput(line, w, b)
@@ -68,7 +69,7 @@ async def throughput(
         return csv_response(_COLUMNS, (p.model_dump() for p in points), f"throughput-{line.id}")
     return Throughput(
         line=result.line, bucket=b.text, bucket_s=b.seconds, start=result.start, end=result.end,
-        shift=shift_out(w.shift, tz) if w.shift else None, as_of=as_of, points=points,
+        shift=shift_out(w.shift, fig.plant, lang) if w.shift else None, as_of=as_of, points=points,
         total_good=result.total_good, total_scrap=result.total_scrap, target_per_hour=tph,
         total_target=result.total_target,
     )

@@ -107,7 +107,7 @@ async def test_current_shift(client: httpx.AsyncClient) -> None:
     r = await client.get(TP, params={"shift": "current", "as_of": "2026-11-27T10:30:00+09:00"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["shift"] == {"id": "day", "day": "2026-11-27", "start": "2026-11-27T08:00:00+09:00",
+    assert body["shift"] == {"id": "day", "name": "日勤", "day": "2026-11-27", "start": "2026-11-27T08:00:00+09:00",
                              "end": "2026-11-27T17:00:00+09:00"}
     assert (body["start"], body["end"]) == ("2026-11-27T08:00:00+09:00", "2026-11-27T10:30:00+09:00")
     assert body["total_good"] == 35

@@ -53,6 +53,7 @@ CASES: dict[str, tuple[dict[str, str], Role | None]] = {
     "/api/v1/lines/{line_id}/downtime": (W, "read"),
     "/api/v1/machines/{machine_id}/states": (W, "read"),
     "/api/v1/machines/{machine_id}/signals/{signal}": (W, "read"),
+    "/api/v1/reports/shift": ({"date": "2026-11-27", "shift": "day", **AS_OF}, "read"),
     "/api/v1/stream": ({"lines": "blade-1"}, "read"),  # app_with_probes ends each stream at once
     "/api/v1/lines/{line_id}/stops": (W, "read"),
     "/api/v1/lines/{line_id}/notes": (W, "read"),

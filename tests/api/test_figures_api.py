@@ -123,7 +123,8 @@ async def test_plant_in_both_languages(client: httpx.AsyncClient) -> None:
     assert ja["site"] == {"id": "ashikaga-1", "name": "足利第一工場", "timezone": "Asia/Tokyo", "locale": "ja"}
     assert ja["calendar"]["micro_stop_s"] == 120
     day = ja["calendar"]["shifts"][0]
-    assert day == {"id": "day", "start": "08:00", "end": "17:00", "days": ["mon", "tue", "wed", "thu", "fri"],
+    assert day == {"id": "day", "name": "日勤", "start": "08:00", "end": "17:00",
+                   "days": ["mon", "tue", "wed", "thu", "fri"],
                    "breaks": [["10:00", "10:10"], ["12:00", "12:45"], ["15:00", "15:10"]]}
     assert "2026-12-31" in ja["calendar"]["holidays"]
     reasons = {r["code"]: r for r in ja["reasons"]}
@@ -141,6 +142,7 @@ async def test_plant_in_both_languages(client: httpx.AsyncClient) -> None:
     assert sigs["spindle_temp"] == {"name": "spindle_temp", "kind": "gauge", "unit": "°C"}
     en = (await client.get(f"{V1}/plant", headers={"Accept-Language": "en-US,en;q=0.9"})).json()
     assert en["site"]["name"] == "Ashikaga Plant 1"
+    assert [s["name"] for s in en["calendar"]["shifts"]] == ["Day shift", "Night shift"]
     assert {r["code"]: r["name"] for r in en["reasons"]}[20] == "Spindle fault"
     assert en["lines"][0]["machines"][0]["name"] == "5-axis CNC 1"
     assert (await client.get(f"{V1}/plant", params={"lang": "de"})).status_code == 422
@@ -221,7 +223,8 @@ async def test_oee_series_per_hour(client: httpx.AsyncClient, run: Run) -> None:
 async def test_oee_by_shift(client: httpx.AsyncClient, run: Run) -> None:
     cur = (await client.get(f"{V1}/lines/blade-1/oee", params={"shift": "current",
                                                                "as_of": "2026-11-27T10:30:00+09:00"})).json()
-    assert cur["shift"] == {"id": "day", "day": "2026-11-27", "start": T8, "end": "2026-11-27T17:00:00+09:00"}
+    assert cur["shift"] == {"id": "day", "name": "日勤", "day": "2026-11-27", "start": T8,
+                            "end": "2026-11-27T17:00:00+09:00"}
     assert (cur["start"], cur["end"]) == (T8, "2026-11-27T10:30:00+09:00")  # cut at as_of
     assert cur["as_of"] == "2026-11-27T10:30:00+09:00"
     truth = part_counts(run.records, t(T8), t("2026-11-27T10:30:00+09:00"))

@@ -158,6 +158,16 @@ async def test_name_split_book_note_and_audit(api: httpx.AsyncClient,
     p2 = pareto((await api.get(f"{V1}/lines/blade-1/downtime", params=W, headers=rd)).json())
     assert p2[("down", 24)] == 600 and p2[("down", 23)] == 600 and ("down", 21) not in p2
 
+    # the shift report (日報) shows who named each stop and the line's notes
+    rep = (await api.get(f"{V1}/reports/shift", params={"date": "2026-11-27", "shift": "day", "lang": "en"},
+                         headers=rd))
+    assert rep.status_code == 200, rep.text
+    blade = next(ln for ln in rep.json()["lines"] if ln["id"] == "blade-1")
+    cnc = {(s["start"][11:19], s["reason"]): s["named_by"] for s in blade["top_stops"] if s["machine"] == "cnc-1"}
+    assert cnc == {("08:40:00", 22): "lead-operator", ("09:20:00", 24): "lead-operator",
+                   ("09:30:00", 23): "lead-operator"}
+    assert [(n["text"], n["author"]) for n in blade["notes"]] == [("新しい刃具ロット", "lead-operator")]
+
 
 BAD: list[tuple[str, str, dict[str, Any], str]] = [
     ("put", stop_url("cnc-1", "2026-11-27T08:40:00+09:00"), {"reason": 99}, "unknown reason code 99"),

@@ -79,7 +79,7 @@ async def get_ok(client: httpx.AsyncClient, url: str, **params: str) -> dict:  #
 async def test_actual_vs_target_excludes_the_break(client: httpx.AsyncClient) -> None:
     body = await get_ok(client, ST, as_of="2026-11-27T10:30:00+09:00")
     assert body["line"] == "blade-1" and body["as_of"] == "2026-11-27T10:30:00+09:00"
-    assert body["shift"] == {"id": "day", "day": "2026-11-27", "start": "2026-11-27T08:00:00+09:00",
+    assert body["shift"] == {"id": "day", "name": "日勤", "day": "2026-11-27", "start": "2026-11-27T08:00:00+09:00",
                              "end": "2026-11-27T17:00:00+09:00"}
     c = body["counts"]
     # 2.5 h since 08:00, of which 10:00–10:10 is a break: 8400 s of planned production time

@@ -93,7 +93,7 @@ def test_replayed_shift_shows_exact_counts_in_english(browser: webdriver.Chrome,
     assert by_line["blade-1"]["target"] == "Target /h 110"
     # no states in this store: every machine, so the line, is offline
     assert "state-offline" in by_line["blade-1"]["cls"].split() and "Offline" in by_line["blade-1"]["text"]
-    assert "Shift day" in browser.find_element("id", "header-shift").text
+    assert "Shift Day shift" in browser.find_element("id", "header-shift").text  # the plant file's name
     assert not browser.find_element("id", "banner").is_displayed()
 
 
@@ -103,6 +103,7 @@ def test_japanese_names_render(browser: webdriver.Chrome, board: str) -> None:
     assert [t["name"] for t in ts] == ["タービンブレード1号ライン", "プレス2号ライン"]
     assert all(t["width"] > 100 for t in ts)  # laid out with real glyphs, not collapsed
     assert browser.find_element("id", "header-site").text == "足利第一工場"
+    assert "シフト 日勤" in browser.find_element("id", "header-shift").text
     assert "良品数" in ts[0]["text"] and "通信なし" in ts[0]["text"]
 
 
