@@ -160,8 +160,9 @@ def build_sources(plant: Plant, lines: Collection[str] | None = None, *, client_
     collectors sharing one client id would keep disconnecting each other. Without either, paho
     picks a random id and the session is clean. ``start_times`` are the OPC UA servers' start
     times saved with the normalizer state (a PLC restart while the collector was down is seen)."""
+    # imported when used: asyncua alone takes ~0.3 s to import, a start-up an MQTT-only collector
+    # need not pay (it drains a broker's backlog from its first second)
     from collector.sources.mqtt import MqttSource
-    from collector.sources.opcua import OpcUaSource
 
     if lines is not None:
         unknown = sorted(set(lines) - {ln.id for ln in plant.lines})
@@ -175,6 +176,8 @@ def build_sources(plant: Plant, lines: Collection[str] | None = None, *, client_
         if not machines:
             continue
         if spec.opcua is not None:
+            from collector.sources.opcua import OpcUaSource
+
             out.append(OpcUaSource(source_id, spec.opcua, [
                 (m.id, name, sig.node, sig) for m in machines for name, sig in m.signals.items() if sig.node],
                 start_time=(start_times or {}).get(source_id), dead_letters=dead_letters))
