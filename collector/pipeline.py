@@ -12,7 +12,10 @@ Tasks (all in one ``asyncio.TaskGroup``, all named):
   ``Normalizer.source_restarted`` (the first value after a PLC restart counts from 0),
   :class:`~collector.sources.SourceOffline` / :class:`~collector.sources.SourceOnline` to
   ``Normalizer.source_offline`` / ``source_online`` (the source's machines are ``offline`` in
-  the store for the outage), :class:`~collector.sources.AckPoint` waits for the next commit.
+  the store for the outage), :class:`~collector.sources.MachinesOffline` /
+  :class:`~collector.sources.MachinesOnline` to ``Normalizer.machines_offline`` /
+  ``machines_online`` (some machines of a source that stays up, e.g. a Sparkplug B device's
+  ``DDEATH`` and next ``DBIRTH``), :class:`~collector.sources.AckPoint` waits for the next commit.
 - ``silence``, when a selected machine has ``stale_after_s``: every tenth of the shortest one
   (within 50 ms .. 1 s) asks ``Normalizer.silent`` which machines sent nothing for that long and
   spools their ``offline`` facts (a broker does not tell when one machine stops publishing).
@@ -59,6 +62,8 @@ from collector.sources import (
     AckPoint,
     Backoff,
     DeadLetterSink,
+    MachinesOffline,
+    MachinesOnline,
     OncePerKind,
     SampleSource,
     SourceOffline,
@@ -361,6 +366,16 @@ class Collector:
                     self.normalizer.source_online(item.source, item.at)
                     if item.start_time is not None:
                         self._start_times[item.source] = item.start_time
+                    self._dirty.set()
+                elif isinstance(item, MachinesOffline):
+                    facts = self.normalizer.machines_offline(item.machines, item.since)
+                    if facts:
+                        log.warning("%s: %s offline since %s (%s)", item.source, ", ".join(item.machines),
+                                    item.since.isoformat(timespec="seconds"), item.reason)
+                        self.stats.offline_facts += len(facts)
+                        self._enqueue(item.source, facts)
+                elif isinstance(item, MachinesOnline):
+                    self.normalizer.machines_online(item.machines, item.at)
                     self._dirty.set()
                 n += 1
                 if len(self._unspooled) >= self.config.max_unspooled:
