@@ -46,7 +46,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from backlog import client, publish_backlog, register_session  # noqa: E402
 
 from tests.support.influxd import Influxd, influxd  # noqa: E402
-from tests.support.services import Mosquitto, mosquitto, stop, wait_port  # noqa: E402
+from tests.support.services import Mosquitto, free_port, mosquitto, stop, wait_port  # noqa: E402
 
 MACHINES = 20
 CLIENT_ID = "bench-ingest"
@@ -346,7 +346,7 @@ def rss(server: Influxd, work: Path, run_s: float, window_s: float) -> tuple[dic
     d.mkdir()
     plant_file = d / "plant.yaml"
     sim = _mieruka("simulate", "--scale", "10x10", "--signals-per-machine", "100", "--write-plant", str(plant_file),
-                   "--base-port", "48400", log=d / "simulate.log")
+                   "--base-port", str(free_port()), log=d / "simulate.log")  # not a fixed port: the machine is shared
     with running(sim):
         end = time.monotonic() + 60
         while not plant_file.exists() and time.monotonic() < end:
