@@ -43,10 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from backlog import client, publish_backlog, register_session  # noqa: E402
 
 from tests.support.influxd import Influxd, influxd  # noqa: E402
-from tests.support.services import Mosquitto, mosquitto, stop, wait_port  # noqa: E402
+from tests.support.services import Mosquitto, free_port, mosquitto, stop, wait_port  # noqa: E402
 
 MACHINES = 20
 CLIENT_ID = "bench-ingest"
@@ -64,26 +64,6 @@ def plant_dict(port: int) -> dict[str, Any]:
             "lines": [{"id": "line", "machines": machines}]}
 
 
-def _client(client_id: str, clean: bool = False) -> mqtt.Client:
-    return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
-                       protocol=mqtt.MQTTv311)
-
-
-def register_session(broker: Mosquitto) -> None:
-    done = threading.Event()
-    c = _client(CLIENT_ID)
-    c.on_subscribe = lambda *a: done.set()
-    c.on_connect = lambda client, *a: client.subscribe("bench/#", qos=1)
-    c.connect(broker.host, broker.port)
-    c.loop_start()
-    try:
-        if not done.wait(10):
-            raise RuntimeError("no SUBACK from the broker")
-    finally:
-        c.disconnect()
-        c.loop_stop()
-
-
 class Counters:
     """Each machine's counter and source time go up across passes (no counter reset between them)."""
 
@@ -92,37 +72,14 @@ class Counters:
         self.ts_ms = int(time.time() * 1000) - 3_600_000  # an hour back: distinct ms per message
 
     def publish_backlog(self, broker: Mosquitto, n: int) -> None:
-        acked = 0
-        lock = threading.Lock()
-        done = threading.Event()
-
-        def on_publish(*a: Any) -> None:
-            nonlocal acked
-            with lock:
-                acked += 1
-                if acked == n:
-                    done.set()
-
-        c = _client("bench-publisher", clean=True)
-        c.max_inflight_messages_set(1000)
-        c.on_publish = on_publish
-        c.connect(broker.host, broker.port)
-        c.loop_start()
-        try:
-            end = time.monotonic() + DEADLINE_S
+        def messages() -> Iterator[tuple[str, str]]:
             for i in range(n):
-                # paho numbers messages 1..65535: keep far fewer than that outstanding, or ids repeat
-                while i - acked >= 20_000 and time.monotonic() < end:
-                    time.sleep(0.001)
                 if i % MACHINES == 0:
                     self.value += 1
                     self.ts_ms += 1
-                c.publish(TOPIC.format(i % MACHINES), f'{{"good": {self.value}, "ts": {self.ts_ms}}}', qos=1)
-            if not done.wait(DEADLINE_S):
-                raise RuntimeError(f"only {acked} of {n} messages acknowledged by the broker")
-        finally:
-            c.disconnect()
-            c.loop_stop()
+                yield TOPIC.format(i % MACHINES), f'{{"good": {self.value}, "ts": {self.ts_ms}}}'
+
+        publish_backlog(broker, messages(), n, DEADLINE_S)
 
 
 def store_sum(server: Influxd, db: str) -> int:
@@ -145,7 +102,7 @@ def child_paho(host: str, port: int, n: int) -> int:
         if got == n:
             done.set()
 
-    c = _client(CLIENT_ID)
+    c = client(CLIENT_ID)
     c.on_message = on_message
     c.connect(host, port)
     c.loop_start()
@@ -173,7 +130,7 @@ def child_minimal(host: str, port: int, n: int, write_url: str) -> int:
             with lock:
                 lines.append(f"counts,line=line,machine={machine},signal=good inc={inc}i {int(obj['ts']) * 1_000_000}")
 
-    c = _client(CLIENT_ID)
+    c = client(CLIENT_ID)
     c.on_message = on_message
     c.connect(host, port)
     c.loop_start()
@@ -325,7 +282,7 @@ def latency(broker: Mosquitto, server: Influxd, plant_dict_: dict[str, Any], wor
     with running(_mieruka("collect", "--plant", str(plant_file), "--store", server.url(db), "--flush-interval", "1",
                           "--spool-dir", str(d / "spool"), log=d / "collect.log")) as p:
         time.sleep(3.0)  # started and subscribed (clean session: nothing is queued before that)
-        c = _client("bench-latency-pub", clean=True)
+        c = client("bench-latency-pub", clean=True)
         c.connect(broker.host, broker.port)
         c.loop_start()
         stop_poll = threading.Event()
@@ -389,7 +346,7 @@ def rss(server: Influxd, work: Path, run_s: float, window_s: float) -> tuple[dic
     d.mkdir()
     plant_file = d / "plant.yaml"
     sim = _mieruka("simulate", "--scale", "10x10", "--signals-per-machine", "100", "--write-plant", str(plant_file),
-                   "--base-port", "48400", log=d / "simulate.log")
+                   "--base-port", str(free_port()), log=d / "simulate.log")  # not a fixed port: the machine is shared
     with running(sim):
         end = time.monotonic() + 60
         while not plant_file.exists() and time.monotonic() < end:
@@ -458,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             pd = plant_dict(broker.port)
             plant_file = work / "plant.yaml"
             plant_file.write_text(json.dumps(pd), encoding="utf-8")
-            register_session(broker)
+            register_session(broker, CLIENT_ID)
             counters = Counters()
             for r in range(args.repeats):
                 for v in VARIANTS:
@@ -524,6 +481,14 @@ drains it as its own process, timed from launch (interpreter start included) unt
 (b), (c) influxd answers `sum(inc)` with every increment. Median of {args.repeats} interleaved passes:
 
 {table}
+
+Where (c)'s time goes (py-spy, 100 000 messages): before the read-ahead socket, half of it was paho's own
+loop (a `select` and three `recv` per packet, one `send` and one wake-up per PUBACK: 1.3 s of system time);
+the collector now reads paho's socket 64 KiB at a time and sends a commit's PUBACKs in one write, and the
+writer reads the batches it writes from the spool's memory instead of decoding them. What is left is Python
+per message, split about evenly between paho's packet handling (its thread), parsing and normalizing (the
+event loop), and the spool and the writer (threads): they share one GIL, so (c) needs one core where (a) and
+(b) leave the second to Mosquitto and influxd, and it suffers most when the machine is busy.
 
 **Targets** (latency: `mieruka collect --flush-interval 1`, {MACHINES} counters at 10 Hz for {lat_s:.0f} s, the store
 polled every 50 ms; RSS: `mieruka collect` after {rss_s:.0f} s on the plant of

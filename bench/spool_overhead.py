@@ -40,8 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from backlog import client, publish_backlog, register_session  # noqa: E402
 
 from collector.pipeline import Collector  # noqa: E402
 from collector.spool import Spool  # noqa: E402
@@ -77,55 +76,12 @@ def bench_plant(port: int) -> Plant:
     })
 
 
-def _client(client_id: str, **kw: Any) -> mqtt.Client:
-    return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                       protocol=mqtt.MQTTv311, **kw)
-
-
-def register_session(broker: Mosquitto) -> None:
-    """Create the persistent session and its subscription, so the broker queues for it."""
-    done = threading.Event()
-    c = _client(CLIENT_ID)
-    c.on_subscribe = lambda *a: done.set()
-    c.on_connect = lambda client, *a: client.subscribe("bench/#", qos=1)
-    c.connect(broker.host, broker.port)
-    c.loop_start()
-    try:
-        if not done.wait(10):
-            raise RuntimeError("no SUBACK from the broker")
-    finally:
-        c.disconnect()
-        c.loop_stop()
-
-
-def publish_backlog(broker: Mosquitto, n: int) -> None:
+def publish_messages(broker: Mosquitto, n: int) -> None:
     """``n`` QoS 1 messages; each machine's counter goes up by one per message (increments: 1)."""
-    acked = 0
-    lock = threading.Lock()
-    done = threading.Event()
-
-    def on_publish(*a: Any) -> None:
-        nonlocal acked
-        with lock:
-            acked += 1
-            if acked == n:
-                done.set()
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher", protocol=mqtt.MQTTv311)
-    c.max_inflight_messages_set(1000)
-    c.on_publish = on_publish
-    c.connect(broker.host, broker.port)
-    c.loop_start()
-    try:
-        base = int(time.time())
-        for i in range(n):
-            m = i % MACHINES
-            c.publish(f"bench/m{m:02d}", f'{{"good": {base + i // MACHINES}, "temp": {20 + (i % 7) / 10}}}', qos=1)
-        if not done.wait(DEADLINE_S):
-            raise RuntimeError(f"only {acked} of {n} messages acknowledged by the broker")
-    finally:
-        c.disconnect()
-        c.loop_stop()
+    base = int(time.time())
+    publish_backlog(broker, ((f"bench/m{i % MACHINES:02d}",
+                              f'{{"good": {base + i // MACHINES}, "temp": {20 + (i % 7) / 10}}}') for i in range(n)),
+                    n, DEADLINE_S)
 
 
 def drain_paho(broker: Mosquitto, n: int) -> float:
@@ -138,7 +94,7 @@ def drain_paho(broker: Mosquitto, n: int) -> float:
         if got == n:
             done.set()
 
-    c = _client(CLIENT_ID)
+    c = client(CLIENT_ID)
     c.on_message = on_message
     t0 = time.perf_counter()
     c.connect(broker.host, broker.port)
@@ -171,7 +127,7 @@ async def drain_collector(plant: Plant, n: int, spool: Spool | None) -> float:
 
 
 def run_variant(variant: str, broker: Mosquitto, plant: Plant, n: int, work: Path) -> float:
-    publish_backlog(broker, n)
+    publish_messages(broker, n)
     if variant == "paho":
         return drain_paho(broker, n)
     if variant == "memory":
@@ -194,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         with mosquitto(work / "broker") as broker:
             plant = bench_plant(broker.port)
-            register_session(broker)
+            register_session(broker, CLIENT_ID)
             for r in range(args.repeats):
                 for v in VARIANTS:
                     seconds = run_variant(v, broker, plant, args.messages, work)

@@ -12,7 +12,10 @@ Tasks (all in one ``asyncio.TaskGroup``, all named):
   ``Normalizer.source_restarted`` (the first value after a PLC restart counts from 0),
   :class:`~collector.sources.SourceOffline` / :class:`~collector.sources.SourceOnline` to
   ``Normalizer.source_offline`` / ``source_online`` (the source's machines are ``offline`` in
-  the store for the outage), :class:`~collector.sources.AckPoint` waits for the next commit.
+  the store for the outage), :class:`~collector.sources.MachinesOffline` /
+  :class:`~collector.sources.MachinesOnline` to ``Normalizer.machines_offline`` /
+  ``machines_online`` (some machines of a source that stays up, e.g. a Sparkplug B device's
+  ``DDEATH`` and next ``DBIRTH``), :class:`~collector.sources.AckPoint` waits for the next commit.
 - ``silence``, when a selected machine has ``stale_after_s``: every tenth of the shortest one
   (within 50 ms .. 1 s) asks ``Normalizer.silent`` which machines sent nothing for that long and
   spools their ``offline`` facts (a broker does not tell when one machine stops publishing).
@@ -59,6 +62,8 @@ from collector.sources import (
     AckPoint,
     Backoff,
     DeadLetterSink,
+    MachinesOffline,
+    MachinesOnline,
     OncePerKind,
     SampleSource,
     SourceOffline,
@@ -160,8 +165,9 @@ def build_sources(plant: Plant, lines: Collection[str] | None = None, *, client_
     collectors sharing one client id would keep disconnecting each other. Without either, paho
     picks a random id and the session is clean. ``start_times`` are the OPC UA servers' start
     times saved with the normalizer state (a PLC restart while the collector was down is seen)."""
+    # imported when used: asyncua alone takes ~0.3 s to import, a start-up an MQTT-only collector
+    # need not pay (it drains a broker's backlog from its first second)
     from collector.sources.mqtt import MqttSource
-    from collector.sources.opcua import OpcUaSource
 
     if lines is not None:
         unknown = sorted(set(lines) - {ln.id for ln in plant.lines})
@@ -175,6 +181,8 @@ def build_sources(plant: Plant, lines: Collection[str] | None = None, *, client_
         if not machines:
             continue
         if spec.opcua is not None:
+            from collector.sources.opcua import OpcUaSource
+
             out.append(OpcUaSource(source_id, spec.opcua, [
                 (m.id, name, sig.node, sig) for m in machines for name, sig in m.signals.items() if sig.node],
                 start_time=(start_times or {}).get(source_id), dead_letters=dead_letters))
@@ -358,6 +366,16 @@ class Collector:
                     self.normalizer.source_online(item.source, item.at)
                     if item.start_time is not None:
                         self._start_times[item.source] = item.start_time
+                    self._dirty.set()
+                elif isinstance(item, MachinesOffline):
+                    facts = self.normalizer.machines_offline(item.machines, item.since)
+                    if facts:
+                        log.warning("%s: %s offline since %s (%s)", item.source, ", ".join(item.machines),
+                                    item.since.isoformat(timespec="seconds"), item.reason)
+                        self.stats.offline_facts += len(facts)
+                        self._enqueue(item.source, facts)
+                elif isinstance(item, MachinesOnline):
+                    self.normalizer.machines_online(item.machines, item.at)
                     self._dirty.set()
                 n += 1
                 if len(self._unspooled) >= self.config.max_unspooled:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 CanonicalState = Literal["running", "idle", "down", "changeover", "planned", "offline"]
@@ -34,17 +34,22 @@ def signal_kind(name: str) -> SignalKind:
     return "gauge"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_ns(t: datetime) -> int:
     """Epoch nanoseconds of an aware datetime (microsecond precision, exact integer arithmetic)."""
     if t.tzinfo is None:
         raise ValueError(f"time without offset: {t.isoformat()}")
-    delta = t - datetime(1970, 1, 1, tzinfo=UTC)
+    delta = t - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
 def from_ns(ns: int) -> datetime:
     """Aware UTC datetime of epoch nanoseconds (truncated to microseconds)."""
-    return datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).replace(microsecond=(ns // 1_000) % 1_000_000)
+    # the epoch plus whole microseconds: the same value as fromtimestamp(...).replace(microsecond=...),
+    # at under half the cost (every sample and every spooled fact goes through here)
+    return _EPOCH + timedelta(microseconds=ns // 1_000)
 
 
 @dataclass(frozen=True, slots=True)

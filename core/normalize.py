@@ -50,7 +50,9 @@ Rules (docs/architecture.md, "Normalize rules"):
   records when it came back, and the first state after that is stamped no earlier than the
   recovery, so the store shows ``offline`` for exactly the time the collector had no link.
   Counts made during the outage arrive with the first reading after it (counters are
-  cumulative), at that reading's source time.
+  cumulative), at that reading's source time. :meth:`Normalizer.machines_offline` /
+  :meth:`Normalizer.machines_online` do the same for some machines of a source that stays up
+  (a Sparkplug B device's ``DDEATH`` and its next ``DBIRTH``).
 - **Silence**: :meth:`Normalizer.silent` makes a machine with ``stale_after_s`` ``offline`` when
   no sample of it was accepted for that long (the collector calls it periodically); data coming
   back ends it (see there).
@@ -359,9 +361,19 @@ class Normalizer:
         """``source_id`` became unreachable at ``since``: its machines (those with a ``state``
         signal) are ``offline`` from then on, one state fact each (none for a machine already
         offline). Reasons reported meanwhile are remembered but make no fact."""
+        return self.machines_offline([m.id for _, m in self._plant.machines_of_source(source_id)], since)
+
+    def machines_offline(self, machines: Collection[str], since: datetime) -> list[Fact]:
+        """``machines`` (ids; unknown ones are skipped) are unreachable since ``since`` while
+        their source stays up (a Sparkplug B device's ``DDEATH``): as :meth:`source_offline`,
+        for just these machines."""
         since_ns = to_ns(since)
         out: list[Fact] = []
-        for ln, m in self._plant.machines_of_source(source_id):
+        for machine_id in machines:
+            entry = self._machines.get(machine_id)
+            if entry is None:
+                continue
+            line, m = entry
             if STATE_SIGNAL not in m.signals:
                 continue
             ms = self._mstate.setdefault(m.id, _MachineState())
@@ -371,19 +383,24 @@ class Normalizer:
                 continue
             t = self._stamp(m.id, STATE_SIGNAL, since_ns)
             ms.last = _StateFact(OFFLINE, None, since_ns, t, by_reason=False)
-            out.append(Fact("state", t, ln.id, m.id, STATE_SIGNAL, OFFLINE))
+            out.append(Fact("state", t, line, m.id, STATE_SIGNAL, OFFLINE))
         return out
 
     def source_online(self, source_id: str, at: datetime) -> None:
         """``source_id`` is reachable again since ``at``: the first state of each of its offline
         machines is stamped no earlier than ``at`` (a value unchanged since before the outage
         carries an old source time, which must not erase the outage)."""
+        self.machines_online([m.id for _, m in self._plant.machines_of_source(source_id)], at)
+
+    def machines_online(self, machines: Collection[str], at: datetime) -> None:
+        """``machines`` are reachable again since ``at`` (a Sparkplug B device's next ``DBIRTH``):
+        as :meth:`source_online`, for just these machines."""
         at_ns = to_ns(at)
-        for _, m in self._plant.machines_of_source(source_id):
-            ms = self._mstate.get(m.id)
+        for machine_id in machines:
+            ms = self._mstate.get(machine_id)
             if ms is not None and ms.last is not None and ms.last.state == OFFLINE:
                 ms.resume_ns = at_ns
-                self._dirty.add(f"m/{m.id}")
+                self._dirty.add(f"m/{machine_id}")
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state: counter baselines, last fact times, last states, reasons and products."""

@@ -15,9 +15,13 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.plant import CredentialError, Plant, PlantFileError, load_plant
 from core.store.base import Store
+
+if TYPE_CHECKING:
+    from collector.metrics import CollectorMetrics
 
 log = logging.getLogger("mieruka")
 
@@ -126,7 +130,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
     plant = _plant(args.plant)
     lines = set(args.lines.split(",")) if args.lines else None
     from collector.deadletter import DeadLetters
-    from collector.metrics import CollectorMetrics
     from collector.pipeline import Collector, build_sources
     from collector.sources import SourceFailed
     from collector.spool import Spool, SpoolError
@@ -163,6 +166,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
                                   dead_letters=dead, batch_size=args.batch_size, flush_interval_s=args.flush_interval,
                                   max_clock_ahead_s=args.max_clock_ahead_s)
             if args.metrics_port is not None:
+                from collector.metrics import CollectorMetrics  # prometheus_client: only when asked for
+
                 metrics = CollectorMetrics(collector)
                 collector.writer.on_write = metrics.observe_write
                 try:

@@ -36,6 +36,8 @@ __all__ = [
     "Backoff",
     "BadValue",
     "DeadLetterSink",
+    "MachinesOffline",
+    "MachinesOnline",
     "SampleSource",
     "SignalKind",
     "SourceFailed",
@@ -88,6 +90,29 @@ class SourceOnline:
 
 
 @dataclass(frozen=True, slots=True)
+class MachinesOffline:
+    """Some ``machines`` of ``source`` became unreachable at ``since`` while the source stays up
+    (a Sparkplug B device's ``DDEATH``): they are ``offline`` until :class:`MachinesOnline`.
+    Yielded in order with the samples."""
+
+    source: str
+    machines: tuple[str, ...]
+    since: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MachinesOnline:
+    """``machines`` of ``source`` are reachable again since ``at`` (after a
+    :class:`MachinesOffline`; a Sparkplug B device's next ``DBIRTH``); yielded before their
+    samples, whose first state is stamped no earlier than ``at``."""
+
+    source: str
+    machines: tuple[str, ...]
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class AckPoint:
     """Everything ``source`` yielded before this marker may be acknowledged upstream once it is
     durable: the pipeline hands ``token`` back to ``source.ack(token)`` after the spool commit
@@ -97,7 +122,8 @@ class AckPoint:
     token: object
 
 
-SourceItem = Sample | SourceRestarted | SourceOffline | SourceOnline | AckPoint
+SourceItem = (Sample | SourceRestarted | SourceOffline | SourceOnline | MachinesOffline | MachinesOnline
+              | AckPoint)
 
 
 @dataclass

@@ -63,6 +63,7 @@ import logging
 import math
 import random
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -74,7 +75,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from collector.sources import (
     AckPoint,
@@ -106,6 +107,104 @@ class _NewSession:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+_PUBACK = struct.Struct("!BBH")  # fixed header (PUBACK, remaining length 2) and the message id
+_READ_AHEAD = 1 << 16  # bytes asked of the socket at once
+_PACKETS_PER_READ = 512  # packets paho parses from the read-ahead buffer before it looks at writes again
+
+
+class _ReadAhead:
+    """paho's socket, read ahead. paho reads every packet with three ``recv`` calls (command
+    byte, remaining length, body) after a ``select``; draining a backlog that is most of its
+    time (a bare subscriber: ~30 µs a message, 40 % of it system time). This reads up to 64 KiB
+    at once and serves paho's small reads from memory; :meth:`pending` tells paho's loop that
+    bytes are buffered (paho asks TLS sockets the same), so it does not wait in ``select`` for
+    data that has already arrived. Everything else is the socket's."""
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            data: bytes = self._sock.recv(max(n, _READ_AHEAD))  # BlockingIOError etc. reach paho as before
+            if len(data) <= n:
+                return data
+            self._buf, self._pos = data, n
+            return data[:n]
+        end = pos + n
+        self._pos = end
+        return buf[pos:end]
+
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)  # TLS: bytes decrypted but not read yet
+        return self.buffered() + (inner() if inner is not None else 0)
+
+    def send(self, data: bytes | bytearray) -> int:
+        return int(self._sock.send(data))
+
+    def close(self) -> None:
+        self._buf, self._pos = b"", 0
+        self._sock.close()
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def setblocking(self, flag: bool) -> None:
+        self._sock.setblocking(flag)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Client(mqtt.Client):
+    """paho's client with a read-ahead socket (:class:`_ReadAhead`), buffered packets parsed in
+    one go, and acknowledgements sent in bulk (:meth:`ack_many`). Both use paho internals
+    (``_create_socket``, ``_packet_queue``, ``_sock``) that paho 2.x keeps stable; a paho without them
+    falls back to its own behaviour (checked once, at construction)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bulk_acks = callable(getattr(self, "_packet_queue", None))
+
+    def _create_socket(self) -> Any:
+        return _ReadAhead(super()._create_socket())
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        sock = self._sock
+        n = 1
+        # paho parses one packet per select(); parse what is already buffered now (a partial
+        # packet stops the loop: paho's next read of it finds the socket empty and waits)
+        while (rc == MQTTErrorCode.MQTT_ERR_SUCCESS and n < _PACKETS_PER_READ and isinstance(sock, _ReadAhead)
+               and sock.buffered() and self._sock is sock):
+            rc = super().loop_read(max_packets)
+            n += 1
+        return rc
+
+    def ack_many(self, acks: Sequence[tuple[int, int]]) -> None:
+        """Acknowledge messages ``(mid, qos)``: the QoS 1 ones as one write of back-to-back PUBACKs
+        (what paho's :meth:`ack` would send one packet, one wake-up of its thread and one
+        ``send`` each), QoS 2 ones through paho."""
+        if not self._bulk_acks:
+            for mid, qos in acks:
+                self.ack(mid, qos)
+            return
+        pack = _PUBACK.pack
+        data = b"".join([pack(mqtt.PUBACK, 2, mid) for mid, qos in acks if qos == 1])
+        if data:
+            self._packet_queue(mqtt.PUBACK, data, 0, 0)
+        for mid, qos in acks:
+            if qos == 2:
+                self.ack(mid, qos)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +271,7 @@ class MqttSource:
         self._pending: deque[SourceItem] = deque()
         self._ready = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: mqtt.Client | None = None
+        self._client: _Client | None = None
         self._sub_mid: int | None = None
         self._connect_failing = False
         self._closed = False
@@ -195,7 +294,7 @@ class MqttSource:
             raise RuntimeError("MqttSource is not re-entrant")
         self._loop = asyncio.get_running_loop()
         persistent = self.client_id is not None
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or "",
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=self.client_id or "",
                              clean_session=not persistent, protocol=mqtt.MQTTv311,
                              manual_ack=self.broker.qos > 0)
         if self._ssl is not None:
@@ -326,8 +425,7 @@ class MqttSource:
         client = self._client
         if client is None or generation != self._generation:
             return
-        for mid, qos in acks:
-            client.ack(mid, qos)
+        client.ack_many(acks)
         self.stats.acks += len(acks)
 
     async def wait_ready(self) -> None:

@@ -97,6 +97,30 @@ class _Handler:
             self._source._queue.put_nowait(_Lost(self._generation, f"subscription status {code.name}"))
 
 
+def _deliver_data_changes_inline(sub: Any, source: OpcUaSource) -> None:
+    """asyncua 2.x runs a handler's every notification in an asyncio task of its own
+    (``Subscription._deliver``), so that user code never holds up its publish loop. Ours only
+    enqueues, and the task per value change was a fifth of the collector's CPU on a 10 000-signal
+    plant (task creation and scheduling); data changes are handed to
+    :meth:`OpcUaSource._on_datachange` at once instead, in the order they came. Anything else
+    (status changes) goes through asyncua as before, and an asyncua without this hook is left
+    alone."""
+    import asyncua.common.subscription as subscription
+
+    event_type = getattr(subscription, "DataChangeEvent", None)
+    deliver = getattr(sub, "_deliver", None)
+    if event_type is None or deliver is None:
+        return
+
+    def deliver_inline(event: Any) -> None:
+        if type(event) is event_type:
+            source._on_datachange(event.data)
+        else:
+            deliver(event)
+
+    sub._deliver = deliver_inline
+
+
 class OpcUaSource:
     """Samples of ``signals`` (``(machine_id, signal_name, node_id)``, or ``(machine_id,
     signal_name, node_id, Signal)`` to have values coerced for the signal's meaning) from one
@@ -305,6 +329,7 @@ class OpcUaSource:
             requests.append(self._request(node_id, handle))
             wanted.append((machine, name, node))
         sub = await client.create_subscription(self._publishing_interval_ms, _Handler(self, generation))
+        _deliver_data_changes_inline(sub, self)
         batch = await self._batch_size(client)
         results: list[Any] = []
         # within the server's MaxMonitoredItemsPerCall: a PLC refuses a larger call as a whole

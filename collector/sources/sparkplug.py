@@ -29,8 +29,12 @@ What the specification asks of a host, and how it is met here:
   machine of the source ``offline`` (a :class:`~collector.sources.SourceOffline`) from the
   moment it arrived (its payload time is when the Will was registered, at the CONNECT); one
   of an older session (a death overtaken by the next birth) is ignored. The next ``NBIRTH`` is
-  a :class:`~collector.sources.SourceOnline`. ``DDEATH`` forgets the device's birth until its
-  next ``DBIRTH``.
+  a :class:`~collector.sources.SourceOnline`. ``DDEATH`` of a device that had a ``DBIRTH``
+  forgets that birth and makes the device's machine ``offline`` from the moment it arrived (a
+  :class:`~collector.sources.MachinesOffline`; the node and its other devices stay up); its data
+  is dropped (and a rebirth asked) until its next ``DBIRTH``, which is a
+  :class:`~collector.sources.MachinesOnline` before the birth's samples (its state is stamped
+  no earlier than the birth's arrival, so an unchanged old value does not erase the outage).
 - **Time.** Each sample's time is its metric's ``timestamp`` (ms since the epoch), else the
   payload's, else when it arrived.
 
@@ -49,7 +53,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from collector.sources import BadValue, SourceItem, SourceOffline, SourceOnline, coerce_value
+from collector.sources import (
+    BadValue,
+    MachinesOffline,
+    MachinesOnline,
+    SourceItem,
+    SourceOffline,
+    SourceOnline,
+    coerce_value,
+)
 from core import sparkplug as spb
 from core.model import Sample, from_ns
 from core.plant import MqttBroker, Signal
@@ -127,6 +139,9 @@ class SparkplugNode:
         self._node_aliases: dict[int, str] = {}
         self._devices: dict[str, _Device] = {}
         self._dead = False  # an NDEATH of the current session was taken and no NBIRTH since
+        # plant devices made offline by a DDEATH and not born again since (kept across connections:
+        # the machine stays offline in the store until its DBIRTH)
+        self._dead_devices: set[str] = set()
         self._last_rebirth: float | None = None
 
     # ---- topics --------------------------------------------------------------------------
@@ -213,6 +228,9 @@ class SparkplugNode:
         if kind == "DDEATH":
             if self._devices.pop(device, None) is not None:
                 self.stats.device_deaths += 1
+                if device in self._routes and device not in self._dead_devices:
+                    self._dead_devices.add(device)
+                    out.items.append(MachinesOffline(self.source_id, (device,), received, "Sparkplug DDEATH"))
             return out
         return self._ddata(device, msg, received, problem, out)
 
@@ -277,6 +295,9 @@ class SparkplugNode:
                 dev.by_alias[m.alias] = m.name
         self._devices[device] = dev
         self.stats.device_births += 1
+        if device in self._dead_devices:
+            self._dead_devices.discard(device)
+            out.items.append(MachinesOnline(self.source_id, (device,), received))
         self._samples(device, msg, msg.metrics, received, problem, out)
         return out
 

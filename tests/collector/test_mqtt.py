@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.sources import SourceFailed, SourceOffline
+from collector.sources import AckPoint, SourceFailed, SourceOffline
 from collector.sources.mqtt import MqttSource, parse_time
 from core.model import Sample
 from core.plant import MqttBroker, Signal, mqtt_topic_filter_problem
@@ -226,3 +226,68 @@ async def test_pahos_thread_dying_fails_the_source(mosquitto_broker: Mosquitto, 
             async with asyncio.timeout(10):
                 async for _ in src:
                     pass
+
+
+async def test_a_backlog_read_ahead_is_acknowledged_in_bulk_and_only_what_was_acknowledged_is_not_redelivered(
+        mosquitto_broker: Mosquitto, publisher: Publisher, prefix: str) -> None:
+    # the source reads paho's socket ahead (many packets per recv) and acknowledges an AckPoint's
+    # messages as one write of PUBACKs: the broker must take exactly those as delivered
+    topic, n = f"{prefix}/m1", 600
+    signals = [("m1", "good", sig(topic, "v", counter_bits=32))]
+    client_id = f"{prefix}-bulk"
+
+    def source() -> MqttSource:
+        return MqttSource("broker", MqttBroker(port=mosquitto_broker.port, qos=1), signals, client_id=client_id)
+
+    first = source()
+    async with first:  # the persistent session exists before the backlog is published
+        async with asyncio.timeout(10):
+            await first.wait_ready()
+    for i in range(n):
+        await publisher.publish(topic, {"v": i})
+
+    acked: set[int] = set()
+    seen: list[int] = []
+    points = 0
+    second = source()
+    async with asyncio.timeout(20), second:
+        since_ack: list[int] = []
+        async for item in second:
+            if isinstance(item, Sample):
+                seen.append(int(item.value))
+                since_ack.append(int(item.value))
+            elif isinstance(item, AckPoint):
+                points += 1
+                if points == 1:  # the first burst acknowledged, the rest left unacknowledged
+                    second.ack(item.token)
+                    acked.update(since_ack)
+                since_ack = []
+            if len(seen) == n and not since_ack:
+                break
+    assert sorted(seen) == list(range(n))
+    assert 0 < len(acked) < n and points >= 2, (len(acked), points)
+    assert second.stats.acks == len(acked)
+
+    again: list[int] = []
+    third = source()
+    async with third:
+        async def redelivered() -> None:
+            async for item in third:
+                if isinstance(item, Sample):
+                    again.append(int(item.value))
+                elif isinstance(item, AckPoint):
+                    third.ack(item.token)
+                if len(again) >= n - len(acked):
+                    return
+        async with asyncio.timeout(20):
+            await redelivered()
+        await publisher.publish(topic, {"v": n})  # a marker after the backlog: nothing else was pending
+        async with asyncio.timeout(10):
+            async for item in third:
+                if isinstance(item, AckPoint):
+                    third.ack(item.token)  # the broker's in-flight window must open for the marker
+                elif isinstance(item, Sample):
+                    again.append(int(item.value))
+                    if item.value == n:
+                        break
+    assert sorted(again) == [*sorted(set(range(n)) - acked), n]

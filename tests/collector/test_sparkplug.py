@@ -7,6 +7,7 @@ as dead letters."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -24,11 +25,13 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.deadletter import DeadLetters
-from collector.sources import SourceOffline, SourceOnline
+from collector.pipeline import Collector
+from collector.sources import MachinesOffline, SourceOffline, SourceOnline
 from collector.sources.mqtt import MqttSource
 from collector.sources.sparkplug import SparkplugNode
-from core.model import Sample
+from core.model import Sample, from_ns
 from core.plant import Plant
+from core.store.sqlite import SqliteStore
 from tests.collector.conftest import build_plant, eventually, running, take
 from tests.support.services import Mosquitto
 
@@ -212,12 +215,69 @@ async def test_births_aliases_seq_gaps_and_deaths(mosquitto_broker: Mosquitto, g
         edge.send("DBIRTH", dbirth(120, 1, 40.0, ms_now()), "press-1")
         await take(got, 3)
         edge.send("DDEATH", tahu.Payload(timestamp=ms_now()), "press-1")
+        [gone] = await take(got, 1)  # the device's machine is offline; the node stays up
+        assert isinstance(gone, MachinesOffline) and gone.machines == ("press-1",)
         dropped = node.stats.dropped_unborn
         edge.send("DDATA", ddata(ms_now(), a1=("int_value", 121)), "press-1")
         await eventually(lambda: node.stats.dropped_unborn == dropped + 1, what="data of a dead device dropped")
         assert node.stats.device_deaths == 1
         assert got.empty()
     dead.close()
+
+
+async def test_ddeath_makes_that_devices_machine_offline_until_its_next_dbirth(
+        mosquitto_broker: Mosquitto, group: str, edge: EdgeNode, sqlite_store: SqliteStore) -> None:
+    """Through the whole pipeline into a real store: DDEATH of a born device is an ``offline``
+    state fact for its machine at the death's arrival (its sibling device stays as it was); its
+    next DBIRTH brings it back, stamped no earlier than the birth's arrival even though the birth
+    repeats an unchanged state with its old timestamp."""
+    signals = {"good": {"metric": "Counts/Good", "counter_bits": 32}, "state": {"metric": "State/Code",
+                                                                                "map": STATE_MAP}}
+    p = build_plant(
+        {"edge": {"mqtt": {"host": mosquitto_broker.host, "port": mosquitto_broker.port, "qos": 1,
+                           "payload": "sparkplug", "group_id": group, "edge_node_id": "node-1"}}},
+        [("ln", "press-1", {"source": "edge", "signals": signals}),
+         ("ln", "press-2", {"source": "edge", "signals": signals})])
+    collector = Collector(p, sqlite_store, flush_interval_s=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await collector.wait_ready()
+        await eventually(lambda: edge.rebirths_asked() >= 1, what="the rebirth request at connect")
+        t0 = ms_now() - 60_000
+        edge.nbirth(bd_seq=1)
+        for device in ("press-1", "press-2"):
+            edge.send("DBIRTH", dbirth(10, 1, 20.0, t0), device)
+        async with asyncio.timeout(10):
+            await collector.wait_until(lambda s: s.samples_in == 4)  # good and state of each
+
+        before_death = datetime.now(UTC)
+        edge.send("DDEATH", tahu.Payload(timestamp=ms_now()), "press-1")
+        async with asyncio.timeout(10):
+            await collector.wait_until(lambda s: s.offline_facts == 1)
+        after_death = datetime.now(UTC)
+        edge.send("DDATA", ddata(ms_now(), a1=("int_value", 11)), "press-1")  # dropped: not born again yet
+
+        before_birth = datetime.now(UTC)
+        edge.send("DBIRTH", dbirth(12, 1, 20.0, t0), "press-1")  # same state, its old timestamp
+        async with asyncio.timeout(10):
+            await collector.wait_until(lambda s: s.samples_in == 6)
+            await collector.wait_idle()
+        changes = await sqlite_store.state_changes(["press-1", "press-2"], 0, ms_now() * 1_000_000 + 10**9)
+    finally:
+        stop.set()
+        async with asyncio.timeout(20):
+            await task
+    got: dict[str, list[tuple[datetime, str]]] = {}
+    for c in changes:
+        got.setdefault(c.machine, []).append((from_ns(c.time_ns), c.state))
+    assert got["press-2"] == [(utc_ms(t0), "running")]
+    (t_run, s_run), (t_off, s_off), (t_back, s_back) = got["press-1"]
+    assert (t_run, s_run) == (utc_ms(t0), "running")
+    assert s_off == "offline" and before_death <= t_off <= after_death
+    assert s_back == "running" and t_back >= before_birth  # not backdated over the outage
+    assert collector.stats.offline_facts == 1
 
 
 async def test_a_sparkplug_source_acks_after_the_pipeline_says_so(mosquitto_broker: Mosquitto, group: str,

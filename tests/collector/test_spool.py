@@ -479,3 +479,22 @@ def test_mieruka_spool_retry_quarantine_is_refused_while_a_collector_holds_the_s
     with Spool(tmp_path) as spool:
         assert spool.stats.quarantined == 0 and [fs for _, fs in all_batches(spool)] == [[counts(3)[1]]]
     assert main(["spool", "retry-quarantine", "--spool-dir", str(tmp_path / "nothing")]) == 2
+
+
+def test_batches_kept_in_memory_read_as_the_file_holds_them_and_leave_with_confirm(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the latest appends are peeked from memory (no decoding): the same facts as read back from
+    # the file, up to the bound; beyond it and after a reopen they come from the file
+    monkeypatch.setattr(spool_mod, "_RECENT_MAX_FACTS", 25)
+    odd = [Fact("gauge", 5, "l1", "m1", "temp", math.inf, None, "degC"),
+           Fact("state", 6, "l1", "m1", "state", "down", 20, None)]
+    with Spool(tmp_path / "s") as spool:
+        seqs = [put(spool, counts(10, 0)), put(spool, counts(10, 10) + odd), put(spool, counts(10, 20))]
+        assert sorted(spool._recent) == seqs[:2]  # the third would pass the bound: read from the file
+        in_memory = spool.peek(1000)
+        spool.confirm(seqs[0])
+        assert sorted(spool._recent) == seqs[1:2] and spool._recent_facts == 12
+    with Spool(tmp_path / "s") as spool:
+        from_file = spool.peek(1000)
+    assert in_memory[1:] == from_file
+    assert [f for _, fs in in_memory for f in fs] == counts(10, 0) + counts(10, 10) + odd + counts(10, 20)

@@ -495,6 +495,19 @@ def test_source_offline_marks_its_machines_offline_once_and_recovery_is_not_back
     assert n.feed(s("m2", "state", 1, 30)) == []
 
 
+def test_machines_offline_marks_only_those_machines_and_their_recovery_is_not_backdated() -> None:
+    # a Sparkplug B device's DDEATH: one machine of a source that stays up
+    n = Normalizer(make_plant())
+    n.feed(s("m1", "state", 1, 0))
+    n.feed(s("m2", "state", 1, 0))
+    lost = n.machines_offline(["m1", "no-such-machine"], at(10))
+    assert [(f.machine, f.value, f.time_ns) for f in lost] == [("m1", "offline", ns(10))]
+    assert n.machines_offline(["m1"], at(11)) == []  # already offline
+    n.machines_online(["m1"], at(20))
+    assert states(n.feed(s("m1", "state", 1, 0))) == [(ns(20), "running", None)]  # its DBIRTH's old time
+    assert n.feed(s("m2", "state", 1, 30)) == []  # untouched
+
+
 def test_a_state_changed_during_the_outage_keeps_a_time_after_recovery_and_the_offline_survives_restore() -> None:
     n = Normalizer(make_plant())
     n.feed(s("m1", "state", 1, 0))
