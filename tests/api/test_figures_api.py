@@ -4,7 +4,6 @@ simulator's ledger (tests/support/ledger.py), not only against core.oee."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 from collections import Counter
@@ -20,14 +19,13 @@ import pytest
 
 from api.app import create_app
 from api.auth import Auth
-from collector.importer import import_samples
 from core import oee
 from core.plant import Plant, load_plant
 from core.store.sqlite import SqliteStore
-from simulators.fastforward import run_fast_forward
 from tests.api.support import FailingStore
 from tests.api.test_api import serve
 from tests.conftest import DEMO_PLANT
+from tests.support.fastforward import fast_forward_db
 from tests.support.ledger import (
     clipped_ms,
     micro_flags,
@@ -65,19 +63,7 @@ class Run:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     d = tmp_path_factory.mktemp("figures_api")
     plant = load_plant(DEMO_PLANT)
-    samples, truth, db = d / "samples.csv", d / "truth.jsonl", d / "figures.db"
-    run_fast_forward(plant, SEED, RUN_START, RUN_END, samples, truth)
-
-    async def load() -> None:
-        store = SqliteStore(db)
-        await store.open()
-        try:
-            report = await import_samples(plant, store, samples)
-            assert not report.skipped
-        finally:
-            await store.close()
-
-    asyncio.run(load())
+    db, samples, truth = fast_forward_db(plant, SEED, RUN_START, RUN_END, d, "figures.db")
     yield Run(plant, read_ledger(truth), samples, db)
 
 

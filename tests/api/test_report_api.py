@@ -5,7 +5,6 @@ bad requests get a 404/422 naming the problem."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator, Iterator
@@ -19,12 +18,11 @@ import pytest
 
 from api.app import create_app
 from api.auth import Auth
-from collector.importer import import_samples
 from core.plant import Plant, load_plant
 from core.store.sqlite import SqliteStore
-from simulators.fastforward import run_fast_forward
 from tests.api.test_api import serve
 from tests.conftest import DEMO_PLANT
+from tests.support.fastforward import fast_forward_db
 from tests.support.ledger import part_counts, read_ledger
 
 V1 = "/api/v1"
@@ -50,18 +48,7 @@ class Run:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     d = tmp_path_factory.mktemp("report_api")
     plant = load_plant(DEMO_PLANT)
-    samples, truth, db = d / "samples.csv", d / "truth.jsonl", d / "report.db"
-    run_fast_forward(plant, SEED, RUN_START, RUN_END, samples, truth)
-
-    async def load() -> None:
-        store = SqliteStore(db)
-        await store.open()
-        try:
-            assert not (await import_samples(plant, store, samples)).skipped
-        finally:
-            await store.close()
-
-    asyncio.run(load())
+    db, _, truth = fast_forward_db(plant, SEED, RUN_START, RUN_END, d, "report.db")
     yield Run(plant, read_ledger(truth), db)
 
 

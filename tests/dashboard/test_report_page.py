@@ -15,9 +15,9 @@ import pytest
 
 from core.plant import Plant, load_plant
 from dashboard.report import count, pct, render_report
-from simulators.fastforward import run_fast_forward
 from tests.conftest import DEMO_PLANT
 from tests.dashboard.servers import ApiServer, api_server, dashboard_server
+from tests.support.fastforward import fast_forward_db
 
 DAY = "2026-11-27"
 AS_OF = "2026-11-27T12:30:00+09:00"  # the day shift so far
@@ -30,25 +30,9 @@ def plant() -> Plant:
 
 @pytest.fixture(scope="module")
 def api(plant: Plant, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    import asyncio
-
-    from collector.importer import import_samples
-    from core.store.sqlite import SqliteStore
-
     d = tmp_path_factory.mktemp("report-page")
-    samples, truth, db = d / "samples.csv", d / "truth.jsonl", d / "ff.db"
-    run_fast_forward(plant, 3, datetime.fromisoformat("2026-11-27T07:30:00+09:00"),
-                     datetime.fromisoformat(AS_OF), samples, truth)
-
-    async def load() -> None:
-        store = SqliteStore(db)
-        await store.open()
-        try:
-            assert not (await import_samples(plant, store, samples)).skipped
-        finally:
-            await store.close()
-
-    asyncio.run(load())
+    db, _, _ = fast_forward_db(plant, 3, datetime.fromisoformat("2026-11-27T07:30:00+09:00"),
+                               datetime.fromisoformat(AS_OF), d)
     with api_server(plant, db) as s:
         yield s
 

@@ -5,7 +5,6 @@ Japanese line name included; plus the exit codes of a refused request and of an 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
@@ -18,12 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from collector.importer import import_samples
 from core.plant import load_plant
-from core.store.sqlite import SqliteStore
 from dashboard.report import count, pct
-from simulators.fastforward import run_fast_forward
 from tests.conftest import DEMO_PLANT
+from tests.support.fastforward import fast_forward_db
 from tests.support.procs import api_process
 from tests.support.services import free_port, which
 
@@ -42,19 +39,8 @@ class Api:
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     d = tmp_path_factory.mktemp("report-pdf")
     plant = load_plant(DEMO_PLANT)
-    samples, truth, db = d / "samples.csv", d / "truth.jsonl", d / "report.db"
-    run_fast_forward(plant, 9, datetime.fromisoformat("2026-11-27T07:30:00+09:00"), datetime.fromisoformat(AS_OF),
-                     samples, truth)
-
-    async def load() -> None:
-        store = SqliteStore(db)
-        await store.open()
-        try:
-            assert not (await import_samples(plant, store, samples)).skipped
-        finally:
-            await store.close()
-
-    asyncio.run(load())
+    db, _, _ = fast_forward_db(plant, 9, datetime.fromisoformat("2026-11-27T07:30:00+09:00"),
+                               datetime.fromisoformat(AS_OF), d, "report.db")
     tokens, token_file = d / "tokens.yaml", d / "report.token"
     made = subprocess.run([sys.executable, "-m", "mieruka.cli", "token", "create", "--role", "read", "--name",
                            "report-printer", "--tokens", str(tokens)], capture_output=True, text=True, timeout=60)
