@@ -418,15 +418,20 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_token_file(path: str | None) -> str | None:
+    """The bearer token in ``--token-file`` (None without one); a file that cannot be read is bad input."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise BadInput(f"--token-file {path}: {e.strerror}") from None
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from dashboard.app import run_dashboard
 
-    token = None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise BadInput(f"--token-file {args.token_file}: {e.strerror}") from None
+    token = _read_token_file(args.token_file)
     operator_token = None
     if args.operator_token_file:
         from dashboard.client import TokenSource
@@ -495,12 +500,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     if out.suffix.lower() != ".pdf":
         raise BadInput(f"--out {out}: the report is a PDF; name the file *.pdf")
-    token = None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise BadInput(f"--token-file {args.token_file}: {e.strerror}") from None
+    token = _read_token_file(args.token_file)
     with ApiClient(args.api, timeout_s=args.timeout, token=token) as api:
         try:
             data = api.shift_report(args.date, args.shift, lang=args.lang, as_of=args.as_of)
