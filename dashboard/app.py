@@ -364,7 +364,20 @@ def create_dashboard(api_url: str, *, refresh_ms: int = 5000, token: str | None 
                  for i in chart_ids])
 
     install_report_route(app, report_api or api)
+    install_health_route(app)
     return app
+
+
+def install_health_route(app: dash.Dash) -> None:
+    """``/healthz``: 200 ``{"status": "ok"}`` while this process serves, for container and Kubernetes
+    probes. It does not ask the API: a dashboard whose API is down still serves its pages (with the
+    banner saying so), and restarting it would not bring the API back; the API has its own probe."""
+
+    def healthz() -> flask.Response:
+        return flask.Response('{"status": "ok"}', status=200, mimetype="application/json",
+                              headers={"Cache-Control": "no-store"})
+
+    app.server.add_url_rule("/healthz", "healthz", healthz)
 
 
 def install_report_route(app: dash.Dash, api: ApiClient) -> None:

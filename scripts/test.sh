@@ -2,7 +2,7 @@
 # The whole test suite, installing what it needs first (idempotent; the README's second command,
 # and what .ci/run calls):
 #   Debian: influxdb, mosquitto, chromium, chromium-driver, fonts-noto-cjk, poppler-utils (pdftotext reads the
-#   printed shift report back; python3-venv on stock Debian)
+#   printed shift report back; python3-venv on stock Debian), openssl (deploy/compose/make-secrets.sh)
 #   Python: a venv in .venv with the project and its test extras
 # then ruff and mypy, then pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/core -x`; MIERUKA_TEST_WORKERS=0 runs
@@ -20,6 +20,8 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
 command -v pdftotext >/dev/null || need+=(poppler-utils)
+# deploy/compose/make-secrets.sh makes the broker's CA and certificate with it (tests/deploy run it)
+command -v openssl >/dev/null || need+=(openssl)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
