@@ -19,7 +19,6 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 dir="${SECRETS_DIR:-$here/secrets}"
-image="${MIERUKA_IMAGE:-mieruka:0.1.0}"
 mosquitto_image="${MOSQUITTO_IMAGE:-eclipse-mosquitto:2.0.20}"
 # names plant devices use to reach the broker: add this host's name, e.g. MQTT_NAMES="mosquitto,factory-pc-1"
 names="${MQTT_NAMES:-mosquitto,localhost}"
@@ -69,20 +68,15 @@ if [ ! -s "$dir/mosquitto_passwd" ]; then
   made "mosquitto_passwd (user $mqtt_user)"
 fi
 
-# `mieruka token create` prints the token once and keeps its hash in the token file
-if [ -n "${MIERUKA:-}" ]; then
-  token() { "$MIERUKA" token create --tokens "$dir/api/tokens.json" "$@"; }
-else
-  token() {
-    docker run --rm --user "$(id -u):$(id -g)" -v "$dir/api:/secrets/api" "$image" \
-      token create --tokens /secrets/api/tokens.json "$@"
-  }
-fi
+# the dashboard's tokens: token.sh runs `mieruka token create`, which prints the token once and keeps its
+# hash in secrets/api/tokens.json
 if [ ! -s "$dir/dashboard/read.token" ]; then
-  token --role read --name dashboard >"$dir/dashboard/read.token"; made "dashboard/read.token"
+  SECRETS_DIR="$dir" "$here/token.sh" create --role read --name dashboard >"$dir/dashboard/read.token"
+  made "dashboard/read.token"
 fi
 if [ ! -s "$dir/dashboard/operator.token" ]; then
-  token --role operator --name dashboard-operator >"$dir/dashboard/operator.token"; made "dashboard/operator.token"
+  SECRETS_DIR="$dir" "$here/token.sh" create --role operator --name dashboard-operator >"$dir/dashboard/operator.token"
+  made "dashboard/operator.token"
 fi
 
 # the containers read these as their own users (see the top); the folder keeps everyone else out

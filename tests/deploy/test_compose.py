@@ -95,6 +95,8 @@ def test_services_have_health_checks_pinned_images_and_no_privileges(compose: di
         svc = compose["services"][name]
         assert svc["image"] == f"mieruka:{project_version()}", "the image's tag is the project's version"
         assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"], name
+        build = svc["build"]
+        assert (COMPOSE_DIR / build["context"] / build["dockerfile"]).resolve() == ROOT / "Dockerfile", name
         assert "no-new-privileges:true" in svc["security_opt"], name
 
 
@@ -226,3 +228,27 @@ def test_make_secrets_keeps_what_exists_and_guards_the_folder(secrets_dir: Path)
     assert sorted(t["role"] for t in tokens["tokens"]) == ["operator", "read"]
     assert (secrets_dir / "mosquitto_passwd").read_text().startswith("mieruka:$7$")  # hashed, not clear
     assert (COMPOSE_DIR / ".gitignore").read_text().splitlines()[1:] == ["/secrets/", "/.env"]
+
+
+def test_token_sh_keeps_the_token_file_readable_for_the_api(secrets_dir: Path, tmp_path: Path) -> None:
+    from api.tokens import TokenFile
+
+    env = {**os.environ, "SECRETS_DIR": str(secrets_dir), "MIERUKA": str(Path(sys.executable).with_name("mieruka"))}
+
+    def token_sh(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(COMPOSE_DIR / "token.sh"), *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    made = token_sh("create", "--role", "read", "--name", "hall-2")
+    assert made.returncode == 0, made.stderr
+    tokens = secrets_dir / "api" / "tokens.json"
+    # `mieruka token` writes 0600; the API runs as another user, so token.sh hands it back 0644
+    assert stat.S_IMODE(tokens.stat().st_mode) == 0o644
+    record = TokenFile(tokens).lookup(made.stdout.strip())
+    assert record is not None and (record.name, record.role) == ("hall-2", "read")
+    assert token_sh("revoke", "--name", "hall-2").returncode == 0
+    assert TokenFile(tokens).lookup(made.stdout.strip()) is None
+    assert stat.S_IMODE(tokens.stat().st_mode) == 0o644
+    bad = token_sh("revoke", "--name", "nobody")
+    assert bad.returncode == 2 and "nobody" in bad.stderr  # mieruka's exit code and sentence come through
+    assert token_sh().returncode == 2
