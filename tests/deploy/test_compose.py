@@ -252,3 +252,14 @@ def test_token_sh_keeps_the_token_file_readable_for_the_api(secrets_dir: Path, t
     bad = token_sh("revoke", "--name", "nobody")
     assert bad.returncode == 2 and "nobody" in bad.stderr  # mieruka's exit code and sentence come through
     assert token_sh().returncode == 2
+
+
+def test_the_shell_scripts_pass_shellcheck() -> None:
+    scripts = sorted(COMPOSE_DIR.rglob("*.sh"))
+    assert {p.name for p in scripts} >= {"make-secrets.sh", "token.sh", "init-mieruka.sh"}
+    shellcheck = Path(sys.executable).with_name("shellcheck")
+    r = subprocess.run([str(shellcheck), "--severity=style", *map(str, scripts)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for p in scripts:
+        assert p.stat().st_mode & stat.S_IXUSR, f"{p.name} is not executable"
