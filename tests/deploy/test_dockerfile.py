@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,37 @@ def test_exposed_ports_are_the_ones_the_deployments_use() -> None:
     final = stages(parsed())[-1]
     exposed = {int(x) for i in final if i["instruction"] == "EXPOSE" for x in i["value"].split()}
     assert exposed == {8000, 8050, 9464}
+
+
+def test_the_build_context_the_dockerfile_copies_builds_the_whole_package(tmp_path: Path) -> None:
+    """What the build stage runs (`pip install .` on what it copied), short of Docker: the files its COPY
+    lines take, less what .dockerignore keeps out, build a wheel with every module, the dashboard's assets
+    and the `mieruka` console script."""
+    ctx = tmp_path / "src"
+    for ins in parsed().structure:
+        if ins["instruction"] != "COPY" or "--from=" in ins["value"]:
+            continue
+        *sources, dest = ins["value"].split()
+        if not dest.startswith("./") and dest != "./":
+            continue  # the final stage's files (the demo plant), not the build's
+        for src in sources:
+            root = ROOT / src
+            for f in [root] if root.is_file() else sorted(root.rglob("*")):
+                rel = f.relative_to(ROOT).as_posix()
+                if f.is_file() and not ignored(rel):
+                    (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (ctx / rel).write_bytes(f.read_bytes())
+    out = tmp_path / "wheel"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
+                        "-w", str(out), str(ctx)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = out.glob("mieruka-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        include = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    modules = {p.relative_to(ROOT).as_posix() for pat in include
+               for p in (ROOT / pat.rstrip("*")).rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules and modules <= names, sorted(modules - names)[:10]
+    assert {p.relative_to(ROOT).as_posix() for p in (ROOT / "dashboard" / "assets").iterdir()} <= names
+    entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "mieruka = mieruka.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
