@@ -263,3 +263,12 @@ def test_the_shell_scripts_pass_shellcheck() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     for p in scripts:
         assert p.stat().st_mode & stat.S_IXUSR, f"{p.name} is not executable"
+
+
+def test_the_api_settings_in_the_environment_are_ones_the_api_takes(compose: dict[str, Any]) -> None:
+    from api.settings import Settings
+
+    env = {k: str(v) for k, v in compose["services"]["api"]["environment"].items()}
+    settings = Settings.from_env({**env, "MIERUKA_PLANT": "/etc/mieruka/plant.yaml"})
+    assert settings.refresh_period_s == float(ENV["MIERUKA_REFRESH_PERIOD_S"])
+    assert settings.cors_origins == ()

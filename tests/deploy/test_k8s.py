@@ -203,3 +203,11 @@ def test_pods_run_the_project_image_unprivileged() -> None:
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
         assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
         assert "limits" in c["resources"] and "requests" in c["resources"], name
+
+
+def test_the_configmap_plant_is_the_demo_plant_with_plant_network_addresses(plant: Any) -> None:
+    from tests.deploy.common import ROOT
+
+    demo = load_plant(ROOT / "deploy" / "plants" / "demo.yaml")
+    assert plant.model_dump(exclude={"sources"}) == demo.model_dump(exclude={"sources"})
+    assert set(plant.sources) == set(demo.sources)
