@@ -16,7 +16,7 @@ from core.plant import load_plant
 from core.store import open_store
 from core.store.influx import InfluxStore
 from mieruka.cli import build_parser
-from tests.deploy.common import K8S_DIR, k8s_documents, load_compose, project_version
+from tests.deploy.common import K8S_DIR, ROOT, k8s_documents, load_compose, project_version
 
 KUBERNETES = "1.30"  # the oldest Kubernetes the manifests are checked against (policy/v1, restricted PSA)
 DOCS = k8s_documents()
@@ -206,8 +206,6 @@ def test_pods_run_the_project_image_unprivileged() -> None:
 
 
 def test_the_configmap_plant_is_the_demo_plant_with_plant_network_addresses(plant: Any) -> None:
-    from tests.deploy.common import ROOT
-
     demo = load_plant(ROOT / "deploy" / "plants" / "demo.yaml")
     assert plant.model_dump(exclude={"sources"}) == demo.model_dump(exclude={"sources"})
     assert set(plant.sources) == set(demo.sources)
