@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -87,8 +88,9 @@ def scaleout_plant(mqtt_port: int, hook_url: str) -> Plant:
 
 
 @contextlib.contextmanager
-def replicas(plant_file: Path, store_url: str, tokens: Path, logs: Path, n: int) -> Iterator[list[str]]:
-    """``n`` ``mieruka api`` processes on one store, started together; their base URLs once all answer."""
+def replicas(plant_file: Path, store_url: str, tokens: Path, logs: Path,
+             n: int) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
+    """``n`` ``mieruka api`` processes on one store, started together; (base URL, process) once all answer."""
     ports = [free_port() for _ in range(n)]
     procs = [mieruka("api", "--plant", str(plant_file), "--store", store_url, "--port", str(p), "--tokens",
                      str(tokens), "--refresh-period", str(REFRESH_S), log=logs / f"api-{i + 1}.log")
@@ -97,7 +99,7 @@ def replicas(plant_file: Path, store_url: str, tokens: Path, logs: Path, n: int)
         bases = [f"http://127.0.0.1:{p}" for p in ports]
         for base, proc in zip(bases, procs, strict=True):
             wait_http(f"{base}/healthz", deadline_s=60, proc=proc)
-        yield bases
+        yield list(zip(bases, procs, strict=True))
     finally:
         for proc in procs:
             stop(proc)
@@ -202,7 +204,8 @@ async def test_two_collectors_two_replicas_behind_haproxy(tmp_path: Path, influx
         finally:
             await store.close()
 
-        api = running.enter_context(replicas(plant_file, store_url, tokens, tmp_path, 2))
+        started = running.enter_context(replicas(plant_file, store_url, tokens, tmp_path, 2))
+        api = [base for base, _ in started]
         ports = [int(b.rsplit(":", 1)[1]) for b in api]
         lb = running.enter_context(haproxy(tmp_path / "haproxy", ports))
         up = datetime.now(UTC)  # both replicas check the alert rules from here on
@@ -221,8 +224,8 @@ async def test_two_collectors_two_replicas_behind_haproxy(tmp_path: Path, influx
         await wait_until(a_breakdown_told, 60, "a long breakdown of ua-1 or mq-1 in the ledger", poll_s=0.5)
         end = datetime.now(UTC)
 
+        stopping = datetime.now(UTC)  # its machines go offline from here on, as it shuts down
         assert interrupt(sim) == 0, (tmp_path / "simulate.log").read_text()
-        stopped = datetime.now(UTC)
         records = read_ledger(ledger)  # complete: the simulators have stopped
         W = {"start": _iso(t0), "end": _iso(t1)}
         parts = part_counts(records, t0, t1)
@@ -237,7 +240,7 @@ async def test_two_collectors_two_replicas_behind_haproxy(tmp_path: Path, influx
             want[f"reasons {m}"] = {f"{s}/{r}": round(v, 3) for (s, r), v in by_reason.items()}
         assert all(want[f"line {ln.id}"][0] > 0 for ln in plant.lines), want  # a window with production
 
-        async with httpx.AsyncClient(base_url=lb, headers=rd, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=lb.url, headers=rd, timeout=30) as client:
             got: dict[str, Any] = {}
 
             async def ask(path: str, **params: str) -> dict[str, Any]:
@@ -324,6 +327,33 @@ async def test_two_collectors_two_replicas_behind_haproxy(tmp_path: Path, influx
             assert took <= REFRESH_S + MARGIN_S, f"replica 2 saw the write only after {took:.2f} s"
             assert moved(pareto(await ask(downtime)))  # and through the load balancer
 
+            # the live stream through the load balancer: an event every refresh period, not held back
+            ids: list[int] = []
+            async with asyncio.timeout(3 * REFRESH_S + 10), \
+                    client.stream("GET", f"{V1}/stream", params={"lines": "ua"}) as sse:
+                assert sse.status_code == 200 and sse.headers["content-type"].startswith("text/event-stream")
+                async for text in sse.aiter_lines():
+                    if text.startswith("id: "):
+                        ids.append(int(text[4:]))
+                    if len(ids) == 3:
+                        break
+            assert ids == sorted(set(ids)), ids
+            assert int(lb.stats()[("mieruka_stream", "BACKEND")]["stot"]) == 1  # on its own backend
+
+            # a replica goes away: HAProxy sends its requests to the other one (redispatch), then
+            # its health checks take it out; no request fails meanwhile
+            stop(started[1][1])
+            slowest = 0.0
+            for _ in range(BURST):
+                t = time.monotonic()
+                r = await client.get(f"{V1}/lines/ua/throughput", params=W)
+                slowest = max(slowest, time.monotonic() - t)
+                assert r.status_code == 200, r.text
+                assert (r.json()["total_good"], r.json()["total_scrap"]) == want["line ua"]
+            redispatched = sum(int(lb.stats()[("mieruka_api", f"api-{i}")]["wredis"]) for i in (1, 2))
+            print(f"replica 2 stopped: {BURST} requests answered by replica 1, slowest {slowest:.2f} s, "
+                  f"{redispatched} redispatched")
+
     # alerts: every message once, each naming a ledger breakdown by its exact start
     runs = {(m, s): u for m, s, u in down_runs(records)}
     got_alerts = [(r.body["rule"], r.body["kind"], datetime.fromisoformat(r.body["since"]), r.wall)
@@ -340,7 +370,7 @@ async def test_two_collectors_two_replicas_behind_haproxy(tmp_path: Path, influx
         if kind == "firing":
             assert at >= since + threshold - timedelta(milliseconds=50)
         else:  # after the breakdown's end, or once the simulators stopped (the machine went offline)
-            assert (until is not None and at >= until - timedelta(milliseconds=50)) or at >= stopped, (rule, since)
+            assert (until is not None and at >= until - timedelta(milliseconds=50)) or at >= stopping, (rule, since)
             assert (rule, "firing", since) in keys
     told = told_runs(records, checking_from, end)
     assert told

@@ -11,6 +11,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -40,25 +41,42 @@ def render(text: str, bind_port: int, replica_ports: list[int]) -> str:
     return out
 
 
-def wait_all_up(stats_url: str, backends: int, servers: int, deadline_s: float = 20.0) -> None:
-    """Until the stats page (CSV) shows every server of every backend UP (its health checks passed)."""
+@dataclass(frozen=True)
+class Balancer:
+    url: str  # the frontend's base URL
+    stats_url: str  # a stats page the test adds (not in the shipped config)
+
+    def stats(self) -> dict[tuple[str, str], dict[str, str]]:
+        """HAProxy's statistics by (proxy, server or FRONTEND/BACKEND): ``status``, ``stot`` (sessions
+        in all), ``wredis`` (requests sent to another server after a failed connection), ..."""
+        text = httpx.get(f"{self.stats_url};csv", timeout=5.0).text
+        head, *rows = [r for r in text.splitlines() if r]
+        names = head.lstrip("# ").split(",")
+        out = {}
+        for r in rows:
+            d = dict(zip(names, r.split(","), strict=False))
+            out[(d["pxname"], d["svname"])] = d
+        return out
+
+
+def wait_all_up(lb: Balancer, backends: int, servers: int, deadline_s: float = 20.0) -> None:
+    """Until the stats show every server of every backend UP (its health checks passed)."""
     end = time.monotonic() + deadline_s
-    last = ""
+    last: object = None
     while time.monotonic() < end:
         with contextlib.suppress(httpx.HTTPError):
-            last = httpx.get(f"{stats_url};csv", timeout=1.0).text
-            rows = [r.split(",") for r in last.splitlines() if r and not r.startswith("#")]
-            up = [r for r in rows if r[1] not in ("FRONTEND", "BACKEND") and r[17] == "UP"]
-            if len(up) == backends * servers:
+            last = stats = lb.stats()
+            if sum(1 for (_, sv), d in stats.items() if sv not in ("FRONTEND", "BACKEND") and d["status"] == "UP") \
+                    == backends * servers:
                 return
         time.sleep(0.1)
-    raise TimeoutError(f"HAProxy's servers not all UP within {deadline_s}s:\n{last}")
+    raise TimeoutError(f"HAProxy's servers not all UP within {deadline_s}s: {last}")
 
 
 @contextlib.contextmanager
-def haproxy(work_dir: Path, replica_ports: list[int], *, backends: int = 2) -> Iterator[str]:
-    """HAProxy on a free loopback port in front of the replicas; yields its base URL once every
-    server passed its health checks. A stats listener (test only) shows the servers' states."""
+def haproxy(work_dir: Path, replica_ports: list[int], *, backends: int = 2) -> Iterator[Balancer]:
+    """HAProxy on a free loopback port in front of the replicas, once every server passed its
+    health checks. A stats listener (test only) shows the servers' states and counts."""
     work_dir.mkdir(parents=True, exist_ok=True)
     port, stats = free_port(), free_port()
     cfg = work_dir / "haproxy.cfg"
@@ -71,9 +89,10 @@ def haproxy(work_dir: Path, replica_ports: list[int], *, backends: int = 2) -> I
     assert "WARNING" not in check.stdout + check.stderr, check.stdout + check.stderr
     with open(work_dir / "haproxy.log", "ab") as log:
         proc = subprocess.Popen([exe, "-f", str(cfg), "-db"], stdout=log, stderr=log)
+    lb = Balancer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stats}/stats")
     try:
         wait_port(port, proc=proc)
-        wait_all_up(f"http://127.0.0.1:{stats}/stats", backends, len(replica_ports))
-        yield f"http://127.0.0.1:{port}"
+        wait_all_up(lb, backends, len(replica_ports))
+        yield lb
     finally:
         stop(proc)
