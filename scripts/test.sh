@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, installing what it needs first (idempotent; the README's second command,
 # and what .ci/run calls):
-#   Debian: influxdb, mosquitto, chromium, chromium-driver, fonts-noto-cjk, poppler-utils (pdftotext reads the
-#   printed shift report back; python3-venv on stock Debian), openssl (deploy/compose/make-secrets.sh)
+#   Debian: influxdb, mosquitto, haproxy (the scale-out test's load balancer), chromium, chromium-driver,
+#   fonts-noto-cjk, poppler-utils (pdftotext reads the printed shift report back; python3-venv on stock Debian),
+#   openssl (deploy/compose/make-secrets.sh)
 #   Python: a venv in .venv with the project and its test extras
 # then ruff and mypy, then pytest.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/core -x`; MIERUKA_TEST_WORKERS=0 runs
@@ -16,6 +17,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 need=()
 command -v influxd >/dev/null || need+=(influxdb)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
@@ -27,12 +29,13 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   influx_before=$(pgrep -x influxd >/dev/null && echo yes || echo no)
   mosquitto_before=$(pgrep -x mosquitto >/dev/null && echo yes || echo no)
+  haproxy_before=$(pgrep -x haproxy >/dev/null && echo yes || echo no)
   echo "installing Debian packages: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # Where services start on install, Debian's influxdb (and mosquitto) now run as system services,
-  # influxd bound to all interfaces. The tests start their own on loopback: stop what we started.
-  for svc in influxdb:influxd:$influx_before mosquitto:mosquitto:$mosquitto_before; do
+  # Where services start on install, Debian's influxdb (and mosquitto, haproxy) now run as system
+  # services, influxd bound to all interfaces. The tests start their own on loopback: stop what we started.
+  for svc in influxdb:influxd:$influx_before mosquitto:mosquitto:$mosquitto_before haproxy:haproxy:$haproxy_before; do
     IFS=: read -r name proc before <<<"$svc"
     if [ "$before" = no ] && pgrep -x "$proc" >/dev/null; then
       echo "stopping the $name system service that the install started"
