@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -316,3 +317,34 @@ def test_bad_arguments_say_what_to_fix(sqlite_backup: tuple[Path, str], tmp_path
     r = cli("restore", "--from", str(out), "--store", target, "--tokens", str(tmp_path / "t"))
     assert r.returncode == 2 and "holds no token file" in r.stderr, r.stderr
     assert not os.path.exists(tmp_path / "target.db")
+
+
+def test_influx_backup_in_small_chunks_keeps_every_point_tag_and_field_type(influxd_server: Influxd,
+                                                                            tmp_path: Path) -> None:
+    from core.store.backup import backup, restore
+
+    src, dst = influxd_server.fresh_database(), influxd_server.fresh_database()
+    influxd_server.query(f'CREATE DATABASE "{src}"')
+    t = time.time_ns() - 2 * NS
+    lines = ["counts,line=l1,machine=a1,signal=good inc=5i 1",  # a stray point in 1970: a gap of 56 years
+             'odd\\ name,tag\\ key=a\\,b\\=c\\ d s="say \\"hi\\" \\\\ there",f=1.5,b=true,i=-7i 1000']
+    lines += [f"gauges,line=l1,machine=a1,signal=temp,unit=°C value={20 + k / 8} {t + k * 1_000_000}"
+              for k in range(500)]
+    req = urllib.request.Request(f"{influxd_server.base_url}/write?db={src}&precision=ns",
+                                 data="\n".join(lines).encode(), method="POST")
+    urllib.request.urlopen(req, timeout=30).close()
+    out = tmp_path / "bk"
+    manifest = backup(influxd_server.url(src), out, chunk_ns=50_000_000)  # 50 ms: a dozen chunks of gauges
+    assert manifest["store"]["measurements"]["gauges"]["points"] == 500
+    assert manifest["store"]["measurements"]["odd name"]["fields"] == {"b": 1, "f": 1, "i": 1, "s": 1}
+    restore(out, influxd_server.url(dst))
+
+    def dump(db: str) -> list[Any]:
+        got = []
+        for m in ("counts", "gauges", "odd name"):
+            for q in (f'SELECT * FROM "{m}" GROUP BY *', f'SHOW FIELD KEYS FROM "{m}"', f'SHOW TAG KEYS FROM "{m}"'):
+                got.append(influxd_server.query(q, db)["results"][0].get("series"))
+        return got
+
+    a, b = dump(src), dump(dst)
+    assert a == b and a[0] and len(a[3][0]["values"]) == 500
