@@ -268,7 +268,7 @@ def backup(url: str, out: Path, *, spool: Path | None = None, tokens: Path | Non
         raise BackupError(f"--store: {e}") from None
     if sqlite_path is not None and not sqlite_path.is_file():
         raise BackupError(f"--store: the SQLite store {sqlite_path} does not exist")
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new one readable by its owner only: notes, token hashes
     manifest: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "mieruka": program_version(),
                                 "created": datetime.now(UTC).isoformat(), "store": {"url": mask_url(url)}}
     files: dict[str, str] = {}

@@ -47,6 +47,7 @@ def plant() -> Plant:
 
 
 def old_sqlite(tmp: Path) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "old.db"
     with gzip.open(FIXTURE / "store.db.gz", "rb") as src, open(path, "wb") as dst:
         shutil.copyfileobj(src, dst)
@@ -119,12 +120,19 @@ async def test_old_sqlite_store_reads_as_it_is_then_migrates_with_the_same_figur
     assert_same(await snapshot(url, plant, saved, reader=True), saved)
 
 
-def test_mieruka_migrate_migrates_an_old_sqlite_store(tmp_path: Path) -> None:
+def test_mieruka_migrate_and_import_migrate_an_old_sqlite_store(tmp_path: Path) -> None:
     path = old_sqlite(tmp_path)
     r = cli_run("migrate", "--store", f"sqlite:///{path}")
     assert r.returncode == 0, r.stderr
     assert f"migrated from schema 0 to {SCHEMA_VERSION}" in r.stdout
     assert user_version(path) == SCHEMA_VERSION
+    # a writer migrates on open: mieruka import into another copy
+    other = old_sqlite(tmp_path / "import")
+    samples = tmp_path / "samples.csv"
+    samples.write_text("time,machine,signal,value\n2026-11-26T12:31:00+09:00,cnc-1,good,40000\n")
+    r = cli_run("import", "--plant", str(FIXTURE / "plant.yaml"), "--store", f"sqlite:///{other}", str(samples))
+    assert r.returncode == 0, r.stderr
+    assert user_version(other) == SCHEMA_VERSION and "schema_history" in tables(other)
 
 
 def write_lines(server: Influxd, database: str, lines: list[str]) -> None:
