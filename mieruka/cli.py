@@ -308,7 +308,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Bring a store to this code's schema version (core.store.schema); --dry-run only says what it would do."""
     from core.store import mask_url, open_store
-    from core.store.schema import SCHEMA_VERSION, check_version
+    from core.store.schema import SCHEMA_VERSION, VersionedStore, check_version
 
     url = _store_url(args.store)
     try:
@@ -319,13 +319,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if isinstance(path, Path) and not path.is_file():
         raise BadInput(f"--store: the SQLite store {path} does not exist")
 
-    store.check_schema = False  # type: ignore[attr-defined]  # look first: open() neither checks nor migrates
+    assert isinstance(store, VersionedStore)
+    store.check_schema = False  # look first: open() neither checks nor migrates
     name = mask_url(url)
 
     async def main() -> int:
         await store.open()
         try:
-            found = await store.schema_version()  # type: ignore[attr-defined]
+            found = await store.schema_version()
             todo = check_version(found, name, name, reader=False)  # a newer store: SchemaTooNew, exit 2
             if not todo:
                 print(f"{name}: schema {found}, up to date")
@@ -335,8 +336,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             if args.dry_run:
                 print(f"{name}: schema {found}; would migrate to {SCHEMA_VERSION} (dry run: nothing changed)")
                 return EXIT_OK
-            await store.migrate()  # type: ignore[attr-defined]
-            print(f"{name}: migrated from schema {found} to {await store.schema_version()}")  # type: ignore[attr-defined]
+            await store.migrate()
+            print(f"{name}: migrated from schema {found} to {await store.schema_version()}")
             return EXIT_OK
         finally:
             await store.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Protocol, runtime_checkable
 
 from core.store.base import StoreError
 
@@ -39,6 +40,20 @@ MIGRATIONS: tuple[Migration, ...] = (
                  f"{SCHEMA_MEASUREMENT} measurement); the data stays as it is", additive=True),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+@runtime_checkable
+class VersionedStore(Protocol):
+    """What both backends add for schema versions (``check_schema`` False: ``open()`` neither checks nor
+    migrates, for ``mieruka migrate`` and backups, which look first)."""
+
+    check_schema: bool
+
+    async def schema_version(self) -> int:
+        """The store's version now (0: made before versions were recorded)."""
+
+    async def migrate(self) -> list[Migration]:
+        """Apply the pending migrations; the ones applied. :class:`SchemaTooNew` for a newer store."""
 
 
 class SchemaError(StoreError):
