@@ -167,14 +167,12 @@ def reader_store(url: str) -> Store:
     from core.store.sqlite import SqliteStore
 
     try:
-        store: Store = open_store(url)
+        store: Store = open_store(url, reader=True)  # never migrates (core.store.schema)
     except ValueError as e:
         raise SettingsError(str(e)) from None
-    if isinstance(store, SqliteStore):
-        if not store.path.is_file():
-            raise SettingsError(f"the SQLite store {store.path} does not exist; the collector ('mieruka collect') "
-                                "or 'mieruka import' creates it: check the path, or run one of them first")
-        store = SqliteStore(store.path, create=False)
+    if isinstance(store, SqliteStore) and not store.path.is_file():
+        raise SettingsError(f"the SQLite store {store.path} does not exist; the collector ('mieruka collect') "
+                            "or 'mieruka import' creates it: check the path, or run one of them first")
     return store
 
 

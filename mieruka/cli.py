@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.plant import CredentialError, Plant, PlantFileError, load_plant
-from core.store.base import Store
+from core.store.base import Store, StoreError
+from core.store.schema import SchemaError
 
 if TYPE_CHECKING:
     from collector.metrics import CollectorMetrics
@@ -304,6 +305,89 @@ def cmd_import(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring a store to this code's schema version (core.store.schema); --dry-run only says what it would do."""
+    from core.store import mask_url, open_store
+    from core.store.schema import SCHEMA_VERSION, VersionedStore, check_version
+
+    url = _store_url(args.store)
+    try:
+        store = open_store(url, reader=True, migrate=False)
+    except ValueError as e:
+        raise BadInput(f"--store: {e}") from None
+    path = getattr(store, "path", None)
+    if isinstance(path, Path) and not path.is_file():
+        raise BadInput(f"--store: the SQLite store {path} does not exist")
+
+    assert isinstance(store, VersionedStore)
+    store.check_schema = False  # look first: open() neither checks nor migrates
+    name = mask_url(url)
+
+    async def main() -> int:
+        await store.open()
+        try:
+            found = await store.schema_version()
+            todo = check_version(found, name, name, reader=False)  # a newer store: SchemaTooNew, exit 2
+            if not todo:
+                print(f"{name}: schema {found}, up to date")
+                return EXIT_OK
+            for m in todo:
+                print(f"{name}: schema {m.version - 1} -> {m.version}: {m.summary}")
+            if args.dry_run:
+                print(f"{name}: schema {found}; would migrate to {SCHEMA_VERSION} (dry run: nothing changed)")
+                return EXIT_OK
+            await store.migrate()
+            print(f"{name}: migrated from schema {found} to {await store.schema_version()}")
+            return EXIT_OK
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from core.store.backup import BackupError, backup
+
+    url = _store_url(args.store)
+    try:
+        backup(url, Path(args.out), spool=Path(args.spool) if args.spool else None,
+               tokens=Path(args.tokens) if args.tokens else None, progress=_progress)
+    except BackupError as e:
+        raise BadInput(str(e)) from None
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from core.store.backup import BackupError, restore
+
+    url = _store_url(args.store)
+    try:
+        restore(Path(args.source), url, spool=Path(args.spool) if args.spool else None,
+                tokens=Path(args.tokens) if args.tokens else None, force=args.force, progress=_progress)
+    except BackupError as e:
+        raise BadInput(str(e)) from None
+    return EXIT_OK
+
+
+def _check_reader_schema(store: Store) -> None:
+    """Open and close the API's store once: a schema it cannot read is bad input (exit 2) now, not a
+    failed startup later; a store that is down is the API's to wait for."""
+    from core.store.base import StoreUnavailable
+
+    async def probe() -> None:
+        try:
+            await store.open()
+        except StoreUnavailable:
+            return
+        await store.close()
+
+    asyncio.run(probe())
+
+
 def _is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -332,6 +416,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         env = Settings.from_env({**os.environ, "MIERUKA_PLANT": args.plant})
     except ValueError as e:
         raise BadInput(f"--store: {e}" if isinstance(e, SettingsError) else str(e)) from None
+    _check_reader_schema(store)
     tokens = args.tokens or os.environ.get(TOKENS_ENV) or None
     timeout_s = args.request_timeout if args.request_timeout is not None else env.request_timeout_s
     if timeout_s <= 0:
@@ -665,6 +750,31 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("samples")
     im.set_defaults(func=cmd_import)
 
+    mg = sub.add_parser("migrate", help="bring a store to this mieruka's schema version (the collector and import "
+                                        "do it when they open a store; the API does not)")
+    mg.add_argument("--store", default=None, help="store URL (default: $MIERUKA_STORE)")
+    mg.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    mg.set_defaults(func=cmd_migrate)
+
+    bk = sub.add_parser("backup", help="back up a store (online, while the collector writes), and optionally the "
+                                       "spool and the token file, into a new directory")
+    bk.add_argument("--store", default=None, help="store URL (default: $MIERUKA_STORE)")
+    bk.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory for the backup")
+    bk.add_argument("--spool", default=None, metavar="FILE",
+                    help="the collector's spool: its spool.sqlite3 (or the --spool-dir holding it)")
+    bk.add_argument("--tokens", default=None, metavar="FILE", help="the API's token file")
+    bk.set_defaults(func=cmd_backup)
+
+    rs = sub.add_parser("restore", help="restore a backup into a store (and the spool, the token file)")
+    rs.add_argument("--from", dest="source", required=True, metavar="DIR", help="the backup directory")
+    rs.add_argument("--store", default=None, help="store URL to restore into (default: $MIERUKA_STORE)")
+    rs.add_argument("--spool", default=None, metavar="FILE", help="where the spool goes (a new file)")
+    rs.add_argument("--tokens", default=None, metavar="FILE", help="where the token file goes (a new file)")
+    rs.add_argument("--force", action="store_true",
+                    help="restore into a store (spool, token file) that holds data: SQLite files are replaced, an "
+                         "InfluxDB database gets the backup's points added")
+    rs.set_defaults(func=cmd_restore)
+
     a = sub.add_parser("api", help="serve the REST API")
     a.add_argument("--plant", required=True)
     a.add_argument("--store", default=None, help="store URL (default: $MIERUKA_STORE)")
@@ -777,6 +887,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as e:
         print(f"mieruka {args.command}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except SchemaError as e:  # a store too new for this code, or one a reader must not read before a migration
+        print(f"mieruka {args.command}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except StoreError as e:
+        print(f"mieruka {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -104,8 +104,12 @@ def check_bucket(bucket_ns: int) -> None:
         raise StoreError(f"bucket must be a positive number of nanoseconds, not {bucket_ns!r}")
 
 
-def open_store(url: str) -> Store:
-    """The store a URL names, not yet opened (``await store.open()``); ``ValueError`` for a bad URL."""
+def open_store(url: str, *, reader: bool = False, migrate: bool | None = None) -> Store:
+    """The store a URL names, not yet opened (``await store.open()``); ``ValueError`` for a bad URL.
+
+    A ``reader`` never creates nor changes the store: a SQLite file must exist, and an older schema is
+    read as it is when that is safe, else refused (:mod:`core.store.schema`). Otherwise opening
+    migrates an older store, unless ``migrate`` is False (``mieruka migrate`` and backups look first)."""
     def bad(why: str) -> ValueError:
         return ValueError(f"bad store URL {mask_url(url)!r}: {why}; use {URL_FORMS}")
 
@@ -117,7 +121,8 @@ def open_store(url: str) -> Store:
             raise bad("no file path")
         from core.store.sqlite import SqliteStore
 
-        return SqliteStore(unquote(path))
+        return SqliteStore(unquote(path), create=not reader, url=mask_url(url),
+                           migrate=(not reader) if migrate is None else migrate)
     if url.startswith("influxdb:"):
         parts = urlsplit(url)
         try:
@@ -148,5 +153,6 @@ def open_store(url: str) -> Store:
                                  "user; write influxdb://user@host:port/database")
         from core.store.influx import InfluxStore
 
-        return InfluxStore(host, port, database, username=username, password=password, token=token)
+        return InfluxStore(host, port, database, username=username, password=password, token=token,
+                           migrate=(not reader) if migrate is None else migrate, url=mask_url(url))
     raise bad("unknown scheme")

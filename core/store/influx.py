@@ -16,6 +16,8 @@ InfluxDB keeps one point per series and timestamp, so writes are idempotent):
   entry's id is a tag, so two entries at one time (even recorded in one nanosecond) are two series and
   never overwrite each other; fields that are None are left out (an entry is written once, never merged).
 - ``claims``   tags key, owner                   field claimed (boolean; :meth:`InfluxStore.claim`)
+- ``mieruka_schema``  no tags                    fields version (integer), mieruka (string): one point per
+  migration applied; the store's schema version is the largest (:mod:`core.store.schema`)
 
 ``reason`` is always written: on a point overwrite InfluxDB *merges* field sets, so a field
 left out would survive from the earlier point (a stop reason would outlive its removal).
@@ -60,6 +62,13 @@ from core.store.base import (
     check_claim,
     check_entry,
     check_facts,
+)
+from core.store.schema import (
+    SCHEMA_MEASUREMENT,
+    SCHEMA_VERSION,
+    Migration,
+    check_version,
+    program_version,
 )
 
 log = logging.getLogger(__name__)
@@ -121,6 +130,8 @@ class InfluxStore:
         connect_timeout_s: float = 5.0,
         batch_lines: int = BATCH_LINES,
         claim_settle_s: float = CLAIM_SETTLE_S,
+        migrate: bool = True,
+        url: str | None = None,
     ) -> None:
         if not DATABASE_RE.fullmatch(database):
             raise ValueError(f"InfluxDB database name {database!r} must match {DATABASE_RE.pattern}")
@@ -136,6 +147,10 @@ class InfluxStore:
         self._session: aiohttp.ClientSession | None = None
         self._database_ready = False
         self._prefixes: dict[tuple[str, str, str, str, str | None], str] = {}
+        self.migrate_on_open = migrate
+        self.url = url or f"influxdb://{host}:{port}/{database}"
+        self.found_version: int | None = None  # the version the database had when opened
+        self.check_schema = True  # False: open() neither checks nor migrates (backups, restores)
 
     def __repr__(self) -> str:
         who = f"{self.username}@" if self.username else ""
@@ -165,8 +180,64 @@ class InfluxStore:
             # e.g. a user with write access but no admin rights, or a 2.x/3.x server without
             # InfluxQL CREATE: the database may well exist; a write will tell if it does not
             log.warning("could not create InfluxDB database %s (%s); assuming it exists", self.database, e)
+        if not self.check_schema:
+            self._database_ready = True
+            return
+        found = await self.schema_version()
+        self.found_version = found
+        check_version(found, f"InfluxDB database {self.database} at {self._base}", self.url,
+                      reader=not self.migrate_on_open)
+        if self.migrate_on_open:
+            await self.migrate()
+        elif found < SCHEMA_VERSION:
+            log.info("InfluxDB database %s has schema %d (this mieruka: %d); read as it is, the next writer "
+                     "(or mieruka migrate) migrates it", self.database, found, SCHEMA_VERSION)
         self._database_ready = True
         log.info("opened %r", self)
+
+    async def schema_version(self) -> int:
+        """The database's schema version now (0: made before versions were recorded)."""
+        try:
+            results = await self._query(f'SELECT max("version") FROM "{SCHEMA_MEASUREMENT}"')
+        except StoreUnavailable:
+            raise
+        except StoreError as e:
+            if "database not found" in str(e):  # nothing written yet (and no right to create it)
+                return 0
+            raise
+        for series in _series(results, 0):
+            for row in series.get("values", []):
+                if row[1] is not None:
+                    return int(row[1])
+        return 0
+
+    async def migrate(self) -> list[Migration]:
+        """Apply the pending migrations (each is idempotent; the version point is written last)."""
+        found = await self.schema_version()
+        todo = check_version(found, f"InfluxDB database {self.database} at {self._base}", self.url, reader=False)
+        for m in todo:
+            # migration 1 only records the version; later ones do their work before this point
+            line = f"{SCHEMA_MEASUREMENT} version={m.version}i,mieruka={escape_str(program_version())}"
+            await self._request("POST", "/write", {"db": self.database, "precision": "ns"}, data=line.encode())
+        if todo:
+            log.info("InfluxDB database %s migrated from schema %d to %d", self.database, found, todo[-1].version)
+        return todo
+
+    async def query(self, q: str, *, post: bool = False) -> list[dict[str, Any]]:
+        """Run InfluxQL against this database (``epoch=ns``); the answer's ``results`` (backups)."""
+        return await self._query(q, post=post)
+
+    async def write_lines(self, lines: Sequence[str]) -> None:
+        """Write line protocol (ns times) as is, in batches; :class:`FactRefused` when InfluxDB refuses it."""
+        params = {"db": self.database, "precision": "ns"}
+        for i in range(0, len(lines), self._batch_lines):
+            body = "\n".join(lines[i:i + self._batch_lines]).encode()
+            try:
+                await self._request("POST", "/write", params, data=body)
+            except InfluxHttpError as e:
+                if e.status == 400:
+                    raise FactRefused(str(e)) from e
+                raise
 
     async def close(self) -> None:
         session, self._session = self._session, None

@@ -37,6 +37,7 @@ from core.store.base import (
     check_entry,
     check_facts,
 )
+from core.store.schema import SCHEMA_VERSION, Migration, check_version, program_version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,6 +82,12 @@ CREATE TABLE IF NOT EXISTS claims (
     key TEXT PRIMARY KEY, owner TEXT NOT NULL, time_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+# schema_history (core.store.schema): one row per migration applied; the version itself is PRAGMA user_version
+HISTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_history (
+    version INTEGER PRIMARY KEY, applied_ns INTEGER NOT NULL, mieruka TEXT NOT NULL, summary TEXT NOT NULL
+);
+"""
 
 
 def _bucket_expr(bucket_ns: int) -> str:
@@ -95,12 +102,21 @@ def _placeholders(n: int) -> str:
 
 class SqliteStore:
     """:class:`~core.store.base.Store` on a SQLite file (created with its parent directory if missing,
-    unless ``create`` is False: then a missing file is a :class:`StoreError`, as readers want)."""
+    unless ``create`` is False: then a missing file is a :class:`StoreError`, as readers want).
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0, create: bool = True) -> None:
+    Opening checks the schema version (:mod:`core.store.schema`): with ``migrate`` (the default when
+    ``create``) an older store is migrated, in one transaction; without, an older store is read as it
+    is when that is safe, else refused naming ``mieruka migrate``; a newer one is always refused."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0, create: bool = True,
+                 migrate: bool | None = None, url: str | None = None) -> None:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
         self.create = create
+        self.migrate_on_open = create if migrate is None else migrate
+        self.url = url or f"sqlite:///{self.path}"
+        self.found_version: int | None = None  # the version the file had when opened
+        self.check_schema = True  # False: open() neither checks nor migrates nor creates tables (mieruka migrate)
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._wlock = threading.Lock()
@@ -137,8 +153,19 @@ class SqliteStore:
                     raise StoreError(f"{self.path}: SQLite refused WAL mode (journal_mode is {mode})")
                 # FULL: a write the caller was told is confirmed survives a power cut too
                 w.execute("PRAGMA synchronous = FULL")
-                w.executescript(SCHEMA)
-                w.executescript(CLAIMS_SCHEMA)
+                found = int(w.execute("PRAGMA user_version").fetchone()[0])
+                self.found_version = found
+                if not self.check_schema:
+                    pass
+                elif self.migrate_on_open:
+                    self._migrate_sync(w)  # checks the version inside its transaction
+                else:
+                    check_version(found, f"SQLite store {self.path}", self.url, reader=True)
+                    w.executescript(SCHEMA)
+                    w.executescript(CLAIMS_SCHEMA)
+                    if found < SCHEMA_VERSION:
+                        log.info("SQLite store %s has schema %d (this mieruka: %d); read as it is, the next "
+                                 "writer (or mieruka migrate) migrates it", self.path, found, SCHEMA_VERSION)
                 r = self._connect()
             except BaseException:
                 w.close()
@@ -149,6 +176,44 @@ class SqliteStore:
             raise StoreError(f"cannot open SQLite store {self.path}: {e}") from e
         self._wconn, self._rconn = w, r
         log.info("opened SQLite store %s", self.path)
+
+    def _migrate_sync(self, w: sqlite3.Connection) -> list[Migration]:
+        """Create the tables a store lacks and apply the pending migrations, in one write transaction
+        (a second writer migrating at the same time waits, then finds nothing to do). An up-to-date store
+        takes no write lock: its tables exist, and opening must not wait for another writer's transaction."""
+        found = int(w.execute("PRAGMA user_version").fetchone()[0])
+        if found == SCHEMA_VERSION:
+            for script in (SCHEMA, CLAIMS_SCHEMA, HISTORY_SCHEMA):
+                w.executescript(script)  # no-ops on a store that has its tables
+            return []
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            found = int(w.execute("PRAGMA user_version").fetchone()[0])
+            todo = check_version(found, f"SQLite store {self.path}", self.url, reader=False)
+            for script in (SCHEMA, CLAIMS_SCHEMA, HISTORY_SCHEMA):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        w.execute(statement)
+            for m in todo:
+                w.execute("INSERT OR REPLACE INTO schema_history (version, applied_ns, mieruka, summary) "
+                          "VALUES (?, ?, ?, ?)", (m.version, time.time_ns(), program_version(), m.summary))
+            if todo:
+                w.execute(f"PRAGMA user_version = {int(todo[-1].version)}")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        w.execute("COMMIT")
+        if todo:
+            log.info("SQLite store %s migrated from schema %d to %d", self.path, found, todo[-1].version)
+        return todo
+
+    async def migrate(self) -> list[Migration]:
+        """Apply the pending migrations now (``mieruka migrate``); the ones applied."""
+        return await self._run(True, self._migrate_sync)
+
+    async def schema_version(self) -> int:
+        """The store's schema version now (0: made before versions were recorded)."""
+        return int(await self._run(False, lambda c: c.execute("PRAGMA user_version").fetchone()[0]))
 
     async def close(self) -> None:
         w, r = self._wconn, self._rconn
