@@ -347,16 +347,8 @@ class InfluxStore:
 
     async def write(self, facts: Sequence[Fact]) -> None:
         check_facts(facts)  # a point InfluxDB refuses would fail its whole request (400, partial write)
-        lines = self.lines(facts)
-        params = {"db": self.database, "precision": "ns"}
-        for i in range(0, len(lines), self._batch_lines):
-            body = "\n".join(lines[i:i + self._batch_lines]).encode()
-            try:
-                await self._request("POST", "/write", params, data=body)
-            except InfluxHttpError as e:
-                if e.status == 400:  # unparsable point, field type conflict, partial write: the data
-                    raise FactRefused(str(e)) from e
-                raise
+        # a 400 (unparsable point, field type conflict, partial write) is the data's fault: FactRefused
+        await self.write_lines(self.lines(facts))
 
     # ---- reads --------------------------------------------------------------------------
     async def count_buckets(

@@ -19,7 +19,7 @@ from core.plant import dump_plant, parse_plant
 from core.store import open_store
 from tests.e2e.plants import fast_plant
 from tests.support.influxd import Influxd
-from tests.support.ledger import read_ledger
+from tests.support.ledger import down_runs, read_ledger
 from tests.support.procs import api_process, interrupt, mieruka, wait_until
 from tests.support.services import free_port, wait_port
 from tests.support.webhook import receiver
@@ -31,23 +31,7 @@ CHECK_S = 0.5
 LATENCY_S = 3.0
 RUN_S = 20.0
 
-Run = tuple[str, datetime, datetime | None]  # machine, down from, until (None: still down)
 
-
-def down_runs(ledger: Path) -> list[Run]:
-    """Each machine's stretches of `down` (whatever the reasons inside) per the ledger."""
-    out: list[Run] = []
-    open_: dict[str, datetime] = {}
-    for r in read_ledger(ledger):
-        if r.get("kind") != "state":
-            continue
-        m, down = r["machine"], r["state"] == "down"
-        if down and m not in open_:
-            open_[m] = r["_t"]
-        elif not down and m in open_:
-            out.append((m, open_.pop(m), r["_t"]))
-    out.extend((m, t, None) for m, t in open_.items())
-    return out
 
 
 async def test_breakdowns_are_told_once_with_their_ledger_start(tmp_path: Path, influxd_server: Influxd) -> None:
@@ -95,7 +79,7 @@ async def test_breakdowns_are_told_once_with_their_ledger_start(tmp_path: Path, 
             interrupt(sim)
             await store.close()
 
-    runs = {(m, start): until for m, start, until in down_runs(ledger)}
+    runs = {(m, start): until for m, start, until in down_runs(read_ledger(ledger))}
     got = [(r.body["rule"], r.body["kind"], datetime.fromisoformat(r.body["since"]), r.wall) for r in hook.records]
     print("runs:", [(m, s.isoformat(), u and (u - s).total_seconds()) for (m, s), u in runs.items()])
     print("messages:", [(rule, kind, since.isoformat(), (at - since).total_seconds()) for rule, kind, since, at in got])

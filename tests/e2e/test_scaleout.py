@@ -43,6 +43,7 @@ from tests.support.haproxy import haproxy
 from tests.support.influxd import Influxd
 from tests.support.ledger import (
     LedgerStretch,
+    down_runs,
     ms,
     parse_t,
     part_counts,
@@ -67,7 +68,6 @@ THROUGHPUT_ROUTE = f"{V1}/lines/{{line_id}}/throughput"
 ALERTED = ("ua-1", "mq-1")  # machines with a down rule
 
 
-Run = tuple[str, datetime, datetime | None]  # machine, down from, until (None: still down)
 
 
 def _iso(t: datetime) -> str:
@@ -124,21 +124,6 @@ def ledger_so_far(path: Path) -> list[dict[str, Any]]:
             out.append(rec)
     return out
 
-
-def down_runs(records: list[dict[str, Any]]) -> list[Run]:
-    """Each machine's stretches of `down` (whatever the reasons inside) per the ledger."""
-    out: list[Run] = []
-    open_: dict[str, datetime] = {}
-    for r in records:
-        if r.get("kind") != "state":
-            continue
-        m, down = r["machine"], r["state"] == "down"
-        if down and m not in open_:
-            open_[m] = r["_t"]
-        elif not down and m in open_:
-            out.append((m, open_.pop(m), r["_t"]))
-    out.extend((m, t, None) for m, t in open_.items())
-    return out
 
 
 def told_runs(records: list[dict[str, Any]], checking_from: datetime, now: datetime) -> list[tuple[str, datetime]]:

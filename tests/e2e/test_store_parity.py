@@ -5,7 +5,6 @@ machine figure (all fields) and the line throughput compared between the two, fl
 from __future__ import annotations
 
 import dataclasses
-import math
 import subprocess
 import sys
 import uuid
@@ -21,6 +20,7 @@ from core.store import open_store
 from core.store.base import Store
 from tests.conftest import DEMO_PLANT
 from tests.support.influxd import Influxd
+from tests.support.snapshot import differences
 
 START = datetime.fromisoformat("2026-11-26T08:00:00+09:00")  # a Thursday: day shift, then night shift
 END = START + timedelta(days=1)
@@ -81,25 +81,9 @@ def plain(x: Any) -> Any:
     return x
 
 
-def differences(a: Any, b: Any, path: str = "") -> list[str]:
-    """Where two plain values differ; floats may differ by at most 1e-9."""
-    if isinstance(a, float) and isinstance(b, float):
-        return [] if math.isclose(a, b, rel_tol=0, abs_tol=1e-9) else [f"{path}: {a!r} != {b!r}"]
-    if isinstance(a, dict) and isinstance(b, dict):
-        if set(a) != set(b):
-            return [f"{path}: keys {sorted(set(a) ^ set(b))} differ"]
-        return [d for k in a for d in differences(a[k], b[k], f"{path}.{k}")]
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [f"{path}: {len(a)} != {len(b)} items"]
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}[{i}]")]
-    if type(a) is not type(b) or a != b:
-        return [f"{path}: {a!r} != {b!r}"]
-    return []
-
 
 def assert_same(a: Any, b: Any, what: str) -> None:
-    diff = differences(plain(a), plain(b))
+    diff = differences(plain(a), plain(b), exact_types=True)
     assert not diff, f"{what}: SQLite and InfluxDB differ at {len(diff)} places, first: {diff[:5]}"
 
 

@@ -136,3 +136,22 @@ def micro_flags(stretches: list[LedgerStretch], micro_ms: float) -> list[bool]:
             out[k] = micro
         i = j + 1
     return out
+
+
+Run = tuple[str, datetime, datetime | None]  # machine, down from, until (None: still down)
+
+
+def down_runs(records: list[dict[str, Any]]) -> list[Run]:
+    """Each machine's stretches of `down` (whatever the reasons inside) per the ledger."""
+    out: list[Run] = []
+    open_: dict[str, datetime] = {}
+    for r in records:
+        if r.get("kind") != "state":
+            continue
+        m, down = r["machine"], r["state"] == "down"
+        if down and m not in open_:
+            open_[m] = r["_t"]
+        elif not down and m in open_:
+            out.append((m, open_.pop(m), r["_t"]))
+    out.extend((m, t, None) for m, t in open_.items())
+    return out

@@ -39,20 +39,23 @@ def plain(x: Any) -> Any:
     return repr(x)
 
 
-def differences(a: Any, b: Any, path: str = "") -> list[str]:
-    """Where two plain values differ; floats may differ by at most 1e-9 (ints and floats compare as numbers:
-    JSON writes 2.0 as 2.0 but a reader may give 2)."""
+def differences(a: Any, b: Any, path: str = "", exact_types: bool = False) -> list[str]:
+    """Where two plain values differ; floats may differ by at most 1e-9. Ints and floats compare as numbers
+    (JSON writes 2.0 as 2.0 but a reader may give 2) unless ``exact_types``: then 2 and 2.0 differ too."""
+    if exact_types and type(a) is not type(b):
+        return [f"{path}: {a!r} ({type(a).__name__}) != {b!r} ({type(b).__name__})"]
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
             and not isinstance(b, bool):
         return [] if math.isclose(a, b, rel_tol=0, abs_tol=1e-9) else [f"{path}: {a!r} != {b!r}"]
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
             return [f"{path}: keys {sorted(set(a) ^ set(b))} differ"]
-        return [d for k in a for d in differences(a[k], b[k], f"{path}.{k}")]
+        return [d for k in a for d in differences(a[k], b[k], f"{path}.{k}", exact_types)]
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return [f"{path}: {len(a)} != {len(b)} items"]
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}[{i}]")]
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for i, (x, y) in pairs for d in differences(x, y, f"{path}[{i}]", exact_types)]
     if a != b:
         return [f"{path}: {a!r} != {b!r}"]
     return []
