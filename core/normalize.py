@@ -80,6 +80,7 @@ from core.model import (
     REASON_SIGNAL,
     STATE_SIGNAL,
     Fact,
+    Quality,
     Sample,
     from_ns,
     to_ns,
@@ -255,29 +256,31 @@ class Normalizer:
     # ---- public -------------------------------------------------------------------------
     def feed(self, sample: Sample) -> list[Fact]:
         """The facts one sample makes (often none); raises :class:`NormalizeError`."""
-        entry = self._machines.get(sample.machine)
-        if entry is None:
-            raise NormalizeError("unknown_machine", f"unknown machine '{sample.machine}' (not in the plant file)")
-        line, machine = entry
-        sig = machine.signals.get(sample.signal)
-        if sig is None:
-            raise NormalizeError("unknown_signal",
-                                 f"machine '{machine.id}' has no signal '{sample.signal}' in the plant file")
-        if sample.quality == "bad":
-            return []
         try:
             src_ns = to_ns(sample.time)
         except (ValueError, TypeError, AttributeError) as e:
-            raise NormalizeError("bad_time", f"{machine.id}.{sample.signal}: {e}") from None
+            self._signal(sample.machine, sample.signal)  # an unknown machine or signal is named first
+            if sample.quality == "bad":
+                return []
+            raise NormalizeError("bad_time", f"{sample.machine}.{sample.signal}: {e}") from None
+        return self.feed_ns(sample.machine, sample.signal, sample.value, src_ns, sample.quality)
+
+    def feed_ns(self, machine_id: str, signal: str, value: object, src_ns: int,
+                quality: Quality = "good") -> list[Fact]:
+        """:meth:`feed` for a sample given by its parts, with its source time in epoch ns: a
+        source that reads times as numbers builds no datetime and no :class:`Sample` per value."""
+        line, machine, sig = self._signal(machine_id, signal)
+        if quality == "bad":
+            return []
         problem = self.time_problem(src_ns)
         if problem is not None:
-            raise NormalizeError("bad_time", f"{machine.id}.{sample.signal}: source time {problem}")
-        facts = self._dispatch(line, machine.id, sample.signal, sig, sample.value, src_ns)
+            raise NormalizeError("bad_time", f"{machine.id}.{signal}: source time {problem}")
+        facts = self._dispatch(line, machine.id, signal, sig, value, src_ns)
         # an accepted sample is data: a silent machine is back (a refused one leaves it silent)
         self._seen[machine.id] = self._clock()
         ms = self._mstate.get(machine.id)
         if ms is not None and ms.before_silence is not None:
-            if sample.signal == STATE_SIGNAL:
+            if signal == STATE_SIGNAL:
                 ms.before_silence = None  # its own state says where it is now (or that it is offline)
                 self._dirty.add(f"m/{machine.id}")
             else:
@@ -512,6 +515,18 @@ class Normalizer:
         return changed
 
     # ---- helpers ------------------------------------------------------------------------
+    def _signal(self, machine_id: str, signal: str) -> tuple[str, Machine, Signal]:
+        """(line id, machine, signal spec) of a sample, or :class:`NormalizeError` naming what is unknown."""
+        entry = self._machines.get(machine_id)
+        if entry is None:
+            raise NormalizeError("unknown_machine", f"unknown machine '{machine_id}' (not in the plant file)")
+        line, machine = entry
+        sig = machine.signals.get(signal)
+        if sig is None:
+            raise NormalizeError("unknown_signal",
+                                 f"machine '{machine.id}' has no signal '{signal}' in the plant file")
+        return line, machine, sig
+
     def _known(self, machine: str, signal: str) -> bool:
         entry = self._machines.get(machine)
         return entry is not None and signal in entry[1].signals
