@@ -272,12 +272,12 @@ class Normalizer:
         line, machine, sig = self._signal(machine_id, signal)
         if quality == "bad":
             return []
-        problem = self.time_problem(src_ns)
-        if problem is not None:
-            raise NormalizeError("bad_time", f"{machine.id}.{signal}: source time {problem}")
+        now = self._clock()
+        if not MIN_SOURCE_NS <= src_ns <= now + self._ahead_ns:
+            raise NormalizeError("bad_time", f"{machine.id}.{signal}: source time {self._time_problem(src_ns, now)}")
         facts = self._dispatch(line, machine.id, signal, sig, value, src_ns)
         # an accepted sample is data: a silent machine is back (a refused one leaves it silent)
-        self._seen[machine.id] = self._clock()
+        self._seen[machine.id] = now
         ms = self._mstate.get(machine.id)
         if ms is not None and ms.before_silence is not None:
             if signal == STATE_SIGNAL:
@@ -344,9 +344,12 @@ class Normalizer:
 
     def time_problem(self, src_ns: int) -> str | None:
         """Why a source time (epoch ns) is not sane now, or None when it is."""
+        return self._time_problem(src_ns, self._clock())
+
+    def _time_problem(self, src_ns: int, now: int) -> str | None:
         if src_ns < MIN_SOURCE_NS:
             return f"{_iso(src_ns)} is before 2000-01-01"
-        latest = self._clock() + self._ahead_ns
+        latest = now + self._ahead_ns
         if src_ns > latest:
             return (f"{_iso(src_ns)} is more than {self._ahead_ns / 1e9:g}s ahead of the collector's clock "
                     f"({_iso(latest - self._ahead_ns)})")
@@ -655,7 +658,9 @@ class Normalizer:
 
     def _gauge(self, line: str, machine: str, name: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
         try:
-            if isinstance(value, str):
+            if type(value) is float:  # what sources hand over for a gauge (coerce_value)
+                v = value
+            elif isinstance(value, str):
                 v = float(value.strip())
             elif isinstance(value, int | float):
                 v = float(value)
