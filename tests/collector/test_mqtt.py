@@ -291,3 +291,34 @@ async def test_a_backlog_read_ahead_is_acknowledged_in_bulk_and_only_what_was_ac
                     if item.value == n:
                         break
     assert sorted(again) == [*sorted(set(range(n)) - acked), n]
+
+
+async def test_messages_reach_on_message_without_pahos_topic_filter_lookup_unless_filters_are_added(
+        mosquitto_broker: Mosquitto, publisher: Publisher, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # paho matches every message against its tree of per-topic callbacks, which the source never
+    # adds; the source's client skips that lookup, and still honours a callback added by hand
+    from paho.mqtt.matcher import MQTTMatcher
+
+    lookups: list[str] = []
+    original = MQTTMatcher.iter_match
+
+    def spy(self: MQTTMatcher, topic: str) -> object:
+        lookups.append(topic)
+        return original(self, topic)
+
+    monkeypatch.setattr(MQTTMatcher, "iter_match", spy)
+    topic = f"{prefix}/m1"
+    src = MqttSource("broker", MqttBroker(port=mosquitto_broker.port, qos=1),
+                     [("m1", "good", sig(topic, "good", counter_bits=32))])
+    async with running(src) as got:
+        for i in range(5):
+            await publisher.publish(topic, {"good": i})
+        assert [s.value for s in await take_samples(got, 5)] == [0, 1, 2, 3, 4]
+        assert lookups == []
+        client = src._client
+        assert client is not None
+        filtered: list[bytes] = []
+        client.message_callback_add(topic, lambda c, u, msg: filtered.append(msg.payload))
+        await publisher.publish(topic, {"good": 5})
+        await eventually(lambda: len(filtered) == 1, what="the per-topic callback")
+    assert lookups == [topic] and json.loads(filtered[0]) == {"good": 5}
