@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.sources import AckPoint, SourceFailed, SourceOffline
+from collector.sources import AckPoint, SampleBatch, SourceFailed, SourceOffline
 from collector.sources.mqtt import MqttSource, parse_time
 from core.model import Sample
 from core.plant import MqttBroker, Signal, mqtt_topic_filter_problem
@@ -253,9 +253,9 @@ async def test_a_backlog_read_ahead_is_acknowledged_in_bulk_and_only_what_was_ac
     async with asyncio.timeout(20), second:
         since_ack: list[int] = []
         async for item in second:
-            if isinstance(item, Sample):
-                seen.append(int(item.value))
-                since_ack.append(int(item.value))
+            if isinstance(item, SampleBatch):
+                seen += [int(x.value) for x in item.samples()]
+                since_ack += [int(x.value) for x in item.samples()]
             elif isinstance(item, AckPoint):
                 points += 1
                 if points == 1:  # the first burst acknowledged, the rest left unacknowledged
@@ -273,8 +273,8 @@ async def test_a_backlog_read_ahead_is_acknowledged_in_bulk_and_only_what_was_ac
     async with third:
         async def redelivered() -> None:
             async for item in third:
-                if isinstance(item, Sample):
-                    again.append(int(item.value))
+                if isinstance(item, SampleBatch):
+                    again.extend(int(x.value) for x in item.samples())
                 elif isinstance(item, AckPoint):
                     third.ack(item.token)
                 if len(again) >= n - len(acked):
@@ -286,9 +286,9 @@ async def test_a_backlog_read_ahead_is_acknowledged_in_bulk_and_only_what_was_ac
             async for item in third:
                 if isinstance(item, AckPoint):
                     third.ack(item.token)  # the broker's in-flight window must open for the marker
-                elif isinstance(item, Sample):
-                    again.append(int(item.value))
-                    if item.value == n:
+                elif isinstance(item, SampleBatch):
+                    again.extend(int(x.value) for x in item.samples())
+                    if again[-1] == n:
                         break
     assert sorted(again) == [*sorted(set(range(n)) - acked), n]
 
