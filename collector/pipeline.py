@@ -7,7 +7,9 @@
 Tasks (all in one ``asyncio.TaskGroup``, all named):
 
 - ``source:<id>``, one per plant source that serves a selected line: iterates the source and
-  feeds the one :class:`~core.normalize.Normalizer` (sync, so the sources never race on it).
+  feeds the one :class:`~core.normalize.Normalizer` (sync, so the sources never race on it);
+  a :class:`~collector.sources.SampleBatch` (what arrived together) goes in row by row through
+  ``Normalizer.feed_ns``, its facts queued in one go.
   Markers arrive in order with the samples: :class:`~collector.sources.SourceRestarted` goes to
   ``Normalizer.source_restarted`` (the first value after a PLC restart counts from 0),
   :class:`~collector.sources.SourceOffline` / :class:`~collector.sources.SourceOnline` to
@@ -27,7 +29,8 @@ Tasks (all in one ``asyncio.TaskGroup``, all named):
   re-delivered by the broker; OPC UA counters are cumulative, so the first reading after a
   restart carries whatever the lost moments counted.
 - ``writer`` (:class:`~collector.writer.StoreWriter`): reads the oldest spooled batches (up to
-  ``batch_size`` facts, or what is there once the oldest waited ``flush_interval_s``), writes
+  ``batch_size`` facts, or what is there once the oldest waited ``flush_interval_s``, or at
+  once when the last write left facts waiting: a backlog's tail does not wait), writes
   them to the store, and deletes them from the
   spool only once the store confirmed. A store outage leaves them in the spool and is retried with
   capped, jittered backoff; fact keys are replay-stable and store writes idempotent, so a batch

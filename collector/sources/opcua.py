@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from collector.sources import (
     SourceStats,
     aware_utc,
     coerce_value,
+    signal_kind,
 )
 from core.model import Quality
 from core.plant import OpcUaEndpoint, Signal
@@ -167,7 +169,8 @@ class OpcUaSource:
         self._queue: asyncio.Queue[SourceItem | _Lost | object] = asyncio.Queue()
         self._client: Client | None = None
         self._generation = 0
-        self._handles: dict[int, tuple[str, str, Signal | None]] = {}
+        # client handle -> machine, signal, its spec, and whether it is a gauge (read as a float)
+        self._handles: dict[int, tuple[str, str, Signal | None, bool]] = {}
         self._start_time: datetime | None = start_time  # the server's StartTime last seen (saved state)
         self._offline = False  # a SourceOffline was queued and no connection since
         self._retry_at = 0.0  # monotonic time of the next connection attempt
@@ -325,7 +328,7 @@ class OpcUaSource:
                 self._problem("bad_node", "%s: cannot monitor %s (%s.%s): the server has no namespace %r",
                               self.source_id, node, machine, name, node[4:].partition(";")[0])
                 continue
-            self._handles[handle] = (machine, name, spec)
+            self._handles[handle] = (machine, name, spec, spec is not None and signal_kind(name) == "gauge")
             requests.append(self._request(node_id, handle))
             wanted.append((machine, name, node))
         sub = await client.create_subscription(self._publishing_interval_ms, _Handler(self, generation))
@@ -446,7 +449,7 @@ class OpcUaSource:
         target = self._handles.get(item.ClientHandle)
         if target is None:
             return
-        machine, name, spec = target
+        machine, name, spec, gauge = target
         dv = item.Value
         raw = dv.Value.Value if dv is not None and dv.Value is not None else None
         if raw is None:
@@ -454,7 +457,10 @@ class OpcUaSource:
                           dv.StatusCode.name if dv is not None and dv.StatusCode is not None else "?")
             return
         try:
-            value = coerce_value(name, spec, raw) if spec is not None else _plain(raw)
+            if gauge and type(raw) is float and math.isfinite(raw):
+                value: float | int | str = raw  # what coerce_value makes of it
+            else:
+                value = coerce_value(name, spec, raw) if spec is not None else _plain(raw)
         except BadValue as e:
             self._problem(e.kind, "%s: %s.%s: %s", self.source_id, machine, name, e.message)
             return

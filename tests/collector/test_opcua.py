@@ -17,7 +17,7 @@ from collector.deadletter import DeadLetters
 from collector.sources import SampleBatch, SourceItem, SourceOffline, SourceOnline, SourceRestarted
 from collector.sources.opcua import OpcUaSource
 from core.model import Sample, to_ns
-from core.plant import OpcUaEndpoint
+from core.plant import OpcUaEndpoint, Signal
 from tests.collector.conftest import OpcServer, eventually, running, take
 
 
@@ -171,7 +171,9 @@ async def test_a_publish_reaches_the_pipeline_as_one_batch_in_order_with_no_task
     temp = await opc_server.add(f"{prefix}.Temp", ua.VariantType.Double, 0.5)
     # a long publishing interval: the writes below land in few publishes
     src = OpcUaSource("plc", OpcUaEndpoint(endpoint=opc_server.url),
-                      [("m1", "good", good), ("m1", "spindle_temp", temp)], publishing_interval_ms=1000)
+                      [("m1", "good", good, Signal.model_validate({"node": good})),
+                       ("m1", "spindle_temp", temp, Signal.model_validate({"node": temp}))],
+                      publishing_interval_ms=1000)
     batches: list[SampleBatch] = []
 
     async def pump() -> None:
@@ -191,17 +193,22 @@ async def test_a_publish_reaches_the_pipeline_as_one_batch_in_order_with_no_task
             name, value = (f"{prefix}.Good", i) if i % 2 else (f"{prefix}.Temp", i + 0.25)
             await opc_server.write(name, value, source_time=base + timedelta(milliseconds=i))
         await eventually(lambda: sum(len(b.rows) for b in batches) == 32, what="the initial values and 30 changes")
+        # a gauge that is not a finite number is refused, as coerce_value refuses it
+        await opc_server.write(f"{prefix}.Temp", float("nan"), source_time=base + timedelta(milliseconds=40))
+        await opc_server.write(f"{prefix}.Good", 99, source_time=base + timedelta(milliseconds=41))
+        await eventually(lambda: sum(len(b.rows) for b in batches) == 33, what="the change after the NaN")
+        assert src.stats.errors == {"wrong_type": 1}
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     rows = [r for b in batches for r in b.rows]
     # each signal's changes in order (a publish groups them by monitored item, not by time)
-    for signal, initial, changes in (("good", 1, [(i, i) for i in range(3, 32, 2)]),
+    for signal, initial, changes in (("good", 1, [(i, i) for i in range(3, 32, 2)] + [(99, 41)]),
                                      ("spindle_temp", 0.5, [(i + 0.25, i) for i in range(2, 32, 2)])):
         mine = [r for r in rows if r[1] == signal]
         assert mine[0][2] == initial
         assert [(v, t, m, q) for m, _, v, t, q in mine[1:]] == [
             (v, to_ns(base) + i * 1_000_000, "m1", "good") for v, i in changes]
-    assert all(b.source == "plc" for b in batches) and src.stats.samples == 32
+    assert all(b.source == "plc" for b in batches) and src.stats.samples == 33
     assert len(batches) < len(rows)  # a publish of many values is one item, not one each
     assert "DataChangeEvent" not in dispatched, dispatched
