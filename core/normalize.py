@@ -247,6 +247,7 @@ class Normalizer:
         self._times: dict[tuple[str, str], int] = {}
         self._mstate: dict[str, _MachineState] = {}
         self._dirty: set[str] = set()  # entry keys changed since the last changes() (see there)
+        self._dirty_times: set[tuple[str, str]] = set()  # the t/ entries among them (one per fact: kept apart)
         # silence (see silent()): collector-clock ns of each machine's last accepted sample, not
         # saved: after a restart the watch starts over from the start, so data a broker kept for
         # a persistent session arrives before anything is declared silent
@@ -442,7 +443,11 @@ class Normalizer:
             else:
                 # None: forgotten (see _drop_future), so the saved row stops holding the old time
                 out[key] = self._times.get((m, sig))
+        times = self._times
+        for m, sig in self._dirty_times:
+            out[f"t/{m}/{sig}"] = times.get((m, sig))
         self._dirty.clear()
+        self._dirty_times.clear()
         return out
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -487,6 +492,7 @@ class Normalizer:
         dropped = self._drop_future(counters, times, mstate)
         self._counters, self._times, self._mstate = counters, times, mstate
         self._dirty.clear()
+        self._dirty_times.clear()
         self._dirty.update(dropped)  # saved again without them with the next commit
 
     def _drop_future(self, counters: dict[tuple[str, str], _Counter], times: dict[tuple[str, str], int],
@@ -535,10 +541,11 @@ class Normalizer:
         return entry is not None and signal in entry[1].signals
 
     def _stamp(self, machine: str, signal: str, src_ns: int) -> int:
-        prev = self._times.get((machine, signal))
+        key = (machine, signal)
+        prev = self._times.get(key)
         t = src_ns if prev is None or src_ns > prev else prev + 1
-        self._times[(machine, signal)] = t
-        self._dirty.add(f"t/{machine}/{signal}")
+        self._times[key] = t
+        self._dirty_times.add(key)
         return t
 
     def _counter(self, line: str, machine: str, name: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
