@@ -482,13 +482,14 @@ drains it as its own process, timed from launch (interpreter start included) unt
 
 {table}
 
-Where (c)'s time goes (py-spy, 100 000 messages): before the read-ahead socket, half of it was paho's own
-loop (a `select` and three `recv` per packet, one `send` and one wake-up per PUBACK: 1.3 s of system time);
-the collector now reads paho's socket 64 KiB at a time and sends a commit's PUBACKs in one write, and the
-writer reads the batches it writes from the spool's memory instead of decoding them. What is left is Python
-per message, split about evenly between paho's packet handling (its thread), parsing and normalizing (the
-event loop), and the spool and the writer (threads): they share one GIL, so (c) needs one core where (a) and
-(b) leave the second to Mosquitto and influxd, and it suffers most when the machine is busy.
+Where (c)'s time goes (py-spy, 100 000 messages): Python per message, on one GIL shared by paho's
+thread (packet handling), the event loop (parsing, normalizing) and the spool and writer threads.
+What was cut: paho's `select` and three `recv` per packet (the collector reads its socket 64 KiB
+at a time and sends a commit's PUBACKs in one write), paho's lookup of per-topic callbacks the
+collector never adds, a datetime, a `Sample` and a pipeline step per value (a read burst's
+messages go to the normalizer as one batch of rows with the time in ns), decoding what the spool
+just wrote (the writer reads its latest batches from memory), and the end of a drain waiting up
+to the 1 s flush interval for a fuller batch (the writer writes a backlog's tail at once).
 
 **Targets** (latency: `mieruka collect --flush-interval 1`, {MACHINES} counters at 10 Hz for {lat_s:.0f} s, the store
 polled every 50 ms; RSS: `mieruka collect` after {rss_s:.0f} s on the plant of

@@ -7,7 +7,9 @@
 Tasks (all in one ``asyncio.TaskGroup``, all named):
 
 - ``source:<id>``, one per plant source that serves a selected line: iterates the source and
-  feeds the one :class:`~core.normalize.Normalizer` (sync, so the sources never race on it).
+  feeds the one :class:`~core.normalize.Normalizer` (sync, so the sources never race on it);
+  a :class:`~collector.sources.SampleBatch` (what arrived together) goes in row by row through
+  ``Normalizer.feed_ns``, its facts queued in one go.
   Markers arrive in order with the samples: :class:`~collector.sources.SourceRestarted` goes to
   ``Normalizer.source_restarted`` (the first value after a PLC restart counts from 0),
   :class:`~collector.sources.SourceOffline` / :class:`~collector.sources.SourceOnline` to
@@ -27,7 +29,8 @@ Tasks (all in one ``asyncio.TaskGroup``, all named):
   re-delivered by the broker; OPC UA counters are cumulative, so the first reading after a
   restart carries whatever the lost moments counted.
 - ``writer`` (:class:`~collector.writer.StoreWriter`): reads the oldest spooled batches (up to
-  ``batch_size`` facts, or what is there once the oldest waited ``flush_interval_s``), writes
+  ``batch_size`` facts, or what is there once the oldest waited ``flush_interval_s``, or at
+  once when the last write left facts waiting: a backlog's tail does not wait), writes
   them to the store, and deletes them from the
   spool only once the store confirmed. A store outage leaves them in the spool and is retried with
   capped, jittered backoff; fact keys are replay-stable and store writes idempotent, so a batch
@@ -65,6 +68,7 @@ from collector.sources import (
     MachinesOffline,
     MachinesOnline,
     OncePerKind,
+    SampleBatch,
     SampleSource,
     SourceOffline,
     SourceOnline,
@@ -73,7 +77,7 @@ from collector.sources import (
 from collector.spool import SpoolFull, SpoolStats
 from collector.stats import CollectorStats, SpoolLike
 from collector.writer import GiveUp, StoreWriter
-from core.model import COUNTER_SIGNALS, Fact, Sample
+from core.model import COUNTER_SIGNALS, Fact, Sample, from_ns
 from core.normalize import (
     NormalizeError,
     Normalizer,
@@ -347,7 +351,10 @@ class Collector:
         n = 0
         async with source:
             async for item in source:
-                if isinstance(item, Sample):
+                if isinstance(item, SampleBatch):
+                    self._take_batch(item)
+                    n += len(item.rows) - 1
+                elif isinstance(item, Sample):
                     self._take(item, feed)
                 elif isinstance(item, AckPoint):
                     self._acks.append(item)
@@ -381,9 +388,10 @@ class Collector:
                 if len(self._unspooled) >= self.config.max_unspooled:
                     self._room.clear()
                     await self._room.wait()  # the spool is full ("block") or slow: stop reading
-                elif n % 1000 == 0:
+                elif n >= 1000:
                     # a source with a backlog answers __anext__ without ever suspending; without
                     # this the committer (and every other task) would starve while it drains
+                    n = 0
                     await asyncio.sleep(0)
 
     async def _silence_watch(self) -> None:
@@ -404,23 +412,41 @@ class Collector:
         try:
             facts = feed(sample)
         except Exception as e:
-            # one sample nobody foresaw (or a bug it triggers) costs that sample, never the collector:
-            # the broker would re-deliver it to every restart
-            if isinstance(e, NormalizeError):
-                kind, message = e.kind, e.message
-            else:
-                kind, message = "normalize_failed", f"{sample.machine}.{sample.signal}: {type(e).__name__}: {e}"
-                log.debug("normalizer failed on %r", sample, exc_info=True)
-            if self.dead_letters is not None:
-                self.dead_letters.record(kind, message, source=sample.source,
-                                         raw=f"{sample.machine},{sample.signal},{sample.value!r},"
-                                             f"{sample.time.isoformat()}")
-            else:
-                self._dead(kind, "dropping sample from %s: %s", sample.source or "?", message)
+            self._refused(e, sample.source, sample.machine, sample.signal, sample.value, sample.time.isoformat())
         else:
             if facts:
                 self._enqueue(sample.source, facts)
         self._progress.set()
+
+    def _take_batch(self, batch: SampleBatch) -> None:
+        """:meth:`_take` for a batch's rows: their facts join the queue in one go, in order."""
+        feed = self.normalizer.feed_ns
+        out: list[Fact] = []
+        for machine, signal, value, src_ns, quality in batch.rows:
+            try:
+                facts = feed(machine, signal, value, src_ns, quality)
+            except Exception as e:
+                self._refused(e, batch.source, machine, signal, value, _iso_ns(src_ns))
+            else:
+                if facts:
+                    out += facts
+        self.stats.samples_in += len(batch.rows)
+        if out:
+            self._enqueue(batch.source, out)
+        self._progress.set()
+
+    def _refused(self, e: Exception, source: str, machine: str, signal: str, value: object, when: str) -> None:
+        # one sample nobody foresaw (or a bug it triggers) costs that sample, never the collector:
+        # the broker would re-deliver it to every restart
+        if isinstance(e, NormalizeError):
+            kind, message = e.kind, e.message
+        else:
+            kind, message = "normalize_failed", f"{machine}.{signal}: {type(e).__name__}: {e}"
+            log.debug("normalizer failed on %s.%s = %r at %s", machine, signal, value, when, exc_info=True)
+        if self.dead_letters is not None:
+            self.dead_letters.record(kind, message, source=source, raw=f"{machine},{signal},{value!r},{when}")
+        else:
+            self._dead(kind, "dropping sample from %s: %s", source or "?", message)
 
     def _enqueue(self, source: str, facts: list[Fact]) -> None:
         self._unspooled.extend(facts)
@@ -514,3 +540,11 @@ class Collector:
         """Return once every source is connected and subscribed (call while :meth:`run` runs)."""
         for s in self.sources.values():
             await s.wait_ready()
+
+
+def _iso_ns(ns: int) -> str:
+    """An epoch-ns source time for a dead letter (one too far out for a datetime, as a number)."""
+    try:
+        return from_ns(ns).isoformat()
+    except (OverflowError, ValueError):
+        return f"{ns} ns since the epoch"

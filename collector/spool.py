@@ -160,6 +160,20 @@ class SpoolStats:
     quarantined_total: int = 0  # facts quarantined since open
 
 
+_ENTRY_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def _entry_json(value: Any) -> str:
+    """A state entry's JSON, as ``json.dumps(value, separators=(",", ":"))`` writes it. Most
+    entries are a signal's last fact time (an int, or None once forgotten): one per fact, so
+    those skip the general encoder (~1.7 µs each, the spool's largest cost per gauge value)."""
+    if type(value) is int:  # not bool, not an int subclass (their JSON differs)
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    return _ENTRY_ENCODER.encode(value)
+
+
 def encode(facts: Sequence[Fact]) -> bytes:
     """One batch's payload: a compact JSON array of ``[kind, time_ns, line, machine, signal, value,
     reason, unit]`` arrays, UTF-8 (lone surrogates pass through)."""
@@ -342,7 +356,7 @@ class Spool:
         spool is full under "block"; under "drop-oldest" evicts the oldest batches to fit."""
         payload = encode(facts) if facts else b""
         state_json = None if state is None else json.dumps(state, separators=(",", ":"))
-        entry_rows = [(k, json.dumps(v, separators=(",", ":"))) for k, v in (entries or {}).items()]
+        entry_rows = [(k, _entry_json(v)) for k, v in (entries or {}).items()]
         nbytes = len(payload)
         with self._lock:
             self._check_open()

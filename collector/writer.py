@@ -50,6 +50,7 @@ class StoreWriter:
         self._closing = False
         self._committed_all = False
         self._give_up_at = float("inf")
+        self._behind = False  # the last write left facts waiting: a backlog is being worked off
 
     def wake(self) -> None:
         """A commit added facts."""
@@ -76,7 +77,12 @@ class StoreWriter:
                     return
                 await self._spooled.wait()
                 continue
-            if st.facts < self.config.batch_size and not self._closing and st.oldest_spooled_at is not None:
+            # a partial batch waits (up to flush_interval_s) for a fuller one, unless the last
+            # write left facts waiting: then the writer is working off a backlog, and what it
+            # finds now is its tail, which waiting would only hold back (up to a whole flush
+            # interval at the end of a drain after an outage)
+            if (st.facts < self.config.batch_size and not self._closing and not self._behind
+                    and st.oldest_spooled_at is not None):
                 age = (datetime.now(UTC) - st.oldest_spooled_at).total_seconds()
                 if age < self.config.flush_interval_s:
                     with contextlib.suppress(TimeoutError):
@@ -91,6 +97,7 @@ class StoreWriter:
                 continue
             facts = [f for _, fs in batches for f in fs]
             first_seq = batches[0][0]
+            behind = self.spool.stats.facts > len(facts)  # more was waiting than one write takes
 
             async def still_spooled(dropped_before: int = dropped_before, first_seq: int = first_seq) -> bool:
                 # "drop-oldest" may delete these batches while the store is down: then they are
@@ -123,6 +130,7 @@ class StoreWriter:
                 self._progress()
                 return
             await asyncio.to_thread(self.spool.confirm, batches[-1][0], refused)
+            self._behind = behind
             if refused:
                 self.stats.facts_rejected += len(refused)
                 log.error("store refused %d facts (first: %s); they are in the spool's quarantine (%d there now), "

@@ -80,6 +80,7 @@ from core.model import (
     REASON_SIGNAL,
     STATE_SIGNAL,
     Fact,
+    Quality,
     Sample,
     from_ns,
     to_ns,
@@ -246,6 +247,7 @@ class Normalizer:
         self._times: dict[tuple[str, str], int] = {}
         self._mstate: dict[str, _MachineState] = {}
         self._dirty: set[str] = set()  # entry keys changed since the last changes() (see there)
+        self._dirty_times: set[tuple[str, str]] = set()  # the t/ entries among them (one per fact: kept apart)
         # silence (see silent()): collector-clock ns of each machine's last accepted sample, not
         # saved: after a restart the watch starts over from the start, so data a broker kept for
         # a persistent session arrives before anything is declared silent
@@ -255,29 +257,31 @@ class Normalizer:
     # ---- public -------------------------------------------------------------------------
     def feed(self, sample: Sample) -> list[Fact]:
         """The facts one sample makes (often none); raises :class:`NormalizeError`."""
-        entry = self._machines.get(sample.machine)
-        if entry is None:
-            raise NormalizeError("unknown_machine", f"unknown machine '{sample.machine}' (not in the plant file)")
-        line, machine = entry
-        sig = machine.signals.get(sample.signal)
-        if sig is None:
-            raise NormalizeError("unknown_signal",
-                                 f"machine '{machine.id}' has no signal '{sample.signal}' in the plant file")
-        if sample.quality == "bad":
-            return []
         try:
             src_ns = to_ns(sample.time)
         except (ValueError, TypeError, AttributeError) as e:
-            raise NormalizeError("bad_time", f"{machine.id}.{sample.signal}: {e}") from None
-        problem = self.time_problem(src_ns)
-        if problem is not None:
-            raise NormalizeError("bad_time", f"{machine.id}.{sample.signal}: source time {problem}")
-        facts = self._dispatch(line, machine.id, sample.signal, sig, sample.value, src_ns)
+            self._signal(sample.machine, sample.signal)  # an unknown machine or signal is named first
+            if sample.quality == "bad":
+                return []
+            raise NormalizeError("bad_time", f"{sample.machine}.{sample.signal}: {e}") from None
+        return self.feed_ns(sample.machine, sample.signal, sample.value, src_ns, sample.quality)
+
+    def feed_ns(self, machine_id: str, signal: str, value: object, src_ns: int,
+                quality: Quality = "good") -> list[Fact]:
+        """:meth:`feed` for a sample given by its parts, with its source time in epoch ns: a
+        source that reads times as numbers builds no datetime and no :class:`Sample` per value."""
+        line, machine, sig = self._signal(machine_id, signal)
+        if quality == "bad":
+            return []
+        now = self._clock()
+        if not MIN_SOURCE_NS <= src_ns <= now + self._ahead_ns:
+            raise NormalizeError("bad_time", f"{machine.id}.{signal}: source time {self._time_problem(src_ns, now)}")
+        facts = self._dispatch(line, machine.id, signal, sig, value, src_ns)
         # an accepted sample is data: a silent machine is back (a refused one leaves it silent)
-        self._seen[machine.id] = self._clock()
+        self._seen[machine.id] = now
         ms = self._mstate.get(machine.id)
         if ms is not None and ms.before_silence is not None:
-            if sample.signal == STATE_SIGNAL:
+            if signal == STATE_SIGNAL:
                 ms.before_silence = None  # its own state says where it is now (or that it is offline)
                 self._dirty.add(f"m/{machine.id}")
             else:
@@ -341,9 +345,12 @@ class Normalizer:
 
     def time_problem(self, src_ns: int) -> str | None:
         """Why a source time (epoch ns) is not sane now, or None when it is."""
+        return self._time_problem(src_ns, self._clock())
+
+    def _time_problem(self, src_ns: int, now: int) -> str | None:
         if src_ns < MIN_SOURCE_NS:
             return f"{_iso(src_ns)} is before 2000-01-01"
-        latest = self._clock() + self._ahead_ns
+        latest = now + self._ahead_ns
         if src_ns > latest:
             return (f"{_iso(src_ns)} is more than {self._ahead_ns / 1e9:g}s ahead of the collector's clock "
                     f"({_iso(latest - self._ahead_ns)})")
@@ -436,7 +443,11 @@ class Normalizer:
             else:
                 # None: forgotten (see _drop_future), so the saved row stops holding the old time
                 out[key] = self._times.get((m, sig))
+        times = self._times
+        for m, sig in self._dirty_times:
+            out[f"t/{m}/{sig}"] = times.get((m, sig))
         self._dirty.clear()
+        self._dirty_times.clear()
         return out
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -481,6 +492,7 @@ class Normalizer:
         dropped = self._drop_future(counters, times, mstate)
         self._counters, self._times, self._mstate = counters, times, mstate
         self._dirty.clear()
+        self._dirty_times.clear()
         self._dirty.update(dropped)  # saved again without them with the next commit
 
     def _drop_future(self, counters: dict[tuple[str, str], _Counter], times: dict[tuple[str, str], int],
@@ -512,15 +524,28 @@ class Normalizer:
         return changed
 
     # ---- helpers ------------------------------------------------------------------------
+    def _signal(self, machine_id: str, signal: str) -> tuple[str, Machine, Signal]:
+        """(line id, machine, signal spec) of a sample, or :class:`NormalizeError` naming what is unknown."""
+        entry = self._machines.get(machine_id)
+        if entry is None:
+            raise NormalizeError("unknown_machine", f"unknown machine '{machine_id}' (not in the plant file)")
+        line, machine = entry
+        sig = machine.signals.get(signal)
+        if sig is None:
+            raise NormalizeError("unknown_signal",
+                                 f"machine '{machine.id}' has no signal '{signal}' in the plant file")
+        return line, machine, sig
+
     def _known(self, machine: str, signal: str) -> bool:
         entry = self._machines.get(machine)
         return entry is not None and signal in entry[1].signals
 
     def _stamp(self, machine: str, signal: str, src_ns: int) -> int:
-        prev = self._times.get((machine, signal))
+        key = (machine, signal)
+        prev = self._times.get(key)
         t = src_ns if prev is None or src_ns > prev else prev + 1
-        self._times[(machine, signal)] = t
-        self._dirty.add(f"t/{machine}/{signal}")
+        self._times[key] = t
+        self._dirty_times.add(key)
         return t
 
     def _counter(self, line: str, machine: str, name: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
@@ -640,7 +665,9 @@ class Normalizer:
 
     def _gauge(self, line: str, machine: str, name: str, sig: Signal, value: object, src_ns: int) -> list[Fact]:
         try:
-            if isinstance(value, str):
+            if type(value) is float:  # what sources hand over for a gauge (coerce_value)
+                v = value
+            elif isinstance(value, str):
                 v = float(value.strip())
             elif isinstance(value, int | float):
                 v = float(value)

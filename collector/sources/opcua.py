@@ -1,7 +1,7 @@
 """OPC UA source: one asyncua client, one subscription, samples in order.
 
     async with OpcUaSource("plc-1", plant.sources["plc-1"].opcua, signals) as src:
-        async for item in src:      # Sample, or a SourceOnline / SourceOffline / SourceRestarted marker
+        async for item in src:      # a SampleBatch, or a SourceOnline / SourceOffline / SourceRestarted marker
             ...
 
 Reconnection is owned here, not by asyncua: the client is built with ``auto_reconnect=False``
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from collector.sources import (
     BadValue,
     DeadLetterSink,
     OncePerKind,
+    SampleBatch,
     SourceItem,
     SourceOffline,
     SourceOnline,
@@ -54,8 +56,9 @@ from collector.sources import (
     SourceStats,
     aware_utc,
     coerce_value,
+    signal_kind,
 )
-from core.model import Quality, Sample
+from core.model import Quality
 from core.plant import OpcUaEndpoint, Signal
 
 log = logging.getLogger(__name__)
@@ -89,7 +92,8 @@ class _Handler:
         self._generation = generation
 
     def datachange_notification(self, node: Any, val: Any, data: DataChangeNotif) -> None:
-        self._source._on_datachange(data)
+        # only where asyncua has no hook for whole notifications (_take_whole_notifications)
+        self._source._on_data_changes((data.monitored_item,))
 
     def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
         code = status.Status
@@ -97,28 +101,25 @@ class _Handler:
             self._source._queue.put_nowait(_Lost(self._generation, f"subscription status {code.name}"))
 
 
-def _deliver_data_changes_inline(sub: Any, source: OpcUaSource) -> None:
-    """asyncua 2.x runs a handler's every notification in an asyncio task of its own
-    (``Subscription._deliver``), so that user code never holds up its publish loop. Ours only
-    enqueues, and the task per value change was a fifth of the collector's CPU on a 10 000-signal
-    plant (task creation and scheduling); data changes are handed to
-    :meth:`OpcUaSource._on_datachange` at once instead, in the order they came. Anything else
-    (status changes) goes through asyncua as before, and an asyncua without this hook is left
-    alone."""
-    import asyncua.common.subscription as subscription
+def _take_whole_notifications(sub: Any, source: OpcUaSource) -> bool:
+    """Hand each ``DataChangeNotification`` of a publish to :meth:`OpcUaSource._on_data_changes`
+    whole. asyncua 2.x explodes it into two objects per value and runs the handler's every
+    notification in an asyncio task of its own (``Subscription._deliver``), so that user code
+    never holds up its publish loop; ours only enqueues, and per-value objects and tasks were a
+    large part of the collector's CPU on a 10 000-signal plant. The notification is taken where
+    asyncua explodes it (``Subscription._explode_datachange``, called in order by its publish
+    callback, which goes on handling status changes and events as before) and leaves as one
+    :class:`~collector.sources.SampleBatch`. An asyncua without that method is left alone: the
+    handler gets each value (False)."""
+    if not callable(getattr(sub, "_explode_datachange", None)):
+        return False
 
-    event_type = getattr(subscription, "DataChangeEvent", None)
-    deliver = getattr(sub, "_deliver", None)
-    if event_type is None or deliver is None:
-        return
+    def explode(datachange: ua.DataChangeNotification) -> tuple[()]:
+        source._on_data_changes(datachange.MonitoredItems or ())
+        return ()
 
-    def deliver_inline(event: Any) -> None:
-        if type(event) is event_type:
-            source._on_datachange(event.data)
-        else:
-            deliver(event)
-
-    sub._deliver = deliver_inline
+    sub._explode_datachange = explode
+    return True
 
 
 class OpcUaSource:
@@ -168,7 +169,8 @@ class OpcUaSource:
         self._queue: asyncio.Queue[SourceItem | _Lost | object] = asyncio.Queue()
         self._client: Client | None = None
         self._generation = 0
-        self._handles: dict[int, tuple[str, str, Signal | None]] = {}
+        # client handle -> machine, signal, its spec, and whether it is a gauge (read as a float)
+        self._handles: dict[int, tuple[str, str, Signal | None, bool]] = {}
         self._start_time: datetime | None = start_time  # the server's StartTime last seen (saved state)
         self._offline = False  # a SourceOffline was queued and no connection since
         self._retry_at = 0.0  # monotonic time of the next connection attempt
@@ -180,6 +182,7 @@ class OpcUaSource:
         self._connect_failing = False
         self.namespace_reads = 0  # reads of the server's namespace array (one per connection with nsu= nodes)
         self.monitor_calls = 0  # CreateMonitoredItems calls of the last connection
+        self.whole_notifications = False  # data changes arrive a publish at a time (see _take_whole_notifications)
 
     # ---- context manager / iterator --------------------------------------------------------
     async def __aenter__(self) -> OpcUaSource:
@@ -214,8 +217,8 @@ class OpcUaSource:
                 if item.generation == self._generation and self._client is not None:
                     await self._on_lost(item.reason)
                 continue
-            if isinstance(item, Sample):
-                self.stats.samples += 1
+            if isinstance(item, SampleBatch):
+                self.stats.samples += len(item.rows)
             return item  # type: ignore[return-value]
 
     async def wait_ready(self) -> None:
@@ -325,11 +328,11 @@ class OpcUaSource:
                 self._problem("bad_node", "%s: cannot monitor %s (%s.%s): the server has no namespace %r",
                               self.source_id, node, machine, name, node[4:].partition(";")[0])
                 continue
-            self._handles[handle] = (machine, name, spec)
+            self._handles[handle] = (machine, name, spec, spec is not None and signal_kind(name) == "gauge")
             requests.append(self._request(node_id, handle))
             wanted.append((machine, name, node))
         sub = await client.create_subscription(self._publishing_interval_ms, _Handler(self, generation))
-        _deliver_data_changes_inline(sub, self)
+        self.whole_notifications = _take_whole_notifications(sub, self)
         batch = await self._batch_size(client)
         results: list[Any] = []
         # within the server's MaxMonitoredItemsPerCall: a PLC refuses a larger call as a whole
@@ -420,29 +423,33 @@ class OpcUaSource:
                 await client.disconnect()
 
     # ---- notifications (called by asyncua; enqueue only) -----------------------------------
-    def _on_datachange(self, data: DataChangeNotif) -> None:
-        self.stats.messages += 1
-        try:
-            self._take_datachange(data)
-        except Exception as e:
-            # one notification nobody foresaw costs that reading, never the subscription
-            item = getattr(data, "monitored_item", None)
-            target = self._handles.get(getattr(item, "ClientHandle", -1))
-            what = f"{target[0]}.{target[1]}" if target is not None else "?"
-            reason = f"{self.source_id}: cannot read a notification of {what}: {type(e).__name__}: {e}"
-            if self._dead_letters is not None:
-                self.stats.errors["bad_notification"] += 1
-                self._dead_letters.record("bad_notification", reason, source=self.source_id,
-                                          raw=repr(getattr(item, "Value", None)))
-            else:
-                self._problem("bad_notification", "%s", reason)
+    def _on_data_changes(self, items: Sequence[ua.MonitoredItemNotification]) -> None:
+        """The data changes of one notification, in order, queued as one batch."""
+        self.stats.messages += len(items)
+        rows: list[tuple[str, str, float | int | str, int, Quality]] = []
+        for item in items:
+            try:
+                self._take_item(item, rows)
+            except Exception as e:
+                # one notification nobody foresaw costs that reading, never the subscription
+                target = self._handles.get(getattr(item, "ClientHandle", -1))
+                what = f"{target[0]}.{target[1]}" if target is not None else "?"
+                reason = f"{self.source_id}: cannot read a notification of {what}: {type(e).__name__}: {e}"
+                if self._dead_letters is not None:
+                    self.stats.errors["bad_notification"] += 1
+                    self._dead_letters.record("bad_notification", reason, source=self.source_id,
+                                              raw=repr(getattr(item, "Value", None)))
+                else:
+                    self._problem("bad_notification", "%s", reason)
+        if rows:
+            self._queue.put_nowait(SampleBatch(self.source_id, rows))
 
-    def _take_datachange(self, data: DataChangeNotif) -> None:
-        item = data.monitored_item
+    def _take_item(self, item: ua.MonitoredItemNotification,
+                   rows: list[tuple[str, str, float | int | str, int, Quality]]) -> None:
         target = self._handles.get(item.ClientHandle)
         if target is None:
             return
-        machine, name, spec = target
+        machine, name, spec, gauge = target
         dv = item.Value
         raw = dv.Value.Value if dv is not None and dv.Value is not None else None
         if raw is None:
@@ -450,13 +457,28 @@ class OpcUaSource:
                           dv.StatusCode.name if dv is not None and dv.StatusCode is not None else "?")
             return
         try:
-            value = coerce_value(name, spec, raw) if spec is not None else _plain(raw)
+            if gauge and type(raw) is float and math.isfinite(raw):
+                value: float | int | str = raw  # what coerce_value makes of it
+            else:
+                value = coerce_value(name, spec, raw) if spec is not None else _plain(raw)
         except BadValue as e:
             self._problem(e.kind, "%s: %s.%s: %s", self.source_id, machine, name, e.message)
             return
         t = dv.SourceTimestamp or dv.ServerTimestamp
-        when = aware_utc(t) if t is not None else datetime.now(UTC)
-        self._queue.put_nowait(Sample(machine, name, value, when, _quality(dv.StatusCode), self.source_id))
+        code = dv.StatusCode
+        rows.append((machine, name, value, _epoch_ns(t) if t is not None else time.time_ns(),
+                     "good" if code is None or code.value == 0 else _quality(code)))
+
+
+def _epoch_ns(t: datetime) -> int:
+    """Epoch ns of an OPC UA time (asyncua hands out naive UTC datetimes; an aware one counts by
+    its offset), as ``to_ns(aware_utc(t))`` without the intermediate datetime."""
+    d = t - (_NAIVE_EPOCH if t.tzinfo is None else _EPOCH)
+    return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
 
 
 def _quality(code: ua.StatusCode | None) -> Quality:

@@ -22,7 +22,7 @@ from asyncua.server.server import Server
 from asyncua.ua.status_codes import StatusCodes
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.sources import AckPoint, SampleSource, SourceItem, SourceOnline
+from collector.sources import AckPoint, SampleBatch, SampleSource, SourceItem, SourceOnline
 from core.model import Fact, Sample
 from core.plant import Plant, parse_plant
 from core.store.base import StoreUnavailable
@@ -217,7 +217,8 @@ async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within_s: 
 async def running(src: SampleSource, skip: tuple[type, ...] = (SourceOnline, AckPoint)
                   ) -> AsyncIterator[asyncio.Queue[SourceItem]]:
     """Iterate ``src`` in a task into a queue the test reads with deadlines (leaving out the
-    markers of the ``skip`` types: by default the per-connection and acknowledgement ones)."""
+    markers of the ``skip`` types: by default the per-connection and acknowledgement ones; a
+    :class:`SampleBatch` arrives as its samples, one by one)."""
     got: asyncio.Queue[SourceItem] = asyncio.Queue()
 
     async def pump() -> None:
@@ -225,7 +226,10 @@ async def running(src: SampleSource, skip: tuple[type, ...] = (SourceOnline, Ack
             async for item in src:
                 if isinstance(item, AckPoint):
                     src.ack(item.token)  # as the pipeline does once the facts are durable
-                if not isinstance(item, skip):
+                if isinstance(item, SampleBatch) and SampleBatch not in skip:
+                    for sample in item.samples():
+                        got.put_nowait(sample)
+                elif not isinstance(item, skip):
                     got.put_nowait(item)
 
     task = asyncio.create_task(pump(), name=f"pump:{src.source_id}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.sources import AckPoint, SourceFailed, SourceOffline
+from collector.sources import AckPoint, SampleBatch, SourceFailed, SourceOffline
 from collector.sources.mqtt import MqttSource, parse_time
 from core.model import Sample
 from core.plant import MqttBroker, Signal, mqtt_topic_filter_problem
@@ -253,9 +253,9 @@ async def test_a_backlog_read_ahead_is_acknowledged_in_bulk_and_only_what_was_ac
     async with asyncio.timeout(20), second:
         since_ack: list[int] = []
         async for item in second:
-            if isinstance(item, Sample):
-                seen.append(int(item.value))
-                since_ack.append(int(item.value))
+            if isinstance(item, SampleBatch):
+                seen += [int(x.value) for x in item.samples()]
+                since_ack += [int(x.value) for x in item.samples()]
             elif isinstance(item, AckPoint):
                 points += 1
                 if points == 1:  # the first burst acknowledged, the rest left unacknowledged
@@ -273,8 +273,8 @@ async def test_a_backlog_read_ahead_is_acknowledged_in_bulk_and_only_what_was_ac
     async with third:
         async def redelivered() -> None:
             async for item in third:
-                if isinstance(item, Sample):
-                    again.append(int(item.value))
+                if isinstance(item, SampleBatch):
+                    again.extend(int(x.value) for x in item.samples())
                 elif isinstance(item, AckPoint):
                     third.ack(item.token)
                 if len(again) >= n - len(acked):
@@ -286,8 +286,39 @@ async def test_a_backlog_read_ahead_is_acknowledged_in_bulk_and_only_what_was_ac
             async for item in third:
                 if isinstance(item, AckPoint):
                     third.ack(item.token)  # the broker's in-flight window must open for the marker
-                elif isinstance(item, Sample):
-                    again.append(int(item.value))
-                    if item.value == n:
+                elif isinstance(item, SampleBatch):
+                    again.extend(int(x.value) for x in item.samples())
+                    if again[-1] == n:
                         break
     assert sorted(again) == [*sorted(set(range(n)) - acked), n]
+
+
+async def test_messages_reach_on_message_without_pahos_topic_filter_lookup_unless_filters_are_added(
+        mosquitto_broker: Mosquitto, publisher: Publisher, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # paho matches every message against its tree of per-topic callbacks, which the source never
+    # adds; the source's client skips that lookup, and still honours a callback added by hand
+    from paho.mqtt.matcher import MQTTMatcher
+
+    lookups: list[str] = []
+    original = MQTTMatcher.iter_match
+
+    def spy(self: MQTTMatcher, topic: str) -> object:
+        lookups.append(topic)
+        return original(self, topic)
+
+    monkeypatch.setattr(MQTTMatcher, "iter_match", spy)
+    topic = f"{prefix}/m1"
+    src = MqttSource("broker", MqttBroker(port=mosquitto_broker.port, qos=1),
+                     [("m1", "good", sig(topic, "good", counter_bits=32))])
+    async with running(src) as got:
+        for i in range(5):
+            await publisher.publish(topic, {"good": i})
+        assert [s.value for s in await take_samples(got, 5)] == [0, 1, 2, 3, 4]
+        assert lookups == []
+        client = src._client
+        assert client is not None
+        filtered: list[bytes] = []
+        client.message_callback_add(topic, lambda c, u, msg: filtered.append(msg.payload))
+        await publisher.publish(topic, {"good": 5})
+        await eventually(lambda: len(filtered) == 1, what="the per-topic callback")
+    assert lookups == [topic] and json.loads(filtered[0]) == {"good": 5}

@@ -14,10 +14,10 @@ from asyncua import ua
 from asyncua.ua.status_codes import StatusCodes
 
 from collector.deadletter import DeadLetters
-from collector.sources import SourceItem, SourceOffline, SourceOnline, SourceRestarted
+from collector.sources import SampleBatch, SourceItem, SourceOffline, SourceOnline, SourceRestarted
 from collector.sources.opcua import OpcUaSource
-from core.model import Sample
-from core.plant import OpcUaEndpoint
+from core.model import Sample, to_ns
+from core.plant import OpcUaEndpoint, Signal
 from tests.collector.conftest import OpcServer, eventually, running, take
 
 
@@ -130,14 +130,14 @@ async def test_a_year_9999_source_time_and_a_failing_notification_leave_the_subs
     node = await opc_server.add(f"{prefix}.Good", ua.VariantType.UInt32, 1)
     with DeadLetters(tmp_path / "dead.jsonl", logging.getLogger("test")) as dead:
         src = OpcUaSource("plc", OpcUaEndpoint(endpoint=opc_server.url), [("m1", "good", node)], dead_letters=dead)
-        take_datachange = src._take_datachange
+        take_item = src._take_item
 
-        def brittle(data: Any) -> None:
-            if data.monitored_item.Value.Value.Value == 3:
+        def brittle(item: Any, rows: Any) -> None:
+            if item.Value.Value.Value == 3:
                 raise RecursionError("maximum recursion depth exceeded")
-            take_datachange(data)
+            take_item(item, rows)
 
-        src._take_datachange = brittle  # type: ignore[method-assign]  # our own seam
+        src._take_item = brittle  # type: ignore[method-assign]  # our own seam
         async with running(src) as got:
             await take(got, 1)
             t = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
@@ -153,10 +153,10 @@ async def test_a_year_9999_source_time_and_a_failing_notification_leave_the_subs
     assert letter["kind"] == "bad_notification" and "RecursionError" in letter["reason"] and "3" in letter["payload"]
 
 
-async def test_data_changes_reach_the_source_inline_not_in_a_task_each(
+async def test_a_publish_reaches_the_pipeline_as_one_batch_in_order_with_no_task_per_value(
         opc_server: OpcServer, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # asyncua runs a handler's every notification in a task of its own; the source takes data
-    # changes straight from the publish callback (a fifth of its CPU at 10 000 signals), in order
+    # asyncua explodes a notification into two objects per value and runs a handler's every
+    # notification in a task of its own; the source takes each notification whole, in order
     import asyncua.common.subscription as subscription
 
     dispatched: list[str] = []
@@ -167,12 +167,48 @@ async def test_data_changes_reach_the_source_inline_not_in_a_task_each(
         await original(self, event)
 
     monkeypatch.setattr(subscription.Subscription, "_dispatch_to_handler", spy)
-    node = await opc_server.add(f"{prefix}.Good", ua.VariantType.UInt16, 1)
-    src = OpcUaSource("plc", OpcUaEndpoint(endpoint=opc_server.url), [("m1", "good", node)])
-    async with running(src) as got:
-        await take(got, 1)
-        for i in range(2, 7):
-            await opc_server.write(f"{prefix}.Good", i)
-        changes = await take(got, 5)
-    assert [s.value for s in changes if isinstance(s, Sample)] == [2, 3, 4, 5, 6]
+    good = await opc_server.add(f"{prefix}.Good", ua.VariantType.UInt16, 1)
+    temp = await opc_server.add(f"{prefix}.Temp", ua.VariantType.Double, 0.5)
+    # a long publishing interval: the writes below land in few publishes
+    src = OpcUaSource("plc", OpcUaEndpoint(endpoint=opc_server.url),
+                      [("m1", "good", good, Signal.model_validate({"node": good})),
+                       ("m1", "spindle_temp", temp, Signal.model_validate({"node": temp}))],
+                      publishing_interval_ms=1000)
+    batches: list[SampleBatch] = []
+
+    async def pump() -> None:
+        async with src:
+            async for item in src:
+                assert isinstance(item, SampleBatch | SourceOnline), item
+                if isinstance(item, SampleBatch):
+                    batches.append(item)
+
+    task = asyncio.create_task(pump())
+    try:
+        async with asyncio.timeout(10):
+            await src.wait_ready()
+        assert src.whole_notifications
+        base = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
+        for i in range(2, 32):
+            name, value = (f"{prefix}.Good", i) if i % 2 else (f"{prefix}.Temp", i + 0.25)
+            await opc_server.write(name, value, source_time=base + timedelta(milliseconds=i))
+        await eventually(lambda: sum(len(b.rows) for b in batches) == 32, what="the initial values and 30 changes")
+        # a gauge that is not a finite number is refused, as coerce_value refuses it
+        await opc_server.write(f"{prefix}.Temp", float("nan"), source_time=base + timedelta(milliseconds=40))
+        await opc_server.write(f"{prefix}.Good", 99, source_time=base + timedelta(milliseconds=41))
+        await eventually(lambda: sum(len(b.rows) for b in batches) == 33, what="the change after the NaN")
+        assert src.stats.errors == {"wrong_type": 1}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    rows = [r for b in batches for r in b.rows]
+    # each signal's changes in order (a publish groups them by monitored item, not by time)
+    for signal, initial, changes in (("good", 1, [(i, i) for i in range(3, 32, 2)] + [(99, 41)]),
+                                     ("spindle_temp", 0.5, [(i + 0.25, i) for i in range(2, 32, 2)])):
+        mine = [r for r in rows if r[1] == signal]
+        assert mine[0][2] == initial
+        assert [(v, t, m, q) for m, _, v, t, q in mine[1:]] == [
+            (v, to_ns(base) + i * 1_000_000, "m1", "good") for v, i in changes]
+    assert all(b.source == "plc" for b in batches) and src.stats.samples == 33
+    assert len(batches) < len(rows)  # a publish of many values is one item, not one each
     assert "DataChangeEvent" not in dispatched, dispatched

@@ -14,7 +14,7 @@ from asyncua import ua
 from collector.pipeline import Collector, build_sources
 from collector.sources.mqtt import MqttSource
 from collector.sources.opcua import OpcUaSource
-from core.model import Fact, Sample
+from core.model import Fact, Quality
 from core.plant import Plant
 from core.store.sqlite import SqliteStore
 from tests.collector.conftest import FlakyStore, OpcServer, Publisher, build_plant, eventually
@@ -189,17 +189,17 @@ async def test_a_plc_restart_reaches_the_normalizer(opc_server: OpcServer, prefi
     src._backoff.initial_s, src._backoff.max_s, src._watchdog_interval_s = 0.05, 0.2, 0.5
     seen: list[object] = []  # what the normalizer is handed, in order
     normalizer = collector.normalizer
-    feed, restarted = normalizer.feed, normalizer.source_restarted
+    feed, restarted = normalizer.feed_ns, normalizer.source_restarted
 
-    def recording_feed(sample: Sample) -> list[Fact]:
-        seen.append(sample.value)
-        return feed(sample)
+    def recording_feed(machine: str, signal: str, value: object, src_ns: int, quality: Quality) -> list[Fact]:
+        seen.append(value)
+        return feed(machine, signal, value, src_ns, quality)
 
     def recording_restarted(source_id: str) -> None:
         seen.append(f"restarted:{source_id}")
         restarted(source_id)
 
-    normalizer.feed = recording_feed  # type: ignore[method-assign]
+    normalizer.feed_ns = recording_feed  # type: ignore[method-assign]
     normalizer.source_restarted = recording_restarted  # type: ignore[method-assign]
     async with collecting(collector):
         await opc_server.write(f"{prefix}.cnc.Good", 7)  # baseline 5, +2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -10,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import collector.spool as spool_mod
 from collector.spool import FILE_NAME, Spool, SpoolError, SpoolFull, encode
@@ -160,6 +164,37 @@ def test_state_entries_are_replaced_by_key_with_their_batch_and_kept_across_reop
         assert spool.append([], entries={"t/m1/good": 8}) is None  # entries alone always fit
     with Spool(tmp_path) as spool:
         assert spool.load_entries() == {"c/m1/good": {"last": 44}, "t/m1/good": 8, "m/m1": {"reason": None}}
+
+
+# state entry values as the normalizer makes them (ints and None above all: a signal's last fact
+# time) and anything else JSON holds, nested
+_ENTRY_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10)
+
+
+@given(st.lists(_ENTRY_VALUES, max_size=20))
+def test_state_entries_fast_path_writes_what_the_general_encoder_writes(values: list[Any]) -> None:
+    # ints and None skip the JSON encoder; every value's text must be the general encoder's
+    for v in values:
+        assert spool_mod._entry_json(v) == json.dumps(v, separators=(",", ":"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=12),
+                       st.none() | st.integers() | st.booleans() | st.text(max_size=8)
+                       | st.floats(allow_nan=False) | st.dictionaries(st.sampled_from(["last", "src_ns"]),
+                                                                      st.none() | st.integers(), max_size=2),
+                       max_size=12))
+def test_state_entries_of_any_value_come_back_as_appended(entries: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp, Spool(tmp) as spool:
+        spool.append(counts(1), entries=entries)
+        loaded = spool.load_entries()
+    assert loaded == entries
+    # the same types: 1 stays int, True stays bool, 1.0 stays float
+    assert {k: type(v) for k, v in loaded.items()} == {k: type(v) for k, v in entries.items()}
 
 
 _CHILD = """

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.model import Fact, Sample, to_ns
+from core.model import Fact, Sample, from_ns, to_ns
 from core.normalize import NormalizeError, Normalizer, entries_from_snapshot, snapshot_from_entries
 from core.plant import Plant, parse_plant
 
@@ -210,6 +210,32 @@ def test_time_without_offset_is_rejected() -> None:
     with pytest.raises(NormalizeError) as e:
         n.feed(Sample("m1", "temp", 1.0, datetime(2026, 1, 1)))
     assert e.value.kind == "bad_time"
+
+
+def test_a_time_without_offset_of_an_unknown_machine_names_the_machine_and_bad_quality_wins() -> None:
+    n = Normalizer(make_plant())
+    with pytest.raises(NormalizeError) as e:
+        n.feed(Sample("m9", "temp", 1.0, datetime(2026, 1, 1)))
+    assert e.value.kind == "unknown_machine"
+    assert n.feed(Sample("m1", "temp", 1.0, datetime(2026, 1, 1), "bad")) == []
+
+
+def test_feed_ns_makes_the_facts_feed_makes() -> None:
+    # sources that read times as numbers (OPC UA batches) feed rows, not Samples: same rules
+    samples = [s("m1", "good", 10, 1), s("m1", "good", 12, 2), s("m1", "state", 3, 2), s("m1", "reason", 7, 2),
+               s("m1", "temp", 21.5, 3), s("m1", "temp", "22", 3), s("m1", "product", "A", 4),
+               s("m1", "good", 13, 5, "bad"), s("m1", "state", 1, 6), s("m2", "good", 5, 6), s("m2", "good", 2, 7)]
+    by_sample, by_row = Normalizer(make_plant(), clock=clock_at(100)), Normalizer(make_plant(), clock=clock_at(100))
+    for x in samples:
+        assert by_sample.feed(x) == by_row.feed_ns(x.machine, x.signal, x.value, to_ns(x.time), x.quality)
+    assert by_sample.snapshot() == by_row.snapshot() and by_sample.changes() == by_row.changes()
+    for machine, signal, t in (("m9", "good", 1), ("m1", "nope", 1), ("m1", "temp", 0), ("m1", "temp", 10**20)):
+        with pytest.raises(NormalizeError) as e1:
+            by_sample.feed(Sample(machine, signal, 1.0, from_ns(t) if t < 10**19 else datetime(9999, 1, 1,
+                                                                                                tzinfo=UTC)))
+        with pytest.raises(NormalizeError) as e2:
+            by_row.feed_ns(machine, signal, 1.0, t if t < 10**19 else to_ns(datetime(9999, 1, 1, tzinfo=UTC)))
+        assert (e1.value.kind, e1.value.message) == (e2.value.kind, e2.value.message)
 
 
 # ---- keys and time ---------------------------------------------------------------------------
