@@ -309,8 +309,8 @@ def machine_facts_text() -> str:
     influxd = subprocess.run(["influxd", "version"], capture_output=True, text=True).stdout.split(" (")[0].strip()
     load = os.getloadavg()
     return (f"{os.cpu_count()} CPUs, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-            f"{influxd or 'influxd'}; load average at the start {load[0]:.1f} (the machine was shared with other "
-            "developers' builds and tests)")
+            f"{influxd or 'influxd'}; load average at the start {load[0]:.1f} (other jobs may share "
+            "this machine: rates vary from run to run)")
 
 
 def fmt(x: float, digits: int = 0) -> str:
