@@ -4,7 +4,6 @@ machine figure (all fields) and the line throughput compared between the two, fl
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import uuid
@@ -20,7 +19,7 @@ from core.store import open_store
 from core.store.base import Store
 from tests.conftest import DEMO_PLANT
 from tests.support.influxd import Influxd
-from tests.support.snapshot import differences
+from tests.support.snapshot import differences, plain
 
 START = datetime.fromisoformat("2026-11-26T08:00:00+09:00")  # a Thursday: day shift, then night shift
 END = START + timedelta(days=1)
@@ -69,16 +68,6 @@ async def stores(store_urls: tuple[str, str]) -> AsyncIterator[tuple[Store, Stor
         await a.close()
         await b.close()
 
-
-def plain(x: Any) -> Any:
-    """Dataclasses (and their tuples and dicts) as plain values, keys as strings, for comparing."""
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
-    if isinstance(x, dict):
-        return {str(k): plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [plain(v) for v in x]
-    return x
 
 
 
