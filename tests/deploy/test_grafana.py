@@ -9,8 +9,6 @@ counts per machine, throughput buckets, seconds per state and per stop reason.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -27,7 +25,7 @@ from tests.conftest import DEMO_PLANT, ROOT
 from tests.support import grafana as g
 from tests.support.influxd import Influxd
 from tests.support.ledger import ms, parts_by_product, read_ledger
-from tests.support.procs import api_process
+from tests.support.procs import api_process, mieruka_ok
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "mieruka-influxql.json"
 START = datetime.fromisoformat("2026-11-26T08:00:00+09:00")  # a Thursday: day shift, then night shift
@@ -56,10 +54,6 @@ class Stack:
         return r.json()
 
 
-def cli(*args: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "mieruka.cli", *args], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-
 
 @pytest.fixture(scope="module")
 def plant() -> Plant:
@@ -75,11 +69,11 @@ def model() -> dict[str, Any]:
 def stack(tmp_path_factory: pytest.TempPathFactory, influxd_server: Influxd) -> Iterator[Stack]:
     d = tmp_path_factory.mktemp("grafana")
     samples, truth = d / "samples.csv", d / "truth.jsonl"
-    cli("simulate", "--plant", str(DEMO_PLANT), "--seed", "11", "--from", START.isoformat(), "--to", END.isoformat(),
-        "--samples", str(samples), "--truth", str(truth))
+    mieruka_ok("simulate", "--plant", str(DEMO_PLANT), "--seed", "11", "--from", START.isoformat(),
+               "--to", END.isoformat(), "--samples", str(samples), "--truth", str(truth))
     database = f"grafana_{uuid.uuid4().hex[:8]}"
     url = influxd_server.url(database)
-    cli("import", "--plant", str(DEMO_PLANT), "--store", url, str(samples))
+    mieruka_ok("import", "--plant", str(DEMO_PLANT), "--store", url, str(samples))
     with api_process(DEMO_PLANT, url, d / "api.log") as base, httpx.Client(base_url=base, timeout=120) as api:
         yield Stack(influxd_server, database, api, truth)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -32,6 +30,7 @@ from core.store import open_store
 from tests.api.test_api import serve
 from tests.conftest import DEMO_PLANT
 from tests.support.ledger import LedgerStretch, line_totals, micro_flags, read_ledger, state_stretches
+from tests.support.procs import mieruka_ok
 
 START = datetime.fromisoformat("2026-11-26T08:00:00+09:00")  # a Thursday morning of the day shift
 END = START + timedelta(hours=4)
@@ -42,17 +41,13 @@ BOOKED = 2
 V1 = "/api/v1"
 
 
-def cli(*args: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "mieruka.cli", *args], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-
 
 @pytest.fixture(scope="module")
 def morning(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("op-ledger")
     samples, truth = d / "samples.csv", d / "truth.jsonl"
-    cli("simulate", "--plant", str(DEMO_PLANT), "--seed", "11", "--from", START.isoformat(), "--to", END.isoformat(),
-        "--samples", str(samples), "--truth", str(truth))
+    mieruka_ok("simulate", "--plant", str(DEMO_PLANT), "--seed", "11", "--from", START.isoformat(),
+               "--to", END.isoformat(), "--samples", str(samples), "--truth", str(truth))
     return samples, truth
 
 
@@ -62,7 +57,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path, morning: tuple[Pat
         url = f"sqlite:///{tmp_path / 'op.db'}"
     else:
         url = str(request.getfixturevalue("influxd_server").url(f"op_{uuid.uuid4().hex[:8]}"))
-    cli("import", "--plant", str(DEMO_PLANT), "--store", url, str(morning[0]))
+    mieruka_ok("import", "--plant", str(DEMO_PLANT), "--store", url, str(morning[0]))
     return url
 
 

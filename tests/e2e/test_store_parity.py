@@ -4,8 +4,6 @@ machine figure (all fields) and the line throughput compared between the two, fl
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -19,6 +17,7 @@ from core.store import open_store
 from core.store.base import Store
 from tests.conftest import DEMO_PLANT
 from tests.support.influxd import Influxd
+from tests.support.procs import mieruka_ok
 from tests.support.snapshot import differences, plain
 
 START = datetime.fromisoformat("2026-11-26T08:00:00+09:00")  # a Thursday: day shift, then night shift
@@ -34,10 +33,6 @@ WINDOWS = [
 BUCKETS = ["1h", "5m", "1d", "7m"]
 
 
-def run(*args: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "mieruka.cli", *args], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-
 
 @pytest.fixture(scope="module")
 def plant() -> Plant:
@@ -48,12 +43,12 @@ def plant() -> Plant:
 def store_urls(tmp_path_factory: pytest.TempPathFactory, influxd_server: Influxd) -> tuple[str, str]:
     d = tmp_path_factory.mktemp("parity")
     samples, truth = d / "samples.csv", d / "truth.jsonl"
-    run("simulate", "--plant", str(DEMO_PLANT), "--seed", "11", "--from", START.isoformat(), "--to", END.isoformat(),
-        "--samples", str(samples), "--truth", str(truth))
+    mieruka_ok("simulate", "--plant", str(DEMO_PLANT), "--seed", "11", "--from", START.isoformat(),
+               "--to", END.isoformat(), "--samples", str(samples), "--truth", str(truth))
     sqlite_url = f"sqlite:///{d / 'parity.db'}"
     influx_url = influxd_server.url(f"parity_{uuid.uuid4().hex[:8]}")
     for url in (sqlite_url, influx_url):
-        run("import", "--plant", str(DEMO_PLANT), "--store", url, str(samples))
+        mieruka_ok("import", "--plant", str(DEMO_PLANT), "--store", url, str(samples))
     return sqlite_url, influx_url
 
 

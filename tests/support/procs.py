@@ -30,6 +30,12 @@ def mieruka(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
                             env=env)
 
 
+def mieruka_ok(*args: str, timeout_s: float = 300.0) -> None:
+    """Run a `mieruka` subcommand to its end; it must exit 0 (its stderr is the failure message)."""
+    r = subprocess.run([sys.executable, "-m", "mieruka.cli", *args], capture_output=True, text=True, timeout=timeout_s)
+    assert r.returncode == 0, r.stderr
+
+
 def wait_http(url: str, deadline_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
