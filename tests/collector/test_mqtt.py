@@ -262,10 +262,12 @@ async def test_a_backlog_read_ahead_is_acknowledged_in_bulk_and_only_what_was_ac
                     second.ack(item.token)
                     acked.update(since_ack)
                 since_ack = []
-            if len(seen) == n and not since_ack:
+            # stop at the end of a burst past the acknowledged one: the broker sends at most its
+            # in-flight window of unacknowledged messages, so waiting for all n could wait forever
+            if points >= 2 and not since_ack:
                 break
-    assert sorted(seen) == list(range(n))
-    assert 0 < len(acked) < n and points >= 2, (len(acked), points)
+    assert seen == list(range(len(seen))), "in order, each once"
+    assert 0 < len(acked) < len(seen) <= n and points >= 2, (len(acked), len(seen), points)
     assert second.stats.acks == len(acked)
 
     again: list[int] = []
